@@ -1,3 +1,16 @@
 module github.com/wsgate/wsgate
 
 go 1.26.8
+
+require (
+	github.com/fasthttp/websocket v1.5.12
+	github.com/valyala/fasthttp v1.74.0
+)
+
+require (
+	github.com/klauspost/compress v1.20.0 // indirect
+	github.com/molecule-man/go-brrr v1.0.1 // indirect
+	github.com/savsgio/gotils v0.0.0-20240704082632-aef3928b8a38 // indirect
+	github.com/valyala/bytebufferpool v1.0.0 // indirect
+	golang.org/x/net v0.58.0 // indirect
+)

@@ -1,0 +1,344 @@
+// Package proxy is wsgate's data plane: listeners, routing, WebSocket
+// handshake forwarding, the tunnel that carries upgraded connections, and
+// the streaming plain HTTP reverse proxy.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/upstream"
+)
+
+// clientKeepAlive is how long an idle keep-alive client connection is kept
+// between requests; nginx's keepalive_timeout default.
+const clientKeepAlive = 75 * time.Second
+
+// Options are the parts of a Gateway that do not come from the config file.
+type Options struct {
+	// AccessLog receives one line per request or tunnel; nil means stdout.
+	AccessLog io.Writer
+	// ErrorLog receives upstream failures and other errors; nil means stderr.
+	ErrorLog io.Writer
+}
+
+type timeouts struct {
+	connect, handshake, idle, drain time.Duration
+}
+
+// Gateway is a running wsgate data plane built from one configuration.
+type Gateway struct {
+	router         *Router
+	timeouts       timeouts
+	maxHeaderBytes int
+	clients        map[*upstream.Server]*fasthttp.HostClient
+
+	listenerConfigs []config.Listener
+	listeners       []net.Listener
+	servers         []*fasthttp.Server
+	wg              sync.WaitGroup // Serve loops
+
+	mu      sync.Mutex
+	tunnels map[*tunnel]struct{}
+	idle    *sync.Cond // signalled when the last tunnel ends
+
+	accessLog, errorLog *log.Logger
+}
+
+// New builds a gateway from a validated configuration. Defaults must have
+// been applied (config.Load does so).
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	if opts.AccessLog == nil {
+		opts.AccessLog = os.Stdout
+	}
+	if opts.ErrorLog == nil {
+		opts.ErrorLog = os.Stderr
+	}
+	g := &Gateway{
+		timeouts: timeouts{
+			connect:   cfg.Timeouts.Connect.Std(),
+			handshake: cfg.Timeouts.Handshake.Std(),
+			idle:      cfg.Timeouts.Idle.Std(),
+			drain:     cfg.Timeouts.Drain.Std(),
+		},
+		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
+		clients:         map[*upstream.Server]*fasthttp.HostClient{},
+		listenerConfigs: cfg.Listeners,
+		tunnels:         map[*tunnel]struct{}{},
+		accessLog:       log.New(opts.AccessLog, "", 0),
+		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
+	}
+	g.idle = sync.NewCond(&g.mu)
+
+	pools := map[string]*upstream.Pool{}
+	for name, uc := range cfg.Upstreams {
+		var servers []*upstream.Server
+		for _, sc := range uc.Servers {
+			srv := &upstream.Server{Address: sc.Address, Weight: sc.Weight}
+			servers = append(servers, srv)
+			g.clients[srv] = g.newHostClient(srv)
+		}
+		pools[name] = upstream.NewPool(name, servers)
+	}
+	var routes []*Route
+	for _, rc := range cfg.Routes {
+		pool, ok := pools[rc.Upstream]
+		if !ok {
+			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
+		}
+		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool})
+	}
+	g.router = NewRouter(routes)
+	return g, nil
+}
+
+// Start binds every listener and serves them in the background. If one
+// address cannot be bound, none stays bound.
+func (g *Gateway) Start() error {
+	for _, lc := range g.listenerConfigs {
+		ln, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			g.closeListeners()
+			return fmt.Errorf("listen %s: %w", lc.Address, err)
+		}
+		if lc.TLS != nil {
+			tc, err := tlsConfig(lc.TLS)
+			if err != nil {
+				ln.Close()
+				g.closeListeners()
+				return fmt.Errorf("listener %s: %w", lc.Address, err)
+			}
+			ln = tls.NewListener(ln, tc)
+		}
+		g.listeners = append(g.listeners, ln)
+	}
+	for _, ln := range g.listeners {
+		srv := g.newServer()
+		g.servers = append(g.servers, srv)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			if err := srv.Serve(ln); err != nil {
+				g.errorf("serve %s: %v", ln.Addr(), err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (g *Gateway) closeListeners() {
+	for _, ln := range g.listeners {
+		ln.Close()
+	}
+	g.listeners = nil
+}
+
+// tlsConfig loads a listener's certificates. Go picks among several by the
+// client's SNI, matching the names in each certificate; the first one is
+// served to clients that send no name.
+func tlsConfig(c *config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	for _, cert := range c.Certificates {
+		pair, err := tls.LoadX509KeyPair(cert.CertFile, cert.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s: %w", cert.CertFile, err)
+		}
+		tc.Certificates = append(tc.Certificates, pair)
+	}
+	return tc, nil
+}
+
+func (g *Gateway) newServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:      g.handle,
+		ErrorHandler: g.handleParseError,
+		Name:         "wsgate",
+		// The client's head is relayed as it came: names unchanged, no
+		// Server/Date/Content-Type the upstream did not send.
+		DisableHeaderNamesNormalizing: true,
+		NoDefaultServerHeader:         true,
+		NoDefaultDate:                 true,
+		NoDefaultContentType:          true,
+		DisablePreParseMultipartForm:  true,
+		// ReadBufferSize is also the largest request head (431 beyond).
+		ReadBufferSize:    g.maxHeaderBytes,
+		StreamRequestBody: true,
+		// The tunnel owns hijacked conns; fasthttp must not close them when
+		// the hijack handler returns.
+		KeepHijackedConns: true,
+		ReadTimeout:       g.timeouts.handshake, // the request head must arrive within it
+		IdleTimeout:       clientKeepAlive,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			// A request body (an upload, a long-poll POST) may take as long
+			// as the idle timeout, not the handshake timeout.
+			return fasthttp.RequestConfig{ReadTimeout: g.timeouts.idle}
+		},
+		Logger: fasthttpLogger{g},
+	}
+}
+
+// fasthttpLogger sends fasthttp's own messages to the error log.
+type fasthttpLogger struct{ g *Gateway }
+
+func (l fasthttpLogger) Printf(format string, args ...any) { l.g.errorf(format, args...) }
+
+// handle is the entry point of every request.
+func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
+	rt := g.router.Match(string(ctx.Host()), string(ctx.Path()))
+	if rt == nil {
+		g.refuse(ctx, fasthttp.StatusNotFound, "no route for host "+string(ctx.Host())+" and path "+string(ctx.Path()))
+		return
+	}
+	if isUpgrade(&ctx.Request.Header) {
+		g.serveWebSocket(ctx, rt)
+		return
+	}
+	g.serveHTTP(ctx, rt)
+}
+
+// handleParseError answers requests fasthttp could not parse.
+func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	var tooBig *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.As(err, &tooBig):
+		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
+	default:
+		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+err.Error())
+	}
+}
+
+// tunnelInfo is what the access log says of a tunnel.
+type tunnelInfo struct {
+	route      *Route
+	server     *upstream.Server
+	clientAddr string
+	uri        string
+	start      time.Time
+}
+
+// startTunnel registers a tunnel and runs it on its own goroutines; the
+// first bytes (the 101 head and any frames after it, the client's early
+// frames) are written before the relay starts.
+func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, info tunnelInfo) {
+	t := newTunnel(client, up, g.timeouts.idle)
+	g.mu.Lock()
+	g.tunnels[t] = struct{}{}
+	g.mu.Unlock()
+	go func() {
+		defer g.endTunnel(t, info)
+		deadline := time.Now().Add(g.timeouts.handshake)
+		client.SetWriteDeadline(deadline)
+		up.SetWriteDeadline(deadline)
+		if _, err := client.Write(toClient); err != nil {
+			t.abort(ClosedByClient)
+			return
+		}
+		if len(toUpstream) > 0 {
+			if _, err := up.Write(toUpstream); err != nil {
+				t.abort(ClosedByUpstream)
+				return
+			}
+		}
+		client.SetWriteDeadline(time.Time{})
+		up.SetWriteDeadline(time.Time{})
+		t.up.Add(int64(len(toUpstream)))
+		t.run()
+	}()
+}
+
+func (g *Gateway) endTunnel(t *tunnel, info tunnelInfo) {
+	info.server.Release()
+	g.mu.Lock()
+	delete(g.tunnels, t)
+	if len(g.tunnels) == 0 {
+		g.idle.Broadcast()
+	}
+	g.mu.Unlock()
+	closer, _ := t.closer.Load().(Closer)
+	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d closed_by=%s",
+		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
+		info.server.Address, time.Since(info.start).Round(time.Millisecond), t.up.Load(), t.down.Load(), closer)
+}
+
+// ActiveTunnels reports how many upgraded connections are open now.
+func (g *Gateway) ActiveTunnels() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.tunnels)
+}
+
+// Addrs returns the bound address of every listener, in config order.
+func (g *Gateway) Addrs() []net.Addr {
+	var addrs []net.Addr
+	for _, ln := range g.listeners {
+		addrs = append(addrs, ln.Addr())
+	}
+	return addrs
+}
+
+// Shutdown stops accepting, lets in-flight HTTP requests finish and waits
+// for live tunnels to end, up to the drain timeout or ctx's end, whichever
+// comes first; then it closes the tunnels that are left.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, g.timeouts.drain)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, srv := range g.servers {
+		wg.Add(1)
+		go func() { defer wg.Done(); srv.ShutdownWithContext(ctx) }()
+	}
+
+	// Wait for the tunnels; a goroutine turns ctx's end into a broadcast so
+	// the wait below can see it.
+	stop := context.AfterFunc(ctx, func() {
+		g.mu.Lock()
+		g.idle.Broadcast()
+		g.mu.Unlock()
+	})
+	defer stop()
+	g.mu.Lock()
+	for len(g.tunnels) > 0 && ctx.Err() == nil {
+		g.idle.Wait()
+	}
+	left := make([]*tunnel, 0, len(g.tunnels))
+	for t := range g.tunnels {
+		left = append(left, t)
+	}
+	g.mu.Unlock()
+	for _, t := range left {
+		t.abort(ClosedDrain)
+	}
+	for _, t := range left {
+		<-t.done
+	}
+	wg.Wait()
+	g.wg.Wait()
+	if len(left) > 0 {
+		return fmt.Errorf("drain timeout: closed %d live tunnels", len(left))
+	}
+	return nil
+}
+
+// logRequest writes the access log line of a plain HTTP request or of a
+// handshake that did not become a tunnel.
+func (g *Gateway) logRequest(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string, start time.Time) {
+	pool := "-"
+	if rt != nil {
+		pool = rt.Pool.Name
+	}
+	g.accessLog.Printf("%s %s %s %s %s upstream=%s status=%d duration=%s",
+		start.UTC().Format(time.RFC3339), ctx.RemoteAddr(), ctx.Method(), pool, ctx.RequestURI(),
+		upstreamAddr, ctx.Response.StatusCode(), time.Since(start).Round(time.Millisecond))
+}
+
+func (g *Gateway) errorf(format string, args ...any) { g.errorLog.Printf(format, args...) }

@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha1"
+	"encoding/base64"
+
+	"github.com/valyala/fasthttp"
+)
+
+// websocketGUID is the constant RFC 6455 section 1.3 appends to the key.
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// AcceptKey returns the Sec-WebSocket-Accept value an RFC 6455 server must
+// answer to the client's Sec-WebSocket-Key.
+func AcceptKey(key string) string {
+	h := sha1.New()
+	h.Write([]byte(key))
+	h.Write([]byte(websocketGUID))
+	return base64.StdEncoding.EncodeToString(h.Sum(nil))
+}
+
+// isUpgrade reports whether a request asks to switch to WebSocket: its
+// Connection header lists the token "upgrade" and its Upgrade header names
+// "websocket", both case-insensitively. Headers may repeat.
+func isUpgrade(h *fasthttp.RequestHeader) bool {
+	var conn, upg bool
+	h.VisitAll(func(k, v []byte) {
+		switch {
+		case bytes.EqualFold(k, []byte("Connection")):
+			conn = conn || hasToken(v, "upgrade")
+		case bytes.EqualFold(k, []byte("Upgrade")):
+			upg = upg || hasToken(v, "websocket")
+		}
+	})
+	return conn && upg
+}
+
+// hasToken reports whether a comma-separated header value contains token,
+// compared case-insensitively and ignoring surrounding spaces and tabs.
+func hasToken(v []byte, token string) bool {
+	for len(v) > 0 {
+		var item []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			item, v = v[:i], v[i+1:]
+		} else {
+			item, v = v, nil
+		}
+		if bytes.EqualFold(bytes.Trim(item, " \t"), []byte(token)) {
+			return true
+		}
+	}
+	return false
+}
+
+// handshakeError is a client handshake the gateway refuses before any
+// upstream is involved.
+type handshakeError struct {
+	status int
+	reason string
+}
+
+// checkClientHandshake validates an upgrade request against RFC 6455
+// section 4.2.1 and returns the client's key, or why it is refused.
+func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshakeError) {
+	if !h.IsGet() {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must use GET, not " + string(h.Method())}
+	}
+	if !h.IsHTTP11() {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1, got " + string(h.Protocol())}
+	}
+	if v := h.Peek("Sec-WebSocket-Version"); string(v) != "13" {
+		if len(v) == 0 {
+			return "", &handshakeError{fasthttp.StatusUpgradeRequired, "missing Sec-WebSocket-Version; this gateway speaks version 13"}
+		}
+		return "", &handshakeError{fasthttp.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + string(v) + "; this gateway speaks version 13"}
+	}
+	raw := h.Peek("Sec-WebSocket-Key")
+	if len(raw) == 0 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "missing Sec-WebSocket-Key"}
+	}
+	// The key must be the base64 encoding of exactly 16 bytes: 24 characters
+	// ending in "==".
+	if decoded, err := base64.StdEncoding.DecodeString(string(raw)); err != nil || len(decoded) != 16 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
+	}
+	return string(raw), nil
+}

@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+
+	"github.com/valyala/fasthttp"
+)
+
+// hopByHop are the headers that describe one connection, not the message
+// (RFC 9110 section 7.6.1 plus the legacy ones nginx and Go's ReverseProxy
+// also drop). Names listed in a Connection header are hop-by-hop too.
+var hopByHop = [][]byte{
+	[]byte("Connection"),
+	[]byte("Keep-Alive"),
+	[]byte("Proxy-Connection"),
+	[]byte("Proxy-Authenticate"),
+	[]byte("Proxy-Authorization"),
+	[]byte("TE"),
+	[]byte("Trailer"),
+	[]byte("Transfer-Encoding"),
+	[]byte("Upgrade"),
+}
+
+// forwardedNames are set by the gateway; copies sent by the client are
+// replaced, except X-Forwarded-For, which the gateway appends to.
+var forwardedNames = [][]byte{
+	[]byte("X-Forwarded-For"),
+	[]byte("X-Forwarded-Proto"),
+	[]byte("X-Forwarded-Host"),
+	[]byte("X-Real-IP"),
+}
+
+func isOneOf(name []byte, list [][]byte) bool {
+	for _, n := range list {
+		if bytes.EqualFold(name, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectionTokens collects the header names a Connection header value
+// lists, so they can be dropped as hop-by-hop.
+func connectionTokens(dst [][]byte, v []byte) [][]byte {
+	for _, item := range bytes.Split(v, []byte(",")) {
+		if item = bytes.Trim(item, " \t"); len(item) > 0 {
+			dst = append(dst, item)
+		}
+	}
+	return dst
+}
+
+// forwarded holds the values the gateway adds to a request it forwards.
+type forwarded struct {
+	clientIP string // the peer address of the client connection
+	proto    string // "http" or "https"
+	host     string // the Host the client asked for
+	priorXFF []byte // X-Forwarded-For the client sent, if any
+}
+
+func newForwarded(ctx *fasthttp.RequestCtx) forwarded {
+	f := forwarded{clientIP: remoteIP(ctx.RemoteAddr()), proto: "http", host: string(ctx.Host())}
+	if ctx.IsTLS() {
+		f.proto = "https"
+	}
+	if xff := ctx.Request.Header.Peek("X-Forwarded-For"); len(xff) > 0 {
+		f.priorXFF = append([]byte(nil), xff...)
+	}
+	return f
+}
+
+func (f forwarded) xff() string {
+	if len(f.priorXFF) > 0 {
+		return string(f.priorXFF) + ", " + f.clientIP
+	}
+	return f.clientIP
+}
+
+func remoteIP(a net.Addr) string {
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		return tcp.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// appendUpgradeRequestHead writes the head of a WebSocket handshake to
+// forward upstream: the request line, then the client's headers in their
+// original order and spelling (from the raw head fasthttp kept), minus the
+// hop-by-hop ones, with "Connection: Upgrade" and the client's Upgrade line
+// kept, then the X-Forwarded-* headers.
+func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) []byte {
+	dst = append(dst, "GET "...)
+	dst = append(dst, h.RequestURI()...)
+	dst = append(dst, " HTTP/1.1\r\n"...)
+
+	raw := h.RawHeaders()
+	var dropped [][]byte
+	forEachRawHeader(raw, func(name, value, _ []byte) {
+		if bytes.EqualFold(name, []byte("Connection")) {
+			dropped = connectionTokens(dropped, value)
+		}
+	})
+	wroteConnection := false
+	forEachRawHeader(raw, func(name, _, line []byte) {
+		switch {
+		case bytes.EqualFold(name, []byte("Connection")):
+			if !wroteConnection {
+				dst = append(dst, "Connection: Upgrade\r\n"...)
+				wroteConnection = true
+			}
+		case bytes.EqualFold(name, []byte("Upgrade")):
+			dst = append(dst, line...)
+			dst = append(dst, "\r\n"...)
+		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames):
+		default:
+			dst = append(dst, line...)
+			dst = append(dst, "\r\n"...)
+		}
+	})
+	dst = append(dst, "X-Forwarded-For: "...)
+	dst = append(dst, f.xff()...)
+	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
+	dst = append(dst, f.proto...)
+	dst = append(dst, "\r\nX-Forwarded-Host: "...)
+	dst = append(dst, f.host...)
+	dst = append(dst, "\r\nX-Real-IP: "...)
+	dst = append(dst, f.clientIP...)
+	return append(dst, "\r\n\r\n"...)
+}
+
+// forEachRawHeader calls fn for every header line of a raw head block
+// (without its line ending), with the header's name and trimmed value.
+func forEachRawHeader(raw []byte, fn func(name, value, line []byte)) {
+	for len(raw) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			line, raw = raw, nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue // the blank line ending the head
+		}
+		fn(bytes.TrimRight(line[:colon], " \t"), bytes.Trim(line[colon+1:], " \t"), line)
+	}
+}
+
+// prepareHTTPRequest turns a client request into the one sent upstream on
+// the plain HTTP path: hop-by-hop headers removed, X-Forwarded-* set, Host
+// untouched.
+func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
+	h := &req.Header
+	var dropped [][]byte
+	h.VisitAll(func(k, v []byte) {
+		if bytes.EqualFold(k, []byte("Connection")) {
+			dropped = connectionTokens(dropped, v)
+		}
+	})
+	for _, name := range dropped {
+		h.DelBytes(name)
+	}
+	for _, name := range hopByHop {
+		h.DelBytes(name)
+	}
+	// fasthttp tracks "Connection: close" as a flag, not a header; the
+	// upstream connection is the gateway's to keep alive.
+	h.ResetConnectionClose()
+	h.Set("X-Forwarded-For", f.xff())
+	h.Set("X-Forwarded-Proto", f.proto)
+	h.Set("X-Forwarded-Host", f.host)
+	h.Set("X-Real-IP", f.clientIP)
+}
+
+// cleanHTTPResponse removes hop-by-hop headers from an upstream response
+// before it is relayed to the client.
+func cleanHTTPResponse(h *fasthttp.ResponseHeader) {
+	var dropped [][]byte
+	h.VisitAll(func(k, v []byte) {
+		if bytes.EqualFold(k, []byte("Connection")) {
+			dropped = connectionTokens(dropped, v)
+		}
+	})
+	for _, name := range dropped {
+		h.DelBytes(name)
+	}
+	for _, name := range hopByHop {
+		if !bytes.EqualFold(name, []byte("Transfer-Encoding")) {
+			h.DelBytes(name)
+		}
+	}
+	h.ResetConnectionClose()
+}

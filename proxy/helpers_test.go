@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/config"
+)
+
+// testTimeouts are short so failure paths finish fast; idle stays long
+// enough never to fire by accident.
+var testTimeouts = config.Timeouts{
+	Connect:   config.Duration(2 * time.Second),
+	Handshake: config.Duration(2 * time.Second),
+	Idle:      config.Duration(time.Minute),
+	Drain:     config.Duration(5 * time.Second),
+}
+
+// gatewayFor starts a gateway on 127.0.0.1 with one catch-all route to the
+// given upstream servers and returns its address. It is shut down when the
+// test ends.
+func gatewayFor(t testing.TB, servers ...string) string {
+	t.Helper()
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Routes:    []config.Route{{Path: "/", Upstream: "backend"}},
+		Upstreams: map[string]*config.Upstream{"backend": {}},
+		Timeouts:  testTimeouts,
+	}
+	for _, s := range servers {
+		cfg.Upstreams["backend"].Servers = append(cfg.Upstreams["backend"].Servers, config.Server{Address: s, Weight: 1})
+	}
+	return startGateway(t, cfg).Addrs()[0].String()
+}
+
+func startGateway(t testing.TB, cfg *config.Config) *Gateway {
+	t.Helper()
+	if cfg.Limits.MaxHeaderBytes == 0 {
+		cfg.Limits.MaxHeaderBytes = 16384
+	}
+	g, err := New(cfg, Options{AccessLog: io.Discard, ErrorLog: testLog{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+	return g
+}
+
+// testLog sends the gateway's error log to the test's log.
+type testLog struct{ t testing.TB }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// serveHTTP runs handler on a fresh 127.0.0.1 port until the test ends.
+func serveHTTP(t testing.TB, handler http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// echoUpstream is a WebSocket server that echoes every message with its
+// type; it answers pings with pongs (the library default) and echoes the
+// close code and reason it receives.
+func echoUpstream(t testing.TB, up websocket.Upgrader) string {
+	return serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadLimit(64 << 20)
+		for {
+			mt, msg, err := c.ReadMessage()
+			if err != nil {
+				if ce, ok := err.(*websocket.CloseError); ok {
+					c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Text), time.Now().Add(time.Second))
+				}
+				return
+			}
+			if err := c.WriteMessage(mt, msg); err != nil {
+				return
+			}
+		}
+	}))
+}
+
+// dial opens a WebSocket through the gateway at addr.
+func dial(t testing.TB, addr, path string, hdr http.Header) *websocket.Conn {
+	t.Helper()
+	c, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+path, hdr)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s%s: %v (status %d)", addr, path, err, status)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// rawRequest sends raw bytes to addr and returns everything read until the
+// server closes or a second passes without data.
+func rawRequest(t testing.TB, addr, request string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	io.Copy(&out, c)
+	return out.String()
+}

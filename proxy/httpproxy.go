@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/upstream"
+)
+
+// upstreamKeepAlive is how long an idle keep-alive connection to an
+// upstream is kept. It is below node's default keepAliveTimeout (5 s) so
+// the gateway drops an idle conn before the server does, instead of racing
+// the server's close with a new request.
+const upstreamKeepAlive = 4 * time.Second
+
+// dialError marks a failure to connect: nothing reached the upstream, so
+// the request may go to another server whatever its method.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "dial: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// idleConn arms a fresh read deadline before every read, so an upstream
+// exchange is cut only after `idle` without a byte, never while a long-poll
+// is held or an event stream flows (fasthttp's ReadTimeout would cut a
+// streamed body at a fixed time after the request).
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// newHostClient returns the HTTP client for one upstream server.
+func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
+	connect, idle := g.timeouts.connect, g.timeouts.idle
+	return &fasthttp.HostClient{
+		Addr: srv.Address,
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := net.DialTimeout("tcp", addr, connect)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return &idleConn{Conn: c, idle: idle}, nil
+		},
+		NoDefaultUserAgentHeader:      true,
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		StreamResponseBody:            true,
+		ReadBufferSize:                g.maxHeaderBytes,
+		MaxConns:                      1 << 20, // long-polls hold conns; the OS limit is the real one
+		MaxIdleConnDuration:           upstreamKeepAlive,
+		// One retry, only when a reused keep-alive conn turned out closed
+		// before any response byte: the request never reached a handler.
+		// Never on a timeout (a held long-poll must not be sent twice).
+		MaxIdemponentCallAttempts: 2,
+		RetryIfErr: func(req *fasthttp.Request, _ int, err error) (bool, bool) {
+			idempotent := req.Header.IsGet() || req.Header.IsHead() || req.Header.IsOptions()
+			return false, idempotent && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
+		},
+	}
+}
+
+// serveHTTP reverse-proxies a plain HTTP request to the route's pool,
+// streaming both bodies.
+func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
+	start := time.Now()
+	prepareHTTPRequest(&ctx.Request, newForwarded(ctx))
+	var tried []*upstream.Server
+	for {
+		srv, err := rt.Pool.Pick(tried)
+		if err != nil {
+			g.refuse(ctx, fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
+			return
+		}
+		tried = append(tried, srv)
+		resp := fasthttp.AcquireResponse()
+		srv.Acquire()
+		err = g.clients[srv].Do(&ctx.Request, resp)
+		if err != nil {
+			srv.Release()
+			fasthttp.ReleaseResponse(resp)
+			var de *dialError
+			if errors.As(err, &de) {
+				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
+				continue
+			}
+			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
+				g.refuse(ctx, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
+			} else {
+				g.refuse(ctx, fasthttp.StatusBadGateway, "upstream failed to answer")
+			}
+			return
+		}
+		g.relayResponse(ctx, resp, srv)
+		g.logRequest(ctx, rt, srv.Address, start)
+		return
+	}
+}
+
+// relayResponse copies the upstream's answer to the client. A streamed
+// body (chunked, SSE, close-delimited) is relayed chunk by chunk as it
+// arrives: fasthttp flushes after every chunk it writes.
+func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, srv *upstream.Server) {
+	cleanHTTPResponse(&resp.Header)
+	resp.Header.CopyTo(&ctx.Response.Header)
+	body := &upstreamBody{resp: resp, srv: srv}
+	if resp.BodyStream() == nil {
+		ctx.Response.SetBody(resp.Body())
+		body.Close()
+		return
+	}
+	size := resp.Header.ContentLength()
+	if size < 0 {
+		size = -1 // chunked towards the client, whatever framing upstream used
+	}
+	ctx.Response.SetBodyStream(body, size)
+}
+
+// upstreamBody is an upstream response body being relayed. fasthttp closes
+// it when the client response is done (or abandoned), which returns the
+// upstream conn to the pool and ends the server's lease.
+type upstreamBody struct {
+	resp   *fasthttp.Response
+	srv    *upstream.Server
+	closed bool
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) { return b.resp.BodyStream().Read(p) }
+
+func (b *upstreamBody) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	err := b.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(b.resp)
+	b.srv.Release()
+	return err
+}

@@ -1,0 +1,255 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// relayBufferSize is the size of the buffers a tunnel borrows while bytes
+// move. A read that fills one whole suggests a bulk transfer, which then
+// goes through splice(2).
+const relayBufferSize = 32 << 10
+
+// spliceChunk bounds one splice(2) run. splice borrows a pipe pair (two fds)
+// from Go's pool and keeps it until the run ends, so runs are bounded in
+// bytes instead of lasting the connection's life (DESIGN.md: a relay that
+// splices for a tunnel's life holds 6 fds per tunnel).
+const spliceChunk = 1 << 20
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+
+// Closer names who ended a tunnel, for the access log.
+type Closer string
+
+// The ways a tunnel ends.
+const (
+	ClosedByClient   Closer = "client"
+	ClosedByUpstream Closer = "upstream"
+	ClosedIdle       Closer = "idle"
+	ClosedDrain      Closer = "drain"
+)
+
+// tunnel carries the bytes of one upgraded connection in both directions.
+// It holds no buffer while both sides are quiet: each direction waits for
+// readability first and borrows a pooled buffer only to move what arrived.
+type tunnel struct {
+	client, upstream net.Conn
+	idle             time.Duration
+
+	lastActive atomic.Int64 // unix nanoseconds of the last byte either way
+	up, down   atomic.Int64 // bytes client→upstream, upstream→client
+
+	closeOnce sync.Once
+	closer    atomic.Value // Closer: the first side to end, or idle/drain
+	done      chan struct{}
+}
+
+func newTunnel(client, upstream net.Conn, idle time.Duration) *tunnel {
+	t := &tunnel{client: client, upstream: upstream, idle: idle, done: make(chan struct{})}
+	t.touch()
+	return t
+}
+
+func (t *tunnel) touch() { t.lastActive.Store(time.Now().UnixNano()) }
+
+func (t *tunnel) setCloser(c Closer) { t.closer.CompareAndSwap(nil, c) }
+
+// run relays both directions until both end, then closes both conns.
+// It returns when the tunnel is over.
+func (t *tunnel) run() {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); t.direction(t.client, t.upstream, &t.up, ClosedByClient) }()
+	go func() { defer wg.Done(); t.direction(t.upstream, t.client, &t.down, ClosedByUpstream) }()
+	wg.Wait()
+	t.closeBoth()
+	close(t.done)
+}
+
+// abort ends the tunnel at once (drain deadline, shutdown).
+func (t *tunnel) abort(why Closer) {
+	t.setCloser(why)
+	t.closeBoth()
+}
+
+func (t *tunnel) closeBoth() {
+	t.closeOnce.Do(func() {
+		t.client.Close()
+		t.upstream.Close()
+	})
+}
+
+// direction copies src to dst until src ends. A clean end (EOF) is passed
+// on as a half-close, so the other direction keeps flowing; an error or an
+// idle timeout closes both sides.
+func (t *tunnel) direction(src, dst net.Conn, count *atomic.Int64, side Closer) {
+	err := t.copy(src, dst, count)
+	switch {
+	case err == nil:
+		t.setCloser(side)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return
+		}
+		t.closeBoth()
+	case errors.Is(err, errIdle):
+		t.setCloser(ClosedIdle)
+		t.closeBoth()
+	default:
+		t.setCloser(side)
+		t.closeBoth()
+	}
+}
+
+var errIdle = errors.New("tunnel idle")
+
+// copy moves bytes from src to dst until EOF (nil) or an error.
+func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
+	if err := src.SetReadDeadline(time.Now().Add(t.idle)); err != nil {
+		return err
+	}
+	srcTCP, _ := src.(*net.TCPConn)
+	dstTCP, _ := dst.(*net.TCPConn)
+	var raw syscall.RawConn
+	if srcTCP != nil {
+		raw, _ = srcTCP.SyscallConn()
+	}
+	for {
+		var n int
+		var err error
+		if raw != nil {
+			n, err = t.waitAndRelay(raw, dst)
+		} else {
+			n, err = t.readAndRelay(src, dst)
+		}
+		if n > 0 {
+			count.Add(int64(n))
+			t.touch()
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if err = t.extendDeadline(src); err == nil {
+					continue
+				}
+			}
+			return err
+		}
+		if n == relayBufferSize && srcTCP != nil && dstTCP != nil {
+			// A full buffer: more is likely queued. Let the kernel move the
+			// next run without copying it through user space.
+			if err := t.spliceRun(srcTCP, dstTCP, count); err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if err = t.extendDeadline(src); err == nil {
+						continue
+					}
+				}
+				return err
+			}
+		}
+	}
+}
+
+// extendDeadline is called when src's read deadline passed. The deadline is
+// set once per idle period rather than per read (resetting a timer on every
+// message costs); if the other direction moved bytes meanwhile, the tunnel
+// is not idle and the deadline moves to idle after that last byte.
+func (t *tunnel) extendDeadline(src net.Conn) error {
+	next := time.Unix(0, t.lastActive.Load()).Add(t.idle)
+	if !next.After(time.Now()) {
+		return errIdle
+	}
+	return src.SetReadDeadline(next)
+}
+
+// waitAndRelay waits until src is readable holding no buffer, then reads
+// into a borrowed buffer and writes it all to dst. The read happens inside
+// the RawConn callback; on EAGAIN the buffer goes back to the pool before
+// the goroutine parks, so an idle tunnel costs two parked goroutines and
+// nothing else.
+func (t *tunnel) waitAndRelay(src syscall.RawConn, dst net.Conn) (int, error) {
+	var buf *[]byte
+	var n int
+	var rerr error
+	err := src.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = relayBuffers.Get().(*[]byte)
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			relayBuffers.Put(buf)
+			buf = nil
+			return false
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if buf == nil {
+		return 0, err
+	}
+	defer relayBuffers.Put(buf)
+	if err != nil {
+		return 0, err
+	}
+	if n <= 0 {
+		return 0, io.EOF
+	}
+	return writeAll(dst, (*buf)[:n])
+}
+
+// readAndRelay is the path for conns without a file descriptor of their
+// own (TLS): the buffer is held during the read, as crypto/tls needs one.
+func (t *tunnel) readAndRelay(src, dst net.Conn) (int, error) {
+	buf := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(buf)
+	n, err := src.Read(*buf)
+	if n > 0 {
+		if _, werr := writeAll(dst, (*buf)[:n]); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+// spliceRun moves up to spliceChunk bytes from src to dst with splice(2).
+// It returns io.EOF when src ended before the chunk was done.
+func (t *tunnel) spliceRun(src, dst *net.TCPConn, count *atomic.Int64) error {
+	lr := &io.LimitedReader{R: src, N: spliceChunk}
+	n, err := dst.ReadFrom(lr)
+	if n > 0 {
+		count.Add(n)
+		t.touch()
+	}
+	if err != nil {
+		return err
+	}
+	if lr.N > 0 {
+		return io.EOF
+	}
+	return nil
+}
+
+func writeAll(dst net.Conn, b []byte) (int, error) {
+	n, err := dst.Write(b)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	return n, err
+}

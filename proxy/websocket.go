@@ -1,0 +1,214 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/upstream"
+)
+
+// maxResponseHead bounds the upstream's answer to a handshake.
+const maxResponseHead = 64 << 10
+
+var errHeadTooLarge = errors.New("upstream response head exceeds 64 KiB")
+
+// serveWebSocket forwards a client's WebSocket handshake to a server of the
+// route's pool, relays the answer and, on a valid 101, hands both conns to
+// a tunnel.
+func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
+	key, herr := checkClientHandshake(&ctx.Request.Header)
+	if herr != nil {
+		g.refuse(ctx, herr.status, herr.reason)
+		if herr.status == fasthttp.StatusUpgradeRequired {
+			// RFC 6455 section 4.4: name the versions the server speaks.
+			ctx.Response.Header.Set("Sec-WebSocket-Version", "13")
+		}
+		return
+	}
+	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, newForwarded(ctx))
+
+	var tried []*upstream.Server
+	for {
+		srv, err := rt.Pool.Pick(tried)
+		if err != nil {
+			g.refuse(ctx, fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
+			return
+		}
+		tried = append(tried, srv)
+		conn, err := net.DialTimeout("tcp", srv.Address, g.timeouts.connect)
+		if err != nil {
+			g.errorf("upstream %s server %s: dial: %v", rt.Pool.Name, srv.Address, err)
+			continue
+		}
+		g.exchangeHandshake(ctx, rt, srv, conn, head, key)
+		return
+	}
+}
+
+// exchangeHandshake sends the handshake on conn, reads the upstream's
+// answer within the handshake timeout and relays it.
+func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *upstream.Server, conn net.Conn, head []byte, key string) {
+	start := time.Now()
+	conn.SetDeadline(start.Add(g.timeouts.handshake))
+	resp, err := roundTripHead(conn, head)
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, g.timeouts.handshake)
+			g.refuse(ctx, fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time")
+			return
+		}
+		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)
+		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream failed during the websocket handshake")
+		return
+	}
+	if resp.status != fasthttp.StatusSwitchingProtocols {
+		defer conn.Close()
+		g.relayRefusal(ctx, rt, srv, conn, resp)
+		return
+	}
+	if resp.accept != AcceptKey(key) {
+		conn.Close()
+		g.errorf("upstream %s server %s: 101 with a wrong Sec-WebSocket-Accept", rt.Pool.Name, srv.Address)
+		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept")
+		return
+	}
+	conn.SetDeadline(time.Time{})
+
+	srv.Acquire()
+	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start}
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		// This runs on fasthttp's goroutine for the conn; it must return at
+		// once so the RequestCtx and its read buffer are released.
+		client, early, err := unwrapHijacked(c)
+		if err != nil {
+			conn.Close()
+			c.Close()
+			srv.Release()
+			return
+		}
+		g.startTunnel(client, conn, resp.raw, early, info)
+	})
+}
+
+// handshakeResponse is the upstream's answer to a handshake.
+type handshakeResponse struct {
+	raw    []byte // the response head and every byte read after it
+	head   int    // length of the head within raw
+	status int
+	accept string
+}
+
+// roundTripHead writes head and reads the response head. Bytes that arrive
+// in the same reads after the head (the first WebSocket frames, often: an
+// Engine.IO server speaks first) stay in raw so they are forwarded, not lost.
+func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
+	if _, err := conn.Write(head); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 0, 4096)
+	for {
+		if len(buf) == cap(buf) {
+			if cap(buf) >= maxResponseHead {
+				return nil, errHeadTooLarge
+			}
+			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+		}
+		n, err := conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
+			return parseResponseHead(buf, end+4)
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+func parseResponseHead(raw []byte, headLen int) (*handshakeResponse, error) {
+	head := raw[:headLen]
+	lineEnd := bytes.IndexByte(head, '\n')
+	statusLine := bytes.TrimRight(head[:lineEnd], "\r")
+	// "HTTP/1.1 101 Switching Protocols"
+	if !bytes.HasPrefix(statusLine, []byte("HTTP/1.")) || len(statusLine) < 12 || statusLine[8] != ' ' {
+		return nil, errors.New("malformed status line " + strconv.Quote(string(statusLine)))
+	}
+	status, err := strconv.Atoi(string(statusLine[9:12]))
+	if err != nil {
+		return nil, errors.New("malformed status line " + strconv.Quote(string(statusLine)))
+	}
+	r := &handshakeResponse{raw: raw, head: headLen, status: status}
+	forEachRawHeader(head[lineEnd+1:], func(name, value, _ []byte) {
+		if bytes.EqualFold(name, []byte("Sec-WebSocket-Accept")) {
+			r.accept = string(value)
+		}
+	})
+	return r, nil
+}
+
+// relayRefusal passes a non-101 answer (403, 404, 401 with a challenge...)
+// to the client as it is: status, headers and body.
+func (g *Gateway) relayRefusal(ctx *fasthttp.RequestCtx, rt *Route, srv *upstream.Server, conn net.Conn, r *handshakeResponse) {
+	var resp fasthttp.Response
+	br := bufio.NewReader(io.MultiReader(bytes.NewReader(r.raw), conn))
+	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
+		g.errorf("upstream %s server %s: reading %d answer to a handshake: %v", rt.Pool.Name, srv.Address, r.status, err)
+		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream sent an unreadable answer to the websocket handshake")
+		return
+	}
+	cleanHTTPResponse(&resp.Header)
+	resp.CopyTo(&ctx.Response)
+	g.logRequest(ctx, rt, srv.Address, time.Now())
+}
+
+// unwrapHijacked returns the raw conn under fasthttp's hijack wrapper and
+// the bytes the client sent after its request head that fasthttp already
+// buffered: a client may send its first frame in the same write as the
+// handshake. The wrapper reads through the server's bufio.Reader; a read
+// deadline in the past makes it hand back only what is buffered, because Go
+// checks the deadline before it would call read(2).
+func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
+	u, ok := c.(interface{ UnsafeConn() net.Conn })
+	if !ok {
+		return c, nil, nil
+	}
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return nil, nil, err
+	}
+	var early []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		early = append(early, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	raw := u.UnsafeConn()
+	if err := raw.SetReadDeadline(time.Time{}); err != nil {
+		return nil, nil, err
+	}
+	return raw, early, nil
+}
+
+// refuse answers the client with status and a one-line reason, and closes
+// the connection: after a refused upgrade the client's state is unknown.
+func (g *Gateway) refuse(ctx *fasthttp.RequestCtx, status int, reason string) {
+	ctx.Response.Reset()
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString(reason + "\n")
+	ctx.SetConnectionClose()
+	g.logRequest(ctx, nil, "-", time.Now())
+}
