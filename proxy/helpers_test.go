@@ -28,16 +28,7 @@ var testTimeouts = config.Timeouts{
 // test ends.
 func gatewayFor(t testing.TB, servers ...string) string {
 	t.Helper()
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
-		Routes:    []config.Route{{Path: "/", Upstream: "backend"}},
-		Upstreams: map[string]*config.Upstream{"backend": {}},
-		Timeouts:  testTimeouts,
-	}
-	for _, s := range servers {
-		cfg.Upstreams["backend"].Servers = append(cfg.Upstreams["backend"].Servers, config.Server{Address: s, Weight: 1})
-	}
-	return startGateway(t, cfg).Addrs()[0].String()
+	return startGateway(t, configFor(servers...)).Addrs()[0].String()
 }
 
 func startGateway(t testing.TB, cfg *config.Config) *Gateway {
@@ -92,12 +83,14 @@ func echoUpstream(t testing.TB, up websocket.Upgrader) string {
 		}
 		defer c.Close()
 		c.SetReadLimit(64 << 20)
+		// Echo the close code and reason; the library's default answer
+		// keeps only the code.
+		c.SetCloseHandler(func(code int, text string) error {
+			return c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+		})
 		for {
 			mt, msg, err := c.ReadMessage()
 			if err != nil {
-				if ce, ok := err.(*websocket.CloseError); ok {
-					c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Text), time.Now().Add(time.Second))
-				}
 				return
 			}
 			if err := c.WriteMessage(mt, msg); err != nil {
@@ -138,4 +131,18 @@ func rawRequest(t testing.TB, addr, request string) string {
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	io.Copy(&out, c)
 	return out.String()
+}
+
+// configFor is a config with one catch-all route to servers.
+func configFor(servers ...string) *config.Config {
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0"}},
+		Routes:    []config.Route{{Path: "/", Upstream: "backend"}},
+		Upstreams: map[string]*config.Upstream{"backend": {}},
+		Timeouts:  testTimeouts,
+	}
+	for _, s := range servers {
+		cfg.Upstreams["backend"].Servers = append(cfg.Upstreams["backend"].Servers, config.Server{Address: s, Weight: 1})
+	}
+	return cfg
 }

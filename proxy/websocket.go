@@ -206,6 +206,7 @@ func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 // the connection: after a refused upgrade the client's state is unknown.
 func (g *Gateway) refuse(ctx *fasthttp.RequestCtx, status int, reason string) {
 	ctx.Response.Reset()
+	ctx.Response.Header.DisableNormalizing() // "Sec-WebSocket-Version", not "Sec-Websocket-Version"
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(reason + "\n")

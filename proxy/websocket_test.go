@@ -1,9 +1,15 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/fasthttp/websocket"
 )
@@ -41,4 +47,158 @@ func TestEchoSizes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Fragments of one message with pings between them must reach the upstream
+// as sent: the echo server reassembles "Hello world" and answers each ping.
+func TestFragmentsWithInterleavedPings(t *testing.T) {
+	gw := gatewayFor(t, echoUpstream(t, websocket.Upgrader{}))
+	var out []byte
+	out = append(out, frame(opText, false, true, []byte("Hel"))...)
+	out = append(out, frame(opPing, true, true, []byte("p1"))...)
+	out = append(out, frame(opContinuation, false, true, []byte("lo "))...)
+	out = append(out, frame(opPing, true, true, []byte("p2"))...)
+	out = append(out, frame(opContinuation, true, true, []byte("world"))...)
+	c, br, resp := rawClient(t, gw, nil)
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 3 {
+		f, err := readFrame(br)
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		got = append(got, fmt.Sprintf("%x:%s", f.op, f.payload))
+	}
+	want := []string{"a:p1", "a:p2", "1:Hello world"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("frames %v, want %v", got, want)
+	}
+}
+
+func TestPingPong(t *testing.T) {
+	gw := gatewayFor(t, echoUpstream(t, websocket.Upgrader{}))
+	c := dial(t, gw, "/", nil)
+	pong := make(chan string, 1)
+	c.SetPongHandler(func(data string) error { pong <- data; return nil })
+	if err := c.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	go c.ReadMessage() // control frames are handled while reading
+	select {
+	case p := <-pong:
+		if p != "are you there" {
+			t.Fatalf("pong %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong")
+	}
+}
+
+func TestCloseCodesBothWays(t *testing.T) {
+	t.Run("client closes", func(t *testing.T) {
+		gw := gatewayFor(t, echoUpstream(t, websocket.Upgrader{}))
+		c := dial(t, gw, "/", nil)
+		msg := websocket.FormatCloseMessage(4001, "client bye")
+		if err := c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := c.ReadMessage()
+		ce, ok := err.(*websocket.CloseError)
+		if !ok || ce.Code != 4001 || ce.Text != "client bye" {
+			t.Fatalf("echoed close: %v", err)
+		}
+	})
+	t.Run("upstream closes", func(t *testing.T) {
+		up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u := websocket.Upgrader{}
+			c, err := u.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4002, "server bye"), time.Now().Add(time.Second))
+			c.ReadMessage() // wait for the client's answer
+		}))
+		c := dial(t, gatewayFor(t, up), "/", nil)
+		_, _, err := c.ReadMessage()
+		ce, ok := err.(*websocket.CloseError)
+		if !ok || ce.Code != 4002 || ce.Text != "server bye" {
+			t.Fatalf("close from upstream: %v", err)
+		}
+	})
+}
+
+// The classic lost-bytes bug: a frame in the same TCP write as the
+// handshake sits in the server's read buffer when the connection is
+// hijacked.
+func TestClientFrameInHandshakeWrite(t *testing.T) {
+	gw := gatewayFor(t, echoUpstream(t, websocket.Upgrader{}))
+	_, br, resp := rawClient(t, gw, frame(opText, true, true, []byte("first words")))
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	f, err := readFrame(br)
+	if err != nil || f.op != opText || string(f.payload) != "first words" {
+		t.Fatalf("echo of the early frame: %+v, %v", f, err)
+	}
+}
+
+// The same bug on the other side: an upstream (Engine.IO does this) that
+// sends its first frame in the same write as its 101.
+func TestUpstreamFrameIn101Write(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		c.Write(append([]byte(switchingProtocols(req)), frame(opText, true, false, []byte(`0{"sid":"x"}`))...))
+		readFrame(br) // hold the conn until the client talks or leaves
+	})
+	c := dial(t, gatewayFor(t, up), "/", nil)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, msg, err := c.ReadMessage()
+	if err != nil || string(msg) != `0{"sid":"x"}` {
+		t.Fatalf("first frame: %q, %v", msg, err)
+	}
+}
+
+func TestSubprotocolAndDeflateEndToEnd(t *testing.T) {
+	up := echoUpstream(t, websocket.Upgrader{Subprotocols: []string{"chat.v2"}, EnableCompression: true})
+	g := startGateway(t, configFor(up))
+	d := websocket.Dialer{Subprotocols: []string{"chat.v1", "chat.v2"}, EnableCompression: true}
+	c, resp, err := d.Dial("ws://"+g.Addrs()[0].String()+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Subprotocol() != "chat.v2" {
+		t.Fatalf("subprotocol %q", c.Subprotocol())
+	}
+	mustContain(t, resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate")
+	msg := bytes.Repeat([]byte("compress me "), 10000) // 120,000 bytes
+	if err := c.WriteMessage(websocket.TextMessage, msg); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := c.ReadMessage()
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+	// The gateway moved the compressed frames: far fewer bytes than the
+	// message, in both directions.
+	up1, down1 := tunnelBytes(g)
+	if up1 == 0 || up1 > 10000 || down1 == 0 || down1 > 10000 {
+		t.Fatalf("tunnel carried %d bytes up, %d down for a %d-byte message each way: not compressed end to end", up1, down1, len(msg))
+	}
+}
+
+// tunnelBytes sums the bytes counted by the gateway's live tunnels.
+func tunnelBytes(g *Gateway) (up, down int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for t := range g.tunnels {
+		up += t.up.Load()
+		down += t.down.Load()
+	}
+	return up, down
 }

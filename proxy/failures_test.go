@@ -1,0 +1,178 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+)
+
+// deadAddress returns a loopback address nothing listens on.
+func deadAddress(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// dialStatus tries a WebSocket handshake and returns the HTTP status and
+// body of a refusal (or 101).
+func dialStatus(t testing.TB, addr string) (int, string) {
+	t.Helper()
+	c, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
+	if err == nil {
+		c.Close()
+		return 101, ""
+	}
+	if resp == nil {
+		t.Fatalf("dial: %v (no response)", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestUpstreamRefusalRelayed(t *testing.T) {
+	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Reason", "token")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, "forbidden: no token")
+	}))
+	c, resp, err := websocket.DefaultDialer.Dial("ws://"+gatewayFor(t, up)+"/", nil)
+	if err == nil {
+		c.Close()
+		t.Fatal("handshake succeeded")
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 403 || string(body) != "forbidden: no token" || resp.Header.Get("X-Reason") != "token" {
+		t.Fatalf("got %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+}
+
+func TestUpstreamHandshakeFailures(t *testing.T) {
+	cases := []struct {
+		name   string
+		serve  func(c net.Conn, br *bufio.Reader, req *http.Request)
+		status int
+	}{
+		{"wrong accept", func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n")
+			time.Sleep(time.Second)
+		}, 502},
+		{"closes mid-handshake", func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
+			io.WriteString(c, "HTTP/1.1 101 Swi")
+		}, 502},
+		{"garbage answer", func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
+			io.WriteString(c, "SSH-2.0-OpenSSH\r\n\r\n")
+		}, 502},
+		{"never answers", func(c net.Conn, br *bufio.Reader, _ *http.Request) {
+			br.ReadByte() // blocks until the gateway gives up and closes
+		}, 504},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := gatewayFor(t, rawUpstream(t, tc.serve))
+			status, body := dialStatus(t, gw)
+			if status != tc.status {
+				t.Fatalf("status %d (%q), want %d", status, body, tc.status)
+			}
+			if body == "" {
+				t.Fatal("refusal without a reason")
+			}
+		})
+	}
+}
+
+func TestNoUpstreamReachable(t *testing.T) {
+	gw := gatewayFor(t, deadAddress(t), deadAddress(t))
+	start := time.Now()
+	status, body := dialStatus(t, gw)
+	if status != 502 {
+		t.Fatalf("status %d %q, want 502", status, body)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("502 took %v", d)
+	}
+}
+
+func TestOneServerDownEveryHandshakeSucceeds(t *testing.T) {
+	gw := gatewayFor(t, deadAddress(t), echoUpstream(t, websocket.Upgrader{}))
+	for i := range 50 {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+gw+"/", nil)
+		if err != nil {
+			t.Fatalf("handshake %d: %v", i, err)
+		}
+		c.Close()
+	}
+}
+
+func TestMalformedHandshakes(t *testing.T) {
+	gw := gatewayFor(t, echoUpstream(t, websocket.Upgrader{}))
+	const base = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	cases := []struct {
+		name, request, status, reason string
+	}{
+		{"no key", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\n\r\n", "400", "Sec-WebSocket-Key"},
+		{"short key", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n\r\n", "400", "16 bytes"},
+		{"version 8", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: " + testKey + "\r\n\r\n", "426", "version"},
+		{"POST", "POST / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\nContent-Length: 0\r\n\r\n", "400", "GET"},
+		{"HTTP/1.0", "GET / HTTP/1.0\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\n\r\n", "400", "HTTP/1.1"},
+		{"not HTTP", "\x16\x03\x01garbage\r\n\r\n", "400", "malformed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out := rawRequest(t, gw, tc.request)
+			status, _, _ := strings.Cut(strings.TrimPrefix(out, "HTTP/1.1 "), " ")
+			if status != tc.status {
+				t.Fatalf("response %q, want status %s", out, tc.status)
+			}
+			mustContain(t, out, tc.reason)
+			if tc.status == "426" {
+				mustContain(t, out, "Sec-WebSocket-Version: 13")
+			}
+		})
+	}
+	// The gateway still serves well-formed clients.
+	c := dial(t, gw, "/", nil)
+	if err := c.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "still here" {
+		t.Fatalf("echo after bad clients: %q, %v", msg, err)
+	}
+}
+
+// A client that shuts its write side still receives what the upstream
+// sends afterwards: the FIN reaches the upstream as a FIN, not a close.
+func TestHalfClose(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		io.WriteString(c, switchingProtocols(req))
+		if _, err := br.ReadByte(); err != io.EOF {
+			io.WriteString(c, "expected EOF") // corrupts the stream: the test fails
+			return
+		}
+		c.Write(frame(opText, true, false, []byte("after your FIN")))
+	})
+	c, br, resp := rawClient(t, gatewayFor(t, up), nil)
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := readFrame(br)
+	if err != nil || string(f.payload) != "after your FIN" {
+		t.Fatalf("frame after half-close: %+v, %v", f, err)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after upstream closed: %v, want EOF", err)
+	}
+}
