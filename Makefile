@@ -1,0 +1,30 @@
+# wsgate: the two commands a new user needs are `go run ./cmd/wsgate -demo`
+# and `make test`.
+
+GO ?= go
+
+.PHONY: all build test fmt-check vet unit e2e demo clean
+
+all: build
+
+build:
+	$(GO) build -o bin/wsgate ./cmd/wsgate
+
+# test is what CI runs: formatting, vet, then every test with the race
+# detector (unit tests beside the code, end-to-end tests in tests/ that
+# run the built binary).
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+fmt-check:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+demo:
+	$(GO) run ./cmd/wsgate -demo
+
+clean:
+	rm -rf bin
