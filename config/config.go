@@ -56,7 +56,7 @@ type Upstream struct {
 	// HashKey is the key of the "hash" policy (not supported yet).
 	HashKey string `yaml:"hash_key"`
 	// StickyCookie names a gateway-inserted cookie (not supported yet).
-	StickyCookie string `yaml:"sticky_cookie"`
+	StickyCookie string   `yaml:"sticky_cookie"`
 	Servers      []Server `yaml:"servers"`
 }
 
