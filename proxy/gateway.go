@@ -50,6 +50,11 @@ type Gateway struct {
 
 	mu      sync.Mutex
 	tunnels map[*tunnel]struct{}
+	// pending counts 101s relayed whose hijack handler has not registered
+	// the tunnel yet; fasthttp runs it on a goroutine of its own after the
+	// request handler returns, so a drain must wait for those too.
+	pending int
+	stopped bool       // drain is over: a late tunnel is closed at once
 	idle    *sync.Cond // signalled when the last tunnel ends
 
 	accessLog, errorLog *log.Logger
@@ -162,7 +167,6 @@ func (g *Gateway) newServer() *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler:      g.handle,
 		ErrorHandler: g.handleParseError,
-		Name:         "wsgate",
 		// The client's head is relayed as it came: names unchanged, no
 		// Server/Date/Content-Type the upstream did not send.
 		DisableHeaderNamesNormalizing: true,
@@ -232,6 +236,13 @@ type tunnelInfo struct {
 func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, info tunnelInfo) {
 	t := newTunnel(client, up, g.timeouts.idle)
 	g.mu.Lock()
+	g.pending--
+	if g.stopped {
+		g.mu.Unlock()
+		t.abort(ClosedDrain)
+		info.server.Release()
+		return
+	}
 	g.tunnels[t] = struct{}{}
 	g.mu.Unlock()
 	go func() {
@@ -260,14 +271,28 @@ func (g *Gateway) endTunnel(t *tunnel, info tunnelInfo) {
 	info.server.Release()
 	g.mu.Lock()
 	delete(g.tunnels, t)
-	if len(g.tunnels) == 0 {
-		g.idle.Broadcast()
-	}
+	g.broadcastIfIdle()
 	g.mu.Unlock()
 	closer, _ := t.closer.Load().(Closer)
 	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d closed_by=%s",
 		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
 		info.server.Address, time.Since(info.start).Round(time.Millisecond), t.up.Load(), t.down.Load(), closer)
+}
+
+// tunnelAborted undoes the pending count of a 101 whose tunnel never
+// started (the client conn failed while it was being handed over).
+func (g *Gateway) tunnelAborted() {
+	g.mu.Lock()
+	g.pending--
+	g.broadcastIfIdle()
+	g.mu.Unlock()
+}
+
+// broadcastIfIdle wakes a drain waiting for the last tunnel; g.mu is held.
+func (g *Gateway) broadcastIfIdle() {
+	if len(g.tunnels) == 0 && g.pending == 0 {
+		g.idle.Broadcast()
+	}
 }
 
 // ActiveTunnels reports how many upgraded connections are open now.
@@ -307,9 +332,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	})
 	defer stop()
 	g.mu.Lock()
-	for len(g.tunnels) > 0 && ctx.Err() == nil {
+	for (len(g.tunnels) > 0 || g.pending > 0) && ctx.Err() == nil {
 		g.idle.Wait()
 	}
+	g.stopped = true
 	left := make([]*tunnel, 0, len(g.tunnels))
 	for t := range g.tunnels {
 		left = append(left, t)

@@ -83,6 +83,9 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 	conn.SetDeadline(time.Time{})
 
 	srv.Acquire()
+	g.mu.Lock()
+	g.pending++
+	g.mu.Unlock()
 	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
@@ -93,6 +96,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 			conn.Close()
 			c.Close()
 			srv.Release()
+			g.tunnelAborted()
 			return
 		}
 		g.startTunnel(client, conn, resp.raw, early, info)
