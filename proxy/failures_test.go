@@ -140,6 +140,20 @@ func TestMalformedHandshakes(t *testing.T) {
 			}
 		})
 	}
+	// Header names are case-insensitive (RFC 9110 section 5.1).
+	lower := "GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n" +
+		"sec-websocket-version: 13\r\nsec-websocket-key: " + testKey + "\r\n\r\n"
+	c0, err := net.Dial("tcp", gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c0.Close()
+	io.WriteString(c0, lower)
+	resp, err := http.ReadResponse(bufio.NewReader(c0), nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("lower-case handshake: %v, %v", resp, err)
+	}
+
 	// The gateway still serves well-formed clients.
 	c := dial(t, gw, "/", nil)
 	if err := c.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {

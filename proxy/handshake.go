@@ -69,13 +69,13 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 	if !h.IsHTTP11() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1, got " + string(h.Protocol())}
 	}
-	if v := h.Peek("Sec-WebSocket-Version"); string(v) != "13" {
+	if v := peekFold(h, "Sec-WebSocket-Version"); string(v) != "13" {
 		if len(v) == 0 {
 			return "", &handshakeError{fasthttp.StatusUpgradeRequired, "missing Sec-WebSocket-Version; this gateway speaks version 13"}
 		}
 		return "", &handshakeError{fasthttp.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + string(v) + "; this gateway speaks version 13"}
 	}
-	raw := h.Peek("Sec-WebSocket-Key")
+	raw := peekFold(h, "Sec-WebSocket-Key")
 	if len(raw) == 0 {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "missing Sec-WebSocket-Key"}
 	}
@@ -85,4 +85,18 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
 	}
 	return string(raw), nil
+}
+
+// peekFold returns the first value of the header called name in any
+// spelling. The server keeps names as the client sent them, and fasthttp's
+// Peek then compares byte for byte; "sec-websocket-key" is as valid as
+// "Sec-WebSocket-Key".
+func peekFold(h *fasthttp.RequestHeader, name string) []byte {
+	var found []byte
+	h.VisitAll(func(k, v []byte) {
+		if found == nil && bytes.EqualFold(k, []byte(name)) {
+			found = v
+		}
+	})
+	return found
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"iter"
 	"net"
 
 	"github.com/valyala/fasthttp"
@@ -64,8 +65,17 @@ func newForwarded(ctx *fasthttp.RequestCtx) forwarded {
 	if ctx.IsTLS() {
 		f.proto = "https"
 	}
-	if xff := ctx.Request.Header.Peek("X-Forwarded-For"); len(xff) > 0 {
-		f.priorXFF = append([]byte(nil), xff...)
+	// Header names keep the client's spelling and fasthttp's Peek compares
+	// them byte for byte, so "x-forwarded-for" must be looked for by hand.
+	// Repeated fields are one list (RFC 9110 section 5.3), joined in order.
+	for k, v := range ctx.Request.Header.All() {
+		if !bytes.EqualFold(k, []byte("X-Forwarded-For")) || len(bytes.Trim(v, " \t")) == 0 {
+			continue
+		}
+		if len(f.priorXFF) > 0 {
+			f.priorXFF = append(f.priorXFF, ", "...)
+		}
+		f.priorXFF = append(f.priorXFF, bytes.Trim(v, " \t")...)
 	}
 	return f
 }
@@ -152,23 +162,54 @@ func forEachRawHeader(raw []byte, fn func(name, value, line []byte)) {
 	}
 }
 
+// headerSet is what request and response headers share for deleting by
+// name.
+type headerSet interface {
+	All() iter.Seq2[[]byte, []byte]
+	DelBytes(key []byte)
+}
+
+// delHeadersFunc deletes every header whose name (as spelled in h) match
+// accepts. The gateway's server and clients keep names as received
+// (DisableHeaderNamesNormalizing), and then fasthttp's Del compares names
+// byte for byte: Del("Keep-Alive") leaves a "keep-alive" line in place, so
+// names are matched case-insensitively here and deleted as spelled.
+func delHeadersFunc(h headerSet, match func(name []byte) bool) {
+	var doomed [][]byte
+	for k := range h.All() {
+		if match(k) {
+			doomed = append(doomed, append([]byte(nil), k...))
+		}
+	}
+	// Deleting while iterating is undefined in fasthttp; hence two passes.
+	for _, k := range doomed {
+		h.DelBytes(k)
+	}
+}
+
+// connectionTokensOf collects the tokens of every Connection header of h,
+// whatever its spelling.
+func connectionTokensOf(h headerSet) [][]byte {
+	var tokens [][]byte
+	for k, v := range h.All() {
+		if bytes.EqualFold(k, []byte("Connection")) {
+			tokens = connectionTokens(tokens, append([]byte(nil), v...))
+		}
+	}
+	return tokens
+}
+
 // prepareHTTPRequest turns a client request into the one sent upstream on
-// the plain HTTP path: hop-by-hop headers removed, X-Forwarded-* set, Host
+// the plain HTTP path: hop-by-hop headers removed, X-Forwarded-* set (the
+// client's own copies of them removed, whatever their spelling, so an
+// upstream never sees a forged X-Real-IP next to the gateway's), Host
 // untouched.
 func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
 	h := &req.Header
-	var dropped [][]byte
-	h.VisitAll(func(k, v []byte) {
-		if bytes.EqualFold(k, []byte("Connection")) {
-			dropped = connectionTokens(dropped, v)
-		}
+	dropped := connectionTokensOf(h)
+	delHeadersFunc(h, func(name []byte) bool {
+		return isOneOf(name, hopByHop) || isOneOf(name, dropped) || isOneOf(name, forwardedNames)
 	})
-	for _, name := range dropped {
-		h.DelBytes(name)
-	}
-	for _, name := range hopByHop {
-		h.DelBytes(name)
-	}
 	// fasthttp tracks "Connection: close" as a flag, not a header; the
 	// upstream connection is the gateway's to keep alive.
 	h.ResetConnectionClose()
@@ -179,21 +220,15 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
 }
 
 // cleanHTTPResponse removes hop-by-hop headers from an upstream response
-// before it is relayed to the client.
+// before it is relayed to the client. Transfer-Encoding is left to
+// fasthttp, which frames the relayed body itself.
 func cleanHTTPResponse(h *fasthttp.ResponseHeader) {
-	var dropped [][]byte
-	h.VisitAll(func(k, v []byte) {
-		if bytes.EqualFold(k, []byte("Connection")) {
-			dropped = connectionTokens(dropped, v)
+	dropped := connectionTokensOf(h)
+	delHeadersFunc(h, func(name []byte) bool {
+		if bytes.EqualFold(name, []byte("Transfer-Encoding")) {
+			return false
 		}
+		return isOneOf(name, hopByHop) || isOneOf(name, dropped)
 	})
-	for _, name := range dropped {
-		h.DelBytes(name)
-	}
-	for _, name := range hopByHop {
-		if !bytes.EqualFold(name, []byte("Transfer-Encoding")) {
-			h.DelBytes(name)
-		}
-	}
 	h.ResetConnectionClose()
 }

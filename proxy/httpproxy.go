@@ -66,9 +66,13 @@ func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
 		ReadBufferSize:                g.maxHeaderBytes,
 		MaxConns:                      1 << 20, // long-polls hold conns; the OS limit is the real one
 		MaxIdleConnDuration:           upstreamKeepAlive,
-		// One retry, only when a reused keep-alive conn turned out closed
-		// before any response byte: the request never reached a handler.
-		// Never on a timeout (a held long-poll must not be sent twice).
+		// One retry of a GET/HEAD/OPTIONS whose conn closed before any
+		// response byte: the usual cause is a reused keep-alive conn the
+		// upstream closed as it went idle, so the request never reached a
+		// handler. fasthttp does not say whether the conn was reused, so a
+		// fresh conn closed without an answer is retried once too. Never on
+		// a timeout (a held long-poll must not be sent twice), never a
+		// streamed request body (fasthttp itself refuses).
 		MaxIdemponentCallAttempts: 2,
 		RetryIfErr: func(req *fasthttp.Request, _ int, err error) (bool, bool) {
 			idempotent := req.Header.IsGet() || req.Header.IsHead() || req.Header.IsOptions()
@@ -81,6 +85,11 @@ func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 	start := time.Now()
+	// fasthttp ends the client's connection only when its Connection value
+	// is exactly "close"; RFC 9112 section 9.6 makes "close" a
+	// case-insensitive token of a list ("close, X-Hop", "Close"). Read it
+	// before prepareHTTPRequest strips the header.
+	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
 	prepareHTTPRequest(&ctx.Request, newForwarded(ctx))
 	var tried []*upstream.Server
 	for {
@@ -110,6 +119,10 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 			return
 		}
 		g.relayResponse(ctx, resp, srv)
+		if clientClose {
+			// After relayResponse: copying the upstream's header resets it.
+			ctx.Response.Header.SetConnectionClose()
+		}
 		g.logRequest(ctx, rt, srv.Address, start)
 		return
 	}

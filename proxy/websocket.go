@@ -173,7 +173,7 @@ func (g *Gateway) relayRefusal(ctx *fasthttp.RequestCtx, rt *Route, srv *upstrea
 	}
 	cleanHTTPResponse(&resp.Header)
 	resp.CopyTo(&ctx.Response)
-	g.logRequest(ctx, rt, srv.Address, time.Now())
+	g.logRequest(ctx, rt, srv.Address, ctx.Time())
 }
 
 // unwrapHijacked returns the raw conn under fasthttp's hijack wrapper and
@@ -215,5 +215,5 @@ func (g *Gateway) refuse(ctx *fasthttp.RequestCtx, status int, reason string) {
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(reason + "\n")
 	ctx.SetConnectionClose()
-	g.logRequest(ctx, nil, "-", time.Now())
+	g.logRequest(ctx, nil, "-", ctx.Time())
 }
