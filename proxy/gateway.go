@@ -317,6 +317,11 @@ func (g *Gateway) Addrs() []net.Addr {
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, g.timeouts.drain)
 	defer cancel()
+	// Close the listeners here too: a Serve goroutine that has not taken
+	// its listener yet would miss fasthttp's Shutdown and serve forever.
+	for _, ln := range g.listeners {
+		ln.Close()
+	}
 	var wg sync.WaitGroup
 	for _, srv := range g.servers {
 		wg.Add(1)
