@@ -1,0 +1,124 @@
+// Command wsgate runs the WebSocket-aware reverse proxy gateway.
+//
+//	wsgate -config wsgate.yaml         run
+//	wsgate -check -config wsgate.yaml  validate the file and exit 0 or 1, like nginx -t
+//	wsgate -demo                       run on 127.0.0.1:8080 with two built-in upstreams
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/demo"
+	"github.com/wsgate/wsgate/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("wsgate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "wsgate.yaml", "configuration file")
+	check := fs.Bool("check", false, "validate the configuration, print \"ok\" or the errors, and exit")
+	demoMode := fs.Bool("demo", false, "run on the demo address with two built-in upstreams; no config file")
+	demoListen := fs.String("listen", "127.0.0.1:8080", "listen address of -demo")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "wsgate", version)
+		return 0
+	}
+
+	var cfg *config.Config
+	if *demoMode {
+		ups, err := demo.Start(2)
+		if err != nil {
+			fmt.Fprintln(stderr, "wsgate: demo upstreams:", err)
+			return 1
+		}
+		defer func() {
+			for _, u := range ups {
+				u.Close()
+			}
+		}()
+		cfg = demoConfig(*demoListen, ups)
+	} else {
+		var err error
+		cfg, err = config.Load(*configPath)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if *check {
+			fmt.Fprintln(stdout, "ok")
+			return 0
+		}
+	}
+
+	gw, err := proxy.New(cfg, proxy.Options{AccessLog: stdout, ErrorLog: stderr})
+	if err != nil {
+		fmt.Fprintln(stderr, "wsgate:", err)
+		return 1
+	}
+	// Catch signals before binding: "listening on" tells supervisors and
+	// tests the gateway is up, and a HUP or TERM sent right after it must
+	// not meet Go's default action (exit without draining).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if err := gw.Start(); err != nil {
+		signal.Stop(sigs)
+		fmt.Fprintln(stderr, "wsgate:", err)
+		return 1
+	}
+	for _, a := range gw.Addrs() {
+		fmt.Fprintf(stderr, "wsgate: listening on %s\n", a)
+	}
+	if *demoMode {
+		fmt.Fprintf(stderr, "wsgate: demo page at http://%s/\n", gw.Addrs()[0])
+	}
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			// Catching HUP keeps a `systemctl reload` from killing the
+			// gateway; reloading the file is not built yet.
+			fmt.Fprintln(stderr, "wsgate: SIGHUP: configuration reload is not supported yet; restart to apply changes")
+			continue
+		}
+		break
+	}
+	signal.Stop(sigs)
+	fmt.Fprintf(stderr, "wsgate: draining %d tunnels\n", gw.ActiveTunnels())
+	if err := gw.Shutdown(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "wsgate:", err)
+	}
+	fmt.Fprintln(stderr, "wsgate: stopped")
+	return 0
+}
+
+// demoConfig fronts the demo upstreams with one catch-all route.
+func demoConfig(listen string, ups []*demo.Upstream) *config.Config {
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Address: listen}},
+		Routes:    []config.Route{{Path: "/", Upstream: "demo"}},
+		Upstreams: map[string]*config.Upstream{"demo": {}},
+	}
+	for _, u := range ups {
+		cfg.Upstreams["demo"].Servers = append(cfg.Upstreams["demo"].Servers, config.Server{Address: u.Addr})
+	}
+	cfg.ApplyDefaults()
+	return cfg
+}
