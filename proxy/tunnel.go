@@ -100,6 +100,14 @@ func (t *tunnel) direction(src, dst net.Conn, count *atomic.Int64, side Closer) 
 	case errors.Is(err, errIdle):
 		t.setCloser(ClosedIdle)
 		t.closeBoth()
+	case errors.As(err, new(*writeError)):
+		// The far side went away while we wrote to it.
+		if side == ClosedByClient {
+			t.setCloser(ClosedByUpstream)
+		} else {
+			t.setCloser(ClosedByClient)
+		}
+		t.closeBoth()
 	default:
 		t.setCloser(side)
 		t.closeBoth()
@@ -246,10 +254,20 @@ func (t *tunnel) spliceRun(src, dst *net.TCPConn, count *atomic.Int64) error {
 	return nil
 }
 
+// writeError is a failure to write to the destination side, so the access
+// log can blame the side that went away rather than the one that spoke.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return "write: " + e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
 func writeAll(dst net.Conn, b []byte) (int, error) {
 	n, err := dst.Write(b)
 	if err == nil && n < len(b) {
 		err = io.ErrShortWrite
 	}
-	return n, err
+	if err != nil {
+		return n, &writeError{err}
+	}
+	return n, nil
 }
