@@ -17,7 +17,7 @@ test: fmt-check vet
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 fmt-check:
-	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	@out="$$(find . -name '*.go' -not -path '*/node_modules/*' | xargs gofmt -l)"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
 vet:

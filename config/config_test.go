@@ -22,8 +22,7 @@ func writeFile(t *testing.T, dir, name, content string) string {
 
 func TestLoadFullConfig(t *testing.T) {
 	dir := t.TempDir()
-	crt := writeFile(t, dir, "ws.crt", "cert")
-	key := writeFile(t, dir, "ws.key", "key")
+	crt, key := writeCertPair(t, dir, "ws.repo")
 	path := writeFile(t, dir, "wsgate.yaml", fmt.Sprintf(`
 listeners:
   - address: 127.0.0.1:8080

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -208,18 +209,25 @@ func (v *validator) tls(p keyPath, t *TLS) {
 	}
 	for i, c := range t.Certificates {
 		cp := p.key("certificates").index(i)
-		v.readable(cp.key("cert_file"), c.CertFile)
-		v.readable(cp.key("key_file"), c.KeyFile)
+		certOK := v.readable(cp.key("cert_file"), c.CertFile)
+		keyOK := v.readable(cp.key("key_file"), c.KeyFile)
+		if certOK && keyOK {
+			// Parse the pair as the proxy will, so a bad PEM or a key of
+			// another certificate fails -check, not the deploy.
+			if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
+				v.add(cp.key("cert_file"), "cannot use certificate %q with key %q: %v", c.CertFile, c.KeyFile, err)
+			}
+		}
 	}
 }
 
-// readable reports a file name that is empty or names no readable file.
-// Relative names are resolved from the working directory, as the proxy
-// resolves them.
-func (v *validator) readable(p keyPath, name string) {
+// readable reports a file name that is empty or names no readable file,
+// and returns whether the file can be read. Relative names are resolved
+// from the working directory, as the proxy resolves them.
+func (v *validator) readable(p keyPath, name string) bool {
 	if name == "" {
 		v.add(p, "a file name is needed")
-		return
+		return false
 	}
 	f, err := os.Open(name)
 	if err != nil {
@@ -228,12 +236,14 @@ func (v *validator) readable(p keyPath, name string) {
 			err = pe.Err
 		}
 		v.add(p, "cannot read %q: %v", name, err)
-		return
+		return false
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err == nil && st.IsDir() {
 		v.add(p, "%q is a directory, not a file", name)
+		return false
 	}
+	return true
 }
 
 func (v *validator) routes(c *Config) {

@@ -111,11 +111,12 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 // address cannot be bound, none stays bound.
 func (g *Gateway) Start() error {
 	for _, lc := range g.listenerConfigs {
-		ln, err := net.Listen("tcp", lc.Address)
+		tcp, err := net.Listen("tcp", lc.Address)
 		if err != nil {
 			g.closeListeners()
 			return fmt.Errorf("listen %s: %w", lc.Address, err)
 		}
+		var ln net.Listener = &clientListener{Listener: tcp, idle: g.timeouts.idle}
 		if lc.TLS != nil {
 			tc, err := tlsConfig(lc.TLS)
 			if err != nil {
@@ -191,6 +192,35 @@ func (g *Gateway) newServer() *fasthttp.Server {
 	}
 }
 
+// clientListener hands fasthttp conns whose every write must make progress
+// within the idle timeout: fasthttp's WriteTimeout would bound a whole
+// streamed response, cutting SSE, while no timeout at all would let a
+// client that stopped reading hold a stream and its upstream conn forever.
+type clientListener struct {
+	net.Listener
+	idle time.Duration
+}
+
+func (l *clientListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &clientConn{Conn: c, idle: l.idle}, nil
+}
+
+type clientConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *clientConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
 // fasthttpLogger sends fasthttp's own messages to the error log.
 type fasthttpLogger struct{ g *Gateway }
 
@@ -228,6 +258,7 @@ type tunnelInfo struct {
 	clientAddr string
 	uri        string
 	start      time.Time
+	headLen    int // length of the 101 head at the start of the bytes sent to the client
 }
 
 // startTunnel registers a tunnel and runs it on its own goroutines; the
@@ -262,7 +293,9 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		}
 		client.SetWriteDeadline(time.Time{})
 		up.SetWriteDeadline(time.Time{})
+		// Counts are of bytes after the handshake, in both directions.
 		t.up.Add(int64(len(toUpstream)))
+		t.down.Add(int64(len(toClient) - info.headLen))
 		t.run()
 	}()
 }
@@ -360,16 +393,32 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// logRequest writes the access log line of a plain HTTP request or of a
-// handshake that did not become a tunnel.
-func (g *Gateway) logRequest(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string, start time.Time) {
-	pool := "-"
-	if rt != nil {
-		pool = rt.Pool.Name
+// requestLog is what the access log says of a plain HTTP request or of a
+// handshake that did not become a tunnel. It is captured from the request
+// context, which fasthttp reuses once the response is written.
+type requestLog struct {
+	start                     time.Time
+	remote, method, pool, uri string
+	upstream                  string
+	status                    int
+}
+
+func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string) requestLog {
+	l := requestLog{
+		start: ctx.Time(), remote: ctx.RemoteAddr().String(), method: string(ctx.Method()),
+		pool: "-", uri: string(ctx.RequestURI()), upstream: upstreamAddr, status: ctx.Response.StatusCode(),
 	}
-	g.accessLog.Printf("%s %s %s %s %s upstream=%s status=%d duration=%s",
-		start.UTC().Format(time.RFC3339), ctx.RemoteAddr(), ctx.Method(), pool, ctx.RequestURI(),
-		upstreamAddr, ctx.Response.StatusCode(), time.Since(start).Round(time.Millisecond))
+	if rt != nil {
+		l.pool = rt.Pool.Name
+	}
+	return l
+}
+
+// writeRequestLog writes one access log line; size is the response body's.
+func (g *Gateway) writeRequestLog(l requestLog, size int64) {
+	g.accessLog.Printf("%s %s %s %s %s upstream=%s status=%d duration=%s bytes=%d",
+		l.start.UTC().Format(time.RFC3339), l.remote, l.method, l.pool, l.uri,
+		l.upstream, l.status, time.Since(l.start).Round(time.Millisecond), size)
 }
 
 func (g *Gateway) errorf(format string, args ...any) { g.errorLog.Printf(format, args...) }

@@ -84,7 +84,6 @@ func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
 // serveHTTP reverse-proxies a plain HTTP request to the route's pool,
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
-	start := time.Now()
 	// fasthttp ends the client's connection only when its Connection value
 	// is exactly "close"; RFC 9112 section 9.6 makes "close" a
 	// case-insensitive token of a list ("close, X-Hop", "Close"). Read it
@@ -95,7 +94,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 	for {
 		srv, err := rt.Pool.Pick(tried)
 		if err != nil {
-			g.refuse(ctx, fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
+			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
 			return
 		}
 		tried = append(tried, srv)
@@ -112,18 +111,17 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 			}
 			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
-				g.refuse(ctx, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
+				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
 			} else {
-				g.refuse(ctx, fasthttp.StatusBadGateway, "upstream failed to answer")
+				g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
 			}
 			return
 		}
-		g.relayResponse(ctx, resp, srv)
+		g.relayResponse(ctx, rt, resp, srv)
 		if clientClose {
 			// After relayResponse: copying the upstream's header resets it.
 			ctx.Response.Header.SetConnectionClose()
 		}
-		g.logRequest(ctx, rt, srv.Address, start)
 		return
 	}
 }
@@ -131,12 +129,19 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 // relayResponse copies the upstream's answer to the client. A streamed
 // body (chunked, SSE, close-delimited) is relayed chunk by chunk as it
 // arrives: fasthttp flushes after every chunk it writes.
-func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, srv *upstream.Server) {
+//
+// The access log line is written when the body is done, so it carries the
+// whole duration and size of a stream.
+func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasthttp.Response, srv *upstream.Server) {
 	cleanHTTPResponse(&resp.Header)
 	resp.Header.CopyTo(&ctx.Response.Header)
-	body := &upstreamBody{resp: resp, srv: srv}
+	// CopyTo also copied the upstream header's flags; a response without a
+	// Content-Type must stay without one.
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	body := &upstreamBody{resp: resp, srv: srv, g: g, log: g.newRequestLog(ctx, rt, srv.Address)}
 	if resp.BodyStream() == nil {
 		ctx.Response.SetBody(resp.Body())
+		body.n = int64(len(resp.Body()))
 		body.Close()
 		return
 	}
@@ -153,10 +158,17 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, resp *fasthttp.Respons
 type upstreamBody struct {
 	resp   *fasthttp.Response
 	srv    *upstream.Server
+	g      *Gateway
+	log    requestLog
+	n      int64 // body bytes relayed
 	closed bool
 }
 
-func (b *upstreamBody) Read(p []byte) (int, error) { return b.resp.BodyStream().Read(p) }
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.resp.BodyStream().Read(p)
+	b.n += int64(n)
+	return n, err
+}
 
 func (b *upstreamBody) Close() error {
 	if b.closed {
@@ -166,5 +178,6 @@ func (b *upstreamBody) Close() error {
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	b.srv.Release()
+	b.g.writeRequestLog(b.log, b.n)
 	return err
 }

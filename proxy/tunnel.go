@@ -37,7 +37,8 @@ const (
 
 // tunnel carries the bytes of one upgraded connection in both directions.
 // It holds no buffer while both sides are quiet: each direction waits for
-// readability first and borrows a pooled buffer only to move what arrived.
+// readability first and borrows a pooled buffer only to move what arrived,
+// so an idle tunnel is two parked goroutines and its two conns.
 type tunnel struct {
 	client, upstream net.Conn
 	idle             time.Duration
@@ -61,13 +62,13 @@ func (t *tunnel) touch() { t.lastActive.Store(time.Now().UnixNano()) }
 func (t *tunnel) setCloser(c Closer) { t.closer.CompareAndSwap(nil, c) }
 
 // run relays both directions until both end, then closes both conns.
-// It returns when the tunnel is over.
+// It returns when the tunnel is over. One direction runs on the caller's
+// goroutine, so a tunnel costs two goroutines in all.
 func (t *tunnel) run() {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); t.direction(t.client, t.upstream, &t.up, ClosedByClient) }()
-	go func() { defer wg.Done(); t.direction(t.upstream, t.client, &t.down, ClosedByUpstream) }()
-	wg.Wait()
+	upDone := make(chan struct{})
+	go func() { defer close(upDone); t.direction(t.client, t.upstream, &t.up, ClosedByClient) }()
+	t.direction(t.upstream, t.client, &t.down, ClosedByUpstream)
+	<-upDone
 	t.closeBoth()
 	close(t.done)
 }

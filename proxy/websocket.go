@@ -38,7 +38,7 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
 	for {
 		srv, err := rt.Pool.Pick(tried)
 		if err != nil {
-			g.refuse(ctx, fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
+			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
 			return
 		}
 		tried = append(tried, srv)
@@ -62,11 +62,11 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 		conn.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, g.timeouts.handshake)
-			g.refuse(ctx, fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time")
+			g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time")
 			return
 		}
 		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)
-		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream failed during the websocket handshake")
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed during the websocket handshake")
 		return
 	}
 	if resp.status != fasthttp.StatusSwitchingProtocols {
@@ -77,7 +77,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 	if resp.accept != AcceptKey(key) {
 		conn.Close()
 		g.errorf("upstream %s server %s: 101 with a wrong Sec-WebSocket-Accept", rt.Pool.Name, srv.Address)
-		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept")
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept")
 		return
 	}
 	conn.SetDeadline(time.Time{})
@@ -86,7 +86,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 	g.mu.Lock()
 	g.pending++
 	g.mu.Unlock()
-	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start}
+	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		// This runs on fasthttp's goroutine for the conn; it must return at
@@ -168,12 +168,13 @@ func (g *Gateway) relayRefusal(ctx *fasthttp.RequestCtx, rt *Route, srv *upstrea
 	br := bufio.NewReader(io.MultiReader(bytes.NewReader(r.raw), conn))
 	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
 		g.errorf("upstream %s server %s: reading %d answer to a handshake: %v", rt.Pool.Name, srv.Address, r.status, err)
-		g.refuse(ctx, fasthttp.StatusBadGateway, "upstream sent an unreadable answer to the websocket handshake")
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream sent an unreadable answer to the websocket handshake")
 		return
 	}
 	cleanHTTPResponse(&resp.Header)
 	resp.CopyTo(&ctx.Response)
-	g.logRequest(ctx, rt, srv.Address, ctx.Time())
+	ctx.Response.Header.SetNoDefaultContentType(true) // CopyTo reset it
+	g.writeRequestLog(g.newRequestLog(ctx, rt, srv.Address), int64(len(resp.Body())))
 }
 
 // unwrapHijacked returns the raw conn under fasthttp's hijack wrapper and
@@ -200,20 +201,33 @@ func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 		}
 	}
 	raw := u.UnsafeConn()
+	if cc, ok := raw.(*clientConn); ok {
+		// The tunnel works on the TCP conn itself: its idle logic covers
+		// writes, and only a *net.TCPConn can wait without a buffer or splice.
+		raw = cc.Conn
+	}
 	if err := raw.SetReadDeadline(time.Time{}); err != nil {
 		return nil, nil, err
 	}
 	return raw, early, nil
 }
 
-// refuse answers the client with status and a one-line reason, and closes
-// the connection: after a refused upgrade the client's state is unknown.
+// refuse answers the client with status and a one-line reason when no
+// upstream server is involved.
 func (g *Gateway) refuse(ctx *fasthttp.RequestCtx, status int, reason string) {
+	g.fail(ctx, nil, "-", status, reason)
+}
+
+// fail answers the client with status and a one-line reason, logs which
+// route and server it concerns, and closes the connection: after a refused
+// or failed request the state of the client's stream is not known (an
+// unread body, a half-sent upgrade).
+func (g *Gateway) fail(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string, status int, reason string) {
 	ctx.Response.Reset()
 	ctx.Response.Header.DisableNormalizing() // "Sec-WebSocket-Version", not "Sec-Websocket-Version"
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(reason + "\n")
 	ctx.SetConnectionClose()
-	g.logRequest(ctx, nil, "-", ctx.Time())
+	g.writeRequestLog(g.newRequestLog(ctx, rt, upstreamAddr), int64(len(reason)+1))
 }

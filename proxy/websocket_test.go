@@ -202,3 +202,22 @@ func tunnelBytes(g *Gateway) (up, down int64) {
 	}
 	return up, down
 }
+
+// The tunnel must get the TCP conns themselves, not fasthttp's or the
+// gateway's wrappers: only a *net.TCPConn can wait for readability without
+// a buffer and splice bulk transfers.
+func TestTunnelWorksOnTCPConns(t *testing.T) {
+	g := startGateway(t, configFor(echoUpstream(t, websocket.Upgrader{})))
+	dial(t, g.Addrs()[0].String(), "/", nil)
+	waitFor(t, "tunnel registered", func() bool { return g.ActiveTunnels() == 1 })
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for tn := range g.tunnels {
+		if _, ok := tn.client.(*net.TCPConn); !ok {
+			t.Errorf("client side is %T", tn.client)
+		}
+		if _, ok := tn.upstream.(*net.TCPConn); !ok {
+			t.Errorf("upstream side is %T", tn.upstream)
+		}
+	}
+}

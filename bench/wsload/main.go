@@ -213,4 +213,3 @@ func rssKiB(pid int) (int, error) {
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
-

@@ -7,13 +7,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/demo"
@@ -100,14 +100,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		break
 	}
-	signal.Stop(sigs)
-	fmt.Fprintf(stderr, "wsgate: draining %d tunnels\n", gw.ActiveTunnels())
-	if err := gw.Shutdown(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
+	fmt.Fprintf(stderr, "wsgate: draining %d tunnels (up to %v; send the signal again to close them now)\n",
+		gw.ActiveTunnels(), cfg.Timeouts.Drain.Std())
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		// Signals keep being caught while draining: a second TERM/INT cuts
+		// the drain short (tunnels are closed, the process still exits
+		// cleanly); a HUP must not kill a draining gateway.
+		for sig := range sigs {
+			if sig != syscall.SIGHUP {
+				fmt.Fprintln(stderr, "wsgate: second", sig, "- closing the remaining tunnels")
+				cancel()
+				return
+			}
+		}
+	}()
+	if err := gw.Shutdown(ctx); err != nil {
 		fmt.Fprintln(stderr, "wsgate:", err)
 	}
+	cancel()
 	fmt.Fprintln(stderr, "wsgate: stopped")
 	return 0
 }
+
+// demoDrain is how long -demo waits for open pages on SIGINT/SIGTERM.
+const demoDrain = 2 * time.Second
 
 // demoConfig fronts the demo upstreams with one catch-all route.
 func demoConfig(listen string, ups []*demo.Upstream) *config.Config {
@@ -115,6 +132,9 @@ func demoConfig(listen string, ups []*demo.Upstream) *config.Config {
 		Listeners: []config.Listener{{Address: listen}},
 		Routes:    []config.Route{{Path: "/", Upstream: "demo"}},
 		Upstreams: map[string]*config.Upstream{"demo": {}},
+		// A demo is stopped with Ctrl-C while its page is usually still
+		// open; the default 30 s drain would make that look like a hang.
+		Timeouts: config.Timeouts{Drain: config.Duration(demoDrain)},
 	}
 	for _, u := range ups {
 		cfg.Upstreams["demo"].Servers = append(cfg.Upstreams["demo"].Servers, config.Server{Address: u.Addr})
