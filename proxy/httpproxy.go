@@ -90,6 +90,40 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 	// before prepareHTTPRequest strips the header.
 	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
 	prepareHTTPRequest(&ctx.Request, newForwarded(ctx))
+	g.tryServers(ctx, rt, func(srv *upstream.Server) bool {
+		resp := fasthttp.AcquireResponse()
+		srv.Acquire()
+		err := g.clients[srv].Do(&ctx.Request, resp)
+		if err != nil {
+			srv.Release()
+			fasthttp.ReleaseResponse(resp)
+			var de *dialError
+			if errors.As(err, &de) {
+				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
+				return false
+			}
+			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
+				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
+			} else {
+				g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
+			}
+			return true
+		}
+		g.relayResponse(ctx, rt, resp, srv)
+		if clientClose {
+			// After relayResponse: copying the upstream's header resets it.
+			ctx.Response.Header.SetConnectionClose()
+		}
+		return true
+	})
+}
+
+// tryServers offers the route's servers to try, in balancer order and each
+// at most once, until try reports the request done; when every server was
+// tried, the client gets 502. Both paths retry only here, so the rule for
+// moving to the next server lives in one place.
+func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*upstream.Server) (done bool)) {
 	var tried []*upstream.Server
 	for {
 		srv, err := rt.Pool.Pick(tried)
@@ -98,31 +132,9 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 			return
 		}
 		tried = append(tried, srv)
-		resp := fasthttp.AcquireResponse()
-		srv.Acquire()
-		err = g.clients[srv].Do(&ctx.Request, resp)
-		if err != nil {
-			srv.Release()
-			fasthttp.ReleaseResponse(resp)
-			var de *dialError
-			if errors.As(err, &de) {
-				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-				continue
-			}
-			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
-				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
-			} else {
-				g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
-			}
+		if try(srv) {
 			return
 		}
-		g.relayResponse(ctx, rt, resp, srv)
-		if clientClose {
-			// After relayResponse: copying the upstream's header resets it.
-			ctx.Response.Header.SetConnectionClose()
-		}
-		return
 	}
 }
 

@@ -457,19 +457,8 @@ func TestHTTPLongPollPastIdleTimeout(t *testing.T) {
 	}
 }
 
-// deadAddr is a 127.0.0.1 address nothing listens on.
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestHTTPAllServersDown(t *testing.T) {
-	gw := gatewayFor(t, deadAddr(t), deadAddr(t))
+	gw := gatewayFor(t, deadAddress(t), deadAddress(t))
 	start := time.Now()
 	resp, err := httpClient(t).Get("http://" + gw + "/")
 	if err != nil {
@@ -486,7 +475,7 @@ func TestHTTPAllServersDown(t *testing.T) {
 
 func TestHTTPOneServerDown(t *testing.T) {
 	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "up") }))
-	gw := gatewayFor(t, deadAddr(t), up)
+	gw := gatewayFor(t, deadAddress(t), up)
 	cl := httpClient(t)
 	for i := range 50 {
 		resp, err := cl.Get("http://" + gw + "/")

@@ -34,22 +34,15 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
 	}
 	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, newForwarded(ctx))
 
-	var tried []*upstream.Server
-	for {
-		srv, err := rt.Pool.Pick(tried)
-		if err != nil {
-			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
-			return
-		}
-		tried = append(tried, srv)
+	g.tryServers(ctx, rt, func(srv *upstream.Server) bool {
 		conn, err := net.DialTimeout("tcp", srv.Address, g.timeouts.connect)
 		if err != nil {
 			g.errorf("upstream %s server %s: dial: %v", rt.Pool.Name, srv.Address, err)
-			continue
+			return false
 		}
 		g.exchangeHandshake(ctx, rt, srv, conn, head, key)
-		return
-	}
+		return true
+	})
 }
 
 // exchangeHandshake sends the handshake on conn, reads the upstream's
