@@ -17,6 +17,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -49,7 +50,8 @@ type Gateway struct {
 	wg              sync.WaitGroup // Serve loops
 
 	mu      sync.Mutex
-	tunnels map[*tunnel]struct{}
+	tunnels map[liveTunnel]struct{}
+	relay   *relay.Relay // event loops for plain TCP tunnels
 	// pending counts 101s relayed whose hijack handler has not registered
 	// the tunnel yet; fasthttp runs it on a goroutine of its own after the
 	// request handler returns, so a drain must wait for those too.
@@ -79,7 +81,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
 		clients:         map[*upstream.Server]*fasthttp.HostClient{},
 		listenerConfigs: cfg.Listeners,
-		tunnels:         map[*tunnel]struct{}{},
+		tunnels:         map[liveTunnel]struct{}{},
 		accessLog:       log.New(opts.AccessLog, "", 0),
 		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
 	}
@@ -128,6 +130,12 @@ func (g *Gateway) Start() error {
 		}
 		g.listeners = append(g.listeners, ln)
 	}
+	r, err := relay.New(relay.Options{Idle: g.timeouts.idle})
+	if err != nil {
+		g.closeListeners()
+		return fmt.Errorf("relay: %w", err)
+	}
+	g.relay = r
 	for _, ln := range g.listeners {
 		srv := g.newServer()
 		g.servers = append(g.servers, srv)
@@ -251,83 +259,6 @@ func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	}
 }
 
-// tunnelInfo is what the access log says of a tunnel.
-type tunnelInfo struct {
-	route      *Route
-	server     *upstream.Server
-	clientAddr string
-	uri        string
-	start      time.Time
-	headLen    int // length of the 101 head at the start of the bytes sent to the client
-}
-
-// startTunnel registers a tunnel and runs it on its own goroutines; the
-// first bytes (the 101 head and any frames after it, the client's early
-// frames) are written before the relay starts.
-func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, info tunnelInfo) {
-	t := newTunnel(client, up, g.timeouts.idle)
-	g.mu.Lock()
-	g.pending--
-	if g.stopped {
-		g.mu.Unlock()
-		t.abort(ClosedDrain)
-		info.server.Release()
-		return
-	}
-	g.tunnels[t] = struct{}{}
-	g.mu.Unlock()
-	go func() {
-		defer g.endTunnel(t, info)
-		deadline := time.Now().Add(g.timeouts.handshake)
-		client.SetWriteDeadline(deadline)
-		up.SetWriteDeadline(deadline)
-		if _, err := client.Write(toClient); err != nil {
-			t.abort(ClosedByClient)
-			return
-		}
-		if len(toUpstream) > 0 {
-			if _, err := up.Write(toUpstream); err != nil {
-				t.abort(ClosedByUpstream)
-				return
-			}
-		}
-		client.SetWriteDeadline(time.Time{})
-		up.SetWriteDeadline(time.Time{})
-		// Counts are of bytes after the handshake, in both directions.
-		t.up.Add(int64(len(toUpstream)))
-		t.down.Add(int64(len(toClient) - info.headLen))
-		t.run()
-	}()
-}
-
-func (g *Gateway) endTunnel(t *tunnel, info tunnelInfo) {
-	info.server.Release()
-	g.mu.Lock()
-	delete(g.tunnels, t)
-	g.broadcastIfIdle()
-	g.mu.Unlock()
-	closer, _ := t.closer.Load().(Closer)
-	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d closed_by=%s",
-		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
-		info.server.Address, time.Since(info.start).Round(time.Millisecond), t.up.Load(), t.down.Load(), closer)
-}
-
-// tunnelAborted undoes the pending count of a 101 whose tunnel never
-// started (the client conn failed while it was being handed over).
-func (g *Gateway) tunnelAborted() {
-	g.mu.Lock()
-	g.pending--
-	g.broadcastIfIdle()
-	g.mu.Unlock()
-}
-
-// broadcastIfIdle wakes a drain waiting for the last tunnel; g.mu is held.
-func (g *Gateway) broadcastIfIdle() {
-	if len(g.tunnels) == 0 && g.pending == 0 {
-		g.idle.Broadcast()
-	}
-}
-
 // ActiveTunnels reports how many upgraded connections are open now.
 func (g *Gateway) ActiveTunnels() int {
 	g.mu.Lock()
@@ -374,7 +305,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.idle.Wait()
 	}
 	g.stopped = true
-	left := make([]*tunnel, 0, len(g.tunnels))
+	left := make([]liveTunnel, 0, len(g.tunnels))
 	for t := range g.tunnels {
 		left = append(left, t)
 	}
@@ -382,11 +313,17 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	for _, t := range left {
 		t.abort(ClosedDrain)
 	}
-	for _, t := range left {
-		<-t.done
+	// Aborted tunnels end at once; wait for their log lines.
+	g.mu.Lock()
+	for len(g.tunnels) > 0 {
+		g.idle.Wait()
 	}
+	g.mu.Unlock()
 	wg.Wait()
 	g.wg.Wait()
+	if g.relay != nil {
+		g.relay.Stop()
+	}
 	if len(left) > 0 {
 		return fmt.Errorf("drain timeout: closed %d live tunnels", len(left))
 	}

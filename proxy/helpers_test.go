@@ -33,10 +33,16 @@ func gatewayFor(t testing.TB, servers ...string) string {
 
 func startGateway(t testing.TB, cfg *config.Config) *Gateway {
 	t.Helper()
+	return startGatewayLogging(t, cfg, io.Discard)
+}
+
+// startGatewayLogging starts a gateway whose access log goes to accessLog.
+func startGatewayLogging(t testing.TB, cfg *config.Config, accessLog io.Writer) *Gateway {
+	t.Helper()
 	if cfg.Limits.MaxHeaderBytes == 0 {
 		cfg.Limits.MaxHeaderBytes = 16384
 	}
-	g, err := New(cfg, Options{AccessLog: io.Discard, ErrorLog: testLog{t}})
+	g, err := New(cfg, Options{AccessLog: accessLog, ErrorLog: testLog{t}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/wsgate/wsgate/relay"
+	"github.com/wsgate/wsgate/upstream"
+)
+
+// liveTunnel is an open tunnel, registered so a drain can wait for it and
+// end it.
+type liveTunnel interface {
+	abort(why Closer)
+}
+
+// relayedTunnel is a tunnel carried by the event-loop relay. It is
+// registered before the relay has taken it, so an abort that comes first
+// is remembered and applied once the relay's handle exists.
+type relayedTunnel struct {
+	mu      sync.Mutex
+	handle  *relay.Tunnel
+	aborted Closer
+}
+
+func (r *relayedTunnel) abort(why Closer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handle != nil {
+		r.handle.Close(string(why))
+	} else if r.aborted == "" {
+		r.aborted = why
+	}
+}
+
+func (r *relayedTunnel) started(h relay.Tunnel) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.handle = &h
+	if r.aborted != "" {
+		h.Close(string(r.aborted))
+	}
+}
+
+// tunnelInfo is what the access log says of a tunnel.
+type tunnelInfo struct {
+	route      *Route
+	server     *upstream.Server
+	clientAddr string
+	uri        string
+	start      time.Time
+	headLen    int // length of the 101 head at the start of the bytes sent to the client
+}
+
+// startTunnel registers a tunnel and starts it: first the bytes due at the
+// switch (the 101 head and any frames behind it, the client's early
+// frames), then the relay. Plain TCP on both sides goes to the event-loop
+// relay; anything else (TLS) to a goroutine tunnel.
+func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, info tunnelInfo) {
+	clientTCP, clientOK := client.(*net.TCPConn)
+	upTCP, upOK := up.(*net.TCPConn)
+	var live liveTunnel
+	var relayed *relayedTunnel
+	var carried *tunnel
+	if g.relay != nil && clientOK && upOK {
+		relayed = &relayedTunnel{}
+		live = relayed
+	} else {
+		carried = newTunnel(client, up, g.timeouts.idle)
+		live = carried
+	}
+	g.mu.Lock()
+	g.pending--
+	if g.stopped {
+		g.tunnelsChanged()
+		g.mu.Unlock()
+		client.Close()
+		up.Close()
+		info.server.Release()
+		return
+	}
+	g.tunnels[live] = struct{}{}
+	g.mu.Unlock()
+
+	go func() {
+		// Counts are of bytes after the handshake, in both directions.
+		upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
+		if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+			client.Close()
+			up.Close()
+			g.endTunnel(live, info, 0, 0, closer)
+			return
+		}
+		if carried != nil {
+			carried.up.Add(upBytes)
+			carried.down.Add(downBytes)
+			carried.run()
+			closer, _ := carried.closer.Load().(Closer)
+			g.endTunnel(live, info, carried.up.Load(), carried.down.Load(), closer)
+			return
+		}
+		h, err := g.relay.Add(clientTCP, upTCP, func(st relay.Stats) {
+			g.endTunnel(live, info, upBytes+st.Up, downBytes+st.Down, Closer(st.ClosedBy))
+		})
+		if err != nil {
+			clientTCP.Close()
+			upTCP.Close()
+			g.endTunnel(live, info, upBytes, downBytes, ClosedDrain)
+			return
+		}
+		relayed.started(h)
+	}()
+}
+
+// writeSwitchBytes writes the bytes due at the switch, within the handshake
+// timeout. It returns "" or the side that failed.
+func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout time.Duration) Closer {
+	deadline := time.Now().Add(timeout)
+	client.SetWriteDeadline(deadline)
+	up.SetWriteDeadline(deadline)
+	if _, err := client.Write(toClient); err != nil {
+		return ClosedByClient
+	}
+	if len(toUpstream) > 0 {
+		if _, err := up.Write(toUpstream); err != nil {
+			return ClosedByUpstream
+		}
+	}
+	client.SetWriteDeadline(time.Time{})
+	up.SetWriteDeadline(time.Time{})
+	return ""
+}
+
+// endTunnel unregisters a tunnel and writes its access log line.
+func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, upBytes, downBytes int64, closer Closer) {
+	info.server.Release()
+	g.mu.Lock()
+	delete(g.tunnels, t)
+	g.tunnelsChanged()
+	g.mu.Unlock()
+	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d closed_by=%s",
+		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
+		info.server.Address, time.Since(info.start).Round(time.Millisecond), upBytes, downBytes, closer)
+}
+
+// tunnelAborted undoes the pending count of a 101 whose tunnel never
+// started (the client conn failed while it was being handed over).
+func (g *Gateway) tunnelAborted() {
+	g.mu.Lock()
+	g.pending--
+	g.tunnelsChanged()
+	g.mu.Unlock()
+}
+
+// tunnelsChanged wakes a drain waiting for tunnels to end; it checks the
+// counts itself. g.mu is held.
+func (g *Gateway) tunnelsChanged() { g.idle.Broadcast() }

@@ -1,0 +1,323 @@
+package relay
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// readBufferSize is the one read buffer of a loop: every read of every
+// tunnel of the loop goes through it and is written out at once.
+const readBufferSize = 64 << 10
+
+// pendingBuffers hold what a destination could not take yet. They are
+// borrowed only while a tunnel is backed up.
+var pendingBuffers = sync.Pool{New: func() any { b := make([]byte, 0, readBufferSize); return &b }}
+
+// loop is one event loop: a goroutine blocked in epoll_wait, the tunnels it
+// owns, and a queue of commands other goroutines hand it through an eventfd.
+type loop struct {
+	epfd, wakefd int
+	idle         time.Duration
+
+	mu      sync.Mutex
+	queue   []func(*loop)
+	stopped bool
+
+	// Owned by the loop goroutine.
+	sides   []*side // by file descriptor
+	tunnels map[*tunnel]struct{}
+	buf     []byte
+	now     int64 // unix nanoseconds, read once per wakeup
+}
+
+func newLoop(idle time.Duration) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	return &loop{
+		epfd: epfd, wakefd: wakefd, idle: idle,
+		tunnels: map[*tunnel]struct{}{},
+		buf:     make([]byte, readBufferSize),
+	}, nil
+}
+
+// do queues fn to run on the loop goroutine; false if the loop stopped.
+func (l *loop) do(fn func(*loop)) bool {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return false
+	}
+	wake := len(l.queue) == 0
+	l.queue = append(l.queue, fn)
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+	return true
+}
+
+func (l *loop) stop() {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return
+	}
+	l.queue = append(l.queue, func(l *loop) { l.closeAll(ClosedDrain) })
+	l.stopped = true
+	l.mu.Unlock()
+	var one = [8]byte{1}
+	unix.Write(l.wakefd, one[:])
+}
+
+func (l *loop) run() {
+	events := make([]unix.EpollEvent, 256)
+	// epoll_wait wakes at least this often to find idle tunnels.
+	scanEvery := time.Second
+	if l.idle > 0 && l.idle < 4*time.Second {
+		scanEvery = l.idle / 4
+	}
+	nextScan := time.Now().Add(scanEvery).UnixNano()
+	for {
+		n, err := unix.EpollWait(l.epfd, events, int(scanEvery/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			panic("relay: epoll_wait: " + err.Error())
+		}
+		l.now = time.Now().UnixNano()
+		woken := false
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			fd := int(ev.Fd)
+			if fd == l.wakefd {
+				woken = true
+			} else if fd < len(l.sides) && l.sides[fd] != nil {
+				l.handle(l.sides[fd], ev.Events)
+			}
+		}
+		// Commands run after the batch: a tunnel added now may reuse the
+		// descriptor number of one closed in this batch, and must not
+		// receive that one's stale events.
+		if woken && l.runQueue() {
+			l.shutdown()
+			return
+		}
+		if l.now >= nextScan {
+			l.closeIdle()
+			nextScan = l.now + int64(scanEvery)
+		}
+	}
+}
+
+// runQueue runs the queued commands; it reports whether the loop stops.
+func (l *loop) runQueue() bool {
+	var b [8]byte
+	unix.Read(l.wakefd, b[:])
+	l.mu.Lock()
+	queue, stopped := l.queue, l.stopped
+	l.queue = nil
+	l.mu.Unlock()
+	for _, fn := range queue {
+		fn(l)
+	}
+	return stopped
+}
+
+func (l *loop) shutdown() {
+	l.closeAll(ClosedDrain)
+	unix.Close(l.wakefd)
+	unix.Close(l.epfd)
+}
+
+func (l *loop) addTunnel(t *tunnel) {
+	t.lastActive = time.Now().UnixNano()
+	for _, s := range []*side{&t.client, &t.upstream} {
+		for s.fd >= len(l.sides) {
+			l.sides = append(l.sides, make([]*side, len(l.sides)+64)...)
+		}
+		l.sides[s.fd] = s
+		s.events = unix.EPOLLIN | unix.EPOLLRDHUP
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
+			l.tunnels[t] = struct{}{}
+			l.closeTunnel(t, ClosedByClient)
+			return
+		}
+	}
+	l.tunnels[t] = struct{}{}
+}
+
+// handle reacts to the events of one side.
+func (l *loop) handle(s *side, events uint32) {
+	t := s.t
+	if events&unix.EPOLLOUT != 0 && len(s.pending) > 0 {
+		l.flush(s)
+	}
+	if t.closed {
+		return
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		if s.wantsRead() {
+			l.readFrom(s)
+		} else if events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			// Not reading this side (done, or backed up) and it failed:
+			// bytes can no longer reach it or come from it.
+			l.closeTunnel(t, s.name)
+		}
+	}
+}
+
+// readFrom moves one read's worth of bytes from s to its peer.
+func (l *loop) readFrom(s *side) {
+	t := s.t
+	n, err := unix.Read(s.fd, l.buf)
+	switch {
+	case n > 0:
+		t.lastActive = l.now
+		s.read += int64(n)
+		s.track(l.buf[:n])
+		l.writeTo(s.peer, l.buf[:n])
+	case n == 0:
+		l.readEOF(s)
+	case err == unix.EAGAIN || err == unix.EINTR:
+	default:
+		l.closeTunnel(t, s.name)
+	}
+}
+
+// readEOF passes a half-close on: once the bytes still owed to the peer
+// are written, the peer's write side is shut down, so it reads EOF too.
+func (l *loop) readEOF(s *side) {
+	t := s.t
+	s.readDone = true
+	if t.closedBy == "" {
+		t.closedBy = s.name
+	}
+	if s.peer.readDone {
+		l.closeTunnel(t, t.closedBy)
+		return
+	}
+	if len(s.peer.pending) == 0 {
+		unix.Shutdown(s.peer.fd, unix.SHUT_WR)
+	} else {
+		s.peer.shutAfterFlush = true
+	}
+	l.setInterest(s)
+}
+
+// writeTo writes b to s; what s cannot take now waits in s.pending, and
+// s's peer is not read until it is written.
+func (l *loop) writeTo(s *side, b []byte) {
+	w, err := unix.Write(s.fd, b)
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			l.closeTunnel(s.t, s.name)
+			return
+		}
+		w = 0
+	}
+	if w == len(b) {
+		return
+	}
+	p := pendingBuffers.Get().(*[]byte)
+	s.pendingBuf = p
+	s.pending = append((*p)[:0], b[w:]...)
+	l.setInterest(s)
+	l.setInterest(s.peer)
+}
+
+// flush writes what s owes; when it is all written, s's peer is read again.
+func (l *loop) flush(s *side) {
+	w, err := unix.Write(s.fd, s.pending)
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			l.closeTunnel(s.t, s.name)
+		}
+		return
+	}
+	s.pending = s.pending[w:]
+	if len(s.pending) > 0 {
+		return
+	}
+	s.releasePending()
+	if s.shutAfterFlush {
+		unix.Shutdown(s.fd, unix.SHUT_WR)
+	}
+	l.setInterest(s)
+	l.setInterest(s.peer)
+}
+
+// setInterest tells epoll what s waits for now.
+func (l *loop) setInterest(s *side) {
+	var want uint32
+	if s.wantsRead() {
+		want |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if len(s.pending) > 0 {
+		want |= unix.EPOLLOUT
+	}
+	if want == s.events {
+		return
+	}
+	s.events = want
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd)}); err != nil {
+		l.closeTunnel(s.t, s.name)
+	}
+}
+
+func (l *loop) closeIdle() {
+	if l.idle <= 0 {
+		return
+	}
+	limit := l.now - int64(l.idle)
+	for t := range l.tunnels {
+		if t.lastActive < limit {
+			l.closeTunnel(t, ClosedIdle)
+		}
+	}
+}
+
+func (l *loop) closeAll(reason string) {
+	for t := range l.tunnels {
+		l.closeTunnel(t, reason)
+	}
+}
+
+// closeTunnel closes both sockets and reports the stats. The first reason
+// wins: a tunnel half-closed by the upstream and then ended by the idle
+// timeout was closed by the upstream.
+func (l *loop) closeTunnel(t *tunnel, reason string) {
+	if t.closed {
+		return
+	}
+	t.closed = true
+	if t.closedBy == "" {
+		t.closedBy = reason
+	}
+	for _, s := range []*side{&t.client, &t.upstream} {
+		if s.fd < len(l.sides) && l.sides[s.fd] == s {
+			l.sides[s.fd] = nil
+		}
+		// close(2) also removes the descriptor from epoll: the relay holds
+		// the only reference to the socket.
+		unix.Close(s.fd)
+		s.releasePending()
+	}
+	delete(l.tunnels, t)
+	if t.done != nil {
+		st := t.stats()
+		go t.done(st)
+	}
+}

@@ -1,0 +1,154 @@
+// Package relay carries the bytes of upgraded connections (WebSocket
+// tunnels) with a few epoll event loops instead of goroutines.
+//
+// A goroutine-per-direction tunnel wakes a goroutine for every message and
+// keeps two goroutine stacks per idle tunnel. Here each loop owns the file
+// descriptors of its tunnels outright (duplicated from the Go conns, which
+// are then closed, so Go's poller forgets them), waits for them with one
+// epoll_wait, and moves bytes with read(2)/write(2) through one buffer per
+// loop. An idle tunnel costs its small state struct and its two sockets.
+// When a destination cannot take more bytes, the rest is kept in a pooled
+// buffer of that tunnel, the source stops being read (backpressure) and the
+// destination is watched for EPOLLOUT.
+package relay
+
+import (
+	"errors"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Reasons a tunnel ended, for the access log.
+const (
+	ClosedByClient   = "client"
+	ClosedByUpstream = "upstream"
+	ClosedIdle       = "idle"
+	ClosedDrain      = "drain"
+)
+
+// Stats is what a tunnel did, reported once when it ends.
+type Stats struct {
+	Up, Down                 int64 // bytes client→upstream, upstream→client
+	UpMessages, DownMessages uint64
+	ClosedBy                 string
+}
+
+// Options configure a Relay.
+type Options struct {
+	// Loops is the number of event loops; 0 means GOMAXPROCS.
+	Loops int
+	// Idle closes a tunnel that moved no byte either way for this long.
+	Idle time.Duration
+}
+
+// Relay is a set of event loops; tunnels are spread over them.
+type Relay struct {
+	loops []*loop
+	next  atomic.Uint32
+	wg    sync.WaitGroup
+}
+
+// ErrClosed is returned by Add after Stop.
+var ErrClosed = errors.New("relay stopped")
+
+// New starts the event loops.
+func New(opts Options) (*Relay, error) {
+	n := opts.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	r := &Relay{}
+	for range n {
+		l, err := newLoop(opts.Idle)
+		if err != nil {
+			r.Stop()
+			return nil, err
+		}
+		r.loops = append(r.loops, l)
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); l.run() }()
+	}
+	return r, nil
+}
+
+// Tunnel is a handle on a tunnel carried by the relay.
+type Tunnel struct {
+	l *loop
+	t *tunnel
+}
+
+// Close ends the tunnel now; reason goes to its Stats.
+func (h Tunnel) Close(reason string) {
+	h.l.do(func(l *loop) { l.closeTunnel(h.t, reason) })
+}
+
+// Add hands a pair of connected TCP conns to the relay. The relay takes
+// their file descriptors and closes the Go conns; from then on the relay
+// owns the sockets and closes them when the tunnel ends. done is called
+// once, on a goroutine of its own, with the tunnel's stats.
+func (r *Relay) Add(client, upstream *net.TCPConn, done func(Stats)) (Tunnel, error) {
+	cfd, err := takeFD(client)
+	if err != nil {
+		return Tunnel{}, err
+	}
+	ufd, err := takeFD(upstream)
+	if err != nil {
+		unix.Close(cfd)
+		return Tunnel{}, err
+	}
+	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
+	t := newTunnel(cfd, ufd, done)
+	if !l.do(func(l *loop) { l.addTunnel(t) }) {
+		unix.Close(cfd)
+		unix.Close(ufd)
+		return Tunnel{}, ErrClosed
+	}
+	return Tunnel{l: l, t: t}, nil
+}
+
+// CloseAll ends every tunnel now with reason.
+func (r *Relay) CloseAll(reason string) {
+	for _, l := range r.loops {
+		l.do(func(l *loop) { l.closeAll(reason) })
+	}
+}
+
+// Stop closes every tunnel and ends the loops.
+func (r *Relay) Stop() {
+	for _, l := range r.loops {
+		l.stop()
+	}
+	r.wg.Wait()
+}
+
+// takeFD duplicates the conn's descriptor and closes the conn. The
+// duplicate shares the socket (and its non-blocking mode and TCP_NODELAY);
+// closing the original removes it from Go's poller without closing the
+// socket.
+func takeFD(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var dupErr error
+	if err := rc.Control(func(orig uintptr) {
+		fd, dupErr = unix.FcntlInt(orig, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if dupErr != nil {
+		return -1, dupErr
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	c.Close()
+	return fd, nil
+}
