@@ -1,0 +1,246 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pair is a relayed tunnel between two real loopback TCP connections: the
+// test holds the far ends, client and server.
+type pair struct {
+	client, server *net.TCPConn
+	done           chan Stats
+	handle         Tunnel
+}
+
+func newRelay(t *testing.T, idle time.Duration) *Relay {
+	t.Helper()
+	r, err := New(Options{Loops: 2, Idle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// connPair returns both ends of one loopback TCP connection.
+func connPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	dialed, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := <-accepted
+	t.Cleanup(func() { dialed.Close(); other.Close() })
+	return dialed.(*net.TCPConn), other.(*net.TCPConn)
+}
+
+// relayed builds client ⇄ [gateway side A | relay | gateway side B] ⇄ server.
+func relayed(t *testing.T, r *Relay) *pair {
+	t.Helper()
+	client, gwClient := connPair(t)
+	gwUpstream, server := connPair(t)
+	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
+	h, err := r.Add(gwClient, gwUpstream, func(s Stats) { p.done <- s })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.handle = h
+	return p
+}
+
+func (p *pair) stats(t *testing.T) Stats {
+	t.Helper()
+	select {
+	case s := <-p.done:
+		return s
+	case <-time.After(5 * time.Second):
+		t.Fatal("tunnel did not end")
+		return Stats{}
+	}
+}
+
+// Both directions at once, more than socket buffers hold, with a slow
+// reader on one side: the relay must back up (pending buffer, EPOLLOUT)
+// without losing, reordering or deadlocking.
+func TestFullDuplexWithBackpressure(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	p := relayed(t, r)
+	const size = 8 << 20
+	up := make([]byte, size)
+	down := make([]byte, size)
+	for i := range up {
+		up[i] = byte(rand.IntN(256))
+		down[i] = byte(rand.IntN(256))
+	}
+	var wg sync.WaitGroup
+	var gotUp, gotDown [32]byte
+	wg.Add(4)
+	go func() { defer wg.Done(); p.client.Write(up); p.client.CloseWrite() }()
+	go func() { defer wg.Done(); p.server.Write(down); p.server.CloseWrite() }()
+	go func() { defer wg.Done(); gotUp = slowHash(p.server) }()
+	go func() { defer wg.Done(); gotDown = slowHash(p.client) }()
+	wg.Wait()
+	if gotUp != sha256.Sum256(up) {
+		t.Error("client→server bytes differ")
+	}
+	if gotDown != sha256.Sum256(down) {
+		t.Error("server→client bytes differ")
+	}
+	st := p.stats(t)
+	if st.Up != size || st.Down != size {
+		t.Errorf("stats up=%d down=%d, want %d each", st.Up, st.Down, size)
+	}
+}
+
+// slowHash reads r to EOF in small, paused steps and hashes it.
+func slowHash(r io.Reader) [32]byte {
+	h := sha256.New()
+	buf := make([]byte, 4096)
+	for i := 0; ; i++ {
+		n, err := r.Read(buf)
+		h.Write(buf[:n])
+		if err != nil {
+			break
+		}
+		if i%256 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
+}
+
+func TestHalfCloseEachWay(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	for _, clientFirst := range []bool{true, false} {
+		p := relayed(t, r)
+		first, second := p.client, p.server
+		if !clientFirst {
+			first, second = second, first
+		}
+		first.Write([]byte("bye"))
+		first.CloseWrite()
+		got, _ := io.ReadAll(io.LimitReader(second, 3))
+		if string(got) != "bye" {
+			t.Fatalf("got %q", got)
+		}
+		second.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := second.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("after the half-close: %d, %v; want EOF", n, err)
+		}
+		// The other direction still flows.
+		second.Write([]byte("after"))
+		second.CloseWrite()
+		got, _ = io.ReadAll(first)
+		if string(got) != "after" {
+			t.Fatalf("reverse direction after half-close: %q", got)
+		}
+		want := ClosedByClient
+		if !clientFirst {
+			want = ClosedByUpstream
+		}
+		if st := p.stats(t); st.ClosedBy != want {
+			t.Fatalf("closed by %q, want %q", st.ClosedBy, want)
+		}
+	}
+}
+
+func TestIdleAndCloseReasons(t *testing.T) {
+	r := newRelay(t, 300*time.Millisecond)
+	idle := relayed(t, r)
+	busy := relayed(t, r)
+	stop := time.After(time.Second)
+	for tick := time.Tick(50 * time.Millisecond); ; {
+		select {
+		case <-tick:
+			busy.server.Write([]byte("x")) // one direction only keeps it alive
+			continue
+		case <-stop:
+		}
+		break
+	}
+	if st := idle.stats(t); st.ClosedBy != ClosedIdle {
+		t.Fatalf("idle tunnel closed by %q", st.ClosedBy)
+	}
+	select {
+	case st := <-busy.done:
+		t.Fatalf("busy tunnel ended: %+v", st)
+	default:
+	}
+	busy.handle.Close(ClosedDrain)
+	if st := busy.stats(t); st.ClosedBy != ClosedDrain {
+		t.Fatalf("closed tunnel says %q", st.ClosedBy)
+	}
+	// The far ends see the close.
+	busy.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(busy.client); err != nil {
+		t.Fatalf("client read after close: %v", err)
+	}
+}
+
+func TestCloseAllAndStop(t *testing.T) {
+	r, err := New(Options{Loops: 2, Idle: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pairs []*pair
+	for range 20 {
+		pairs = append(pairs, relayed(t, r))
+	}
+	r.CloseAll(ClosedDrain)
+	for _, p := range pairs {
+		if st := p.stats(t); st.ClosedBy != ClosedDrain {
+			t.Fatalf("closed by %q", st.ClosedBy)
+		}
+	}
+	r.Stop()
+	client, gw := connPair(t)
+	up, _ := connPair(t)
+	if _, err := r.Add(gw, up, nil); err != ErrClosed {
+		t.Fatalf("Add after Stop: %v", err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(client); err != nil {
+		t.Fatalf("refused tunnel not closed: %v", err)
+	}
+}
+
+// Many short tunnels reuse descriptor numbers; none may get another's bytes.
+func TestManyTunnelsKeepTheirBytes(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		p := relayed(t, r)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := bytes.Repeat([]byte{byte(i)}, 1000+i)
+			p.client.Write(msg)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(p.server, got); err != nil || !bytes.Equal(got, msg) {
+				t.Errorf("tunnel %d: %v", i, err)
+			}
+			p.client.Close()
+			p.server.Close()
+		}()
+	}
+	wg.Wait()
+}
