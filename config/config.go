@@ -47,7 +47,19 @@ type Route struct {
 	Path string `yaml:"path"`
 	// Upstream names an entry of Config.Upstreams.
 	Upstream string `yaml:"upstream"`
+	// Tunnel is how upgraded connections of this route are carried:
+	// "websocket" (the default) follows WebSocket frames, so the gateway
+	// can act between them (Close 1001 on drain); "raw" copies bytes
+	// without looking, for other upgrade protocols or peers that bend
+	// RFC 6455.
+	Tunnel string `yaml:"tunnel"`
 }
+
+// The values of Route.Tunnel.
+const (
+	TunnelWebSocket = "websocket"
+	TunnelRaw       = "raw"
+)
 
 // Upstream is a pool of servers and how to choose among them.
 type Upstream struct {

@@ -38,6 +38,7 @@ routes:
   - host: "*.example.com"
     path: /chat
     upstream: ws_server
+    tunnel: raw
 upstreams:
   ws_server:
     balance: round_robin
@@ -71,8 +72,8 @@ admin:
 		t.Errorf("Listeners[1].TLS = %+v", tls)
 	}
 	wantRoutes := []Route{
-		{Host: "ws.repo", Path: "/", Upstream: "ws_server"},
-		{Host: "*.example.com", Path: "/chat", Upstream: "ws_server"},
+		{Host: "ws.repo", Path: "/", Upstream: "ws_server", Tunnel: TunnelWebSocket},
+		{Host: "*.example.com", Path: "/chat", Upstream: "ws_server", Tunnel: TunnelRaw},
 	}
 	if fmt.Sprint(c.Routes) != fmt.Sprint(wantRoutes) {
 		t.Errorf("Routes = %+v, want %+v", c.Routes, wantRoutes)
@@ -231,6 +232,7 @@ upstreams:
 			`"a.*.example.com": a wildcard is only allowed as a whole first label`},
 		{"bare wildcard host", routesLast + "  - host: \"*\"\n    upstream: app\n", 8, "routes[1].host", "a wildcard is only allowed"},
 		{"path without slash", routesLast + "  - path: chat\n    upstream: app\n", 8, "routes[1].path", `"chat" must begin with "/"`},
+		{"unknown tunnel", routesLast + "  - path: /x\n    upstream: app\n    tunnel: tcp\n", 10, "routes[1].tunnel", `tunnel "tcp" is not known (known: websocket, raw)`},
 		{"duplicate route", routesLast + "  - host: WS.repo\n    upstream: app\n  - host: ws.repo\n    path: /\n    upstream: app\n", 10,
 			"routes[2]", `host "ws.repo" path "/" is already routed by routes[1]`},
 		{"missing tls cert file", "listeners:\n  - address: :443\n    tls:\n      certificates:\n        - cert_file: " + missing +

@@ -102,6 +102,9 @@ func Parse(file string, data []byte) (*Config, error) {
 // still sees them.
 func (c *Config) ApplyDefaults() {
 	for i := range c.Routes {
+		if c.Routes[i].Tunnel == "" {
+			c.Routes[i].Tunnel = TunnelWebSocket
+		}
 		if c.Routes[i].Path == "" {
 			c.Routes[i].Path = defaultPath
 		}

@@ -267,6 +267,9 @@ func (v *validator) routes(c *Config) {
 		if !strings.HasPrefix(r.Path, "/") {
 			v.add(p.key("path"), "%q must begin with \"/\"", r.Path)
 		}
+		if r.Tunnel != TunnelWebSocket && r.Tunnel != TunnelRaw {
+			v.add(p.key("tunnel"), "tunnel %q is not known (known: %s, %s)", r.Tunnel, TunnelWebSocket, TunnelRaw)
+		}
 		switch _, ok := c.Upstreams[r.Upstream]; {
 		case r.Upstream == "":
 			v.add(p.key("upstream"), "an upstream is needed (defined: %s)", strings.Join(defined, ", "))
