@@ -103,7 +103,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		if !ok {
 			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
 		}
-		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool})
+		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool, RawTunnel: rc.Tunnel == config.TunnelRaw})
 	}
 	g.router = NewRouter(routes)
 	return g, nil

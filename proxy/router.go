@@ -12,6 +12,9 @@ type Route struct {
 	Host string // exact name, "*.suffix", or "" for any host
 	Path string // prefix of the request path
 	Pool *upstream.Pool
+	// RawTunnel: upgraded connections are copied as bytes, without
+	// following WebSocket frames.
+	RawTunnel bool
 }
 
 // Router finds the route of a request: the most specific host group that

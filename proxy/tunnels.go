@@ -100,7 +100,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 			g.endTunnel(live, info, carried.up.Load(), carried.down.Load(), closer)
 			return
 		}
-		h, err := g.relay.Add(clientTCP, upTCP, func(st relay.Stats) {
+		h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, func(st relay.Stats) {
 			g.endTunnel(live, info, upBytes+st.Up, downBytes+st.Down, Closer(st.ClosedBy))
 		})
 		if err != nil {

@@ -1,11 +1,20 @@
 package relay
 
 import (
+	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/wsgate/wsgate/wsframe"
 	"golang.org/x/sys/unix"
 )
+
+// goodbyeGrace is how long a tunnel that was sent Close frames waits for
+// its endpoints to close before the relay closes the sockets.
+const goodbyeGrace = time.Second
+
+// closeGoingAway is RFC 6455's status 1001: the endpoint is going away.
+const closeGoingAway = 1001
 
 // readBufferSize is the one read buffer of a loop: every read of every
 // tunnel of the loop goes through it and is written out at once.
@@ -28,6 +37,7 @@ type loop struct {
 	// Owned by the loop goroutine.
 	sides   []*side // by file descriptor
 	tunnels map[*tunnel]struct{}
+	closing int // tunnels saying goodbye: the loop then scans often
 	buf     []byte
 	now     int64 // unix nanoseconds, read once per wakeup
 }
@@ -93,7 +103,12 @@ func (l *loop) run() {
 	}
 	nextScan := time.Now().Add(scanEvery).UnixNano()
 	for {
-		n, err := unix.EpollWait(l.epfd, events, int(scanEvery/time.Millisecond))
+		wait := scanEvery
+		if l.closing > 0 {
+			wait = goodbyeGrace / 10
+			nextScan = min(nextScan, time.Now().Add(wait).UnixNano())
+		}
+		n, err := unix.EpollWait(l.epfd, events, int(wait/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			panic("relay: epoll_wait: " + err.Error())
 		}
@@ -185,10 +200,20 @@ func (l *loop) readFrom(s *side) {
 	n, err := unix.Read(s.fd, l.buf)
 	switch {
 	case n > 0:
+		if t.closing {
+			return // Close frames are out: the rest is dropped
+		}
 		t.lastActive = l.now
 		s.read += int64(n)
 		s.track(l.buf[:n])
 		l.writeTo(s.peer, l.buf[:n])
+	case n == 0 && t.closing:
+		s.readDone = true
+		if s.peer.readDone {
+			l.closeTunnel(t, ClosedDrain)
+		} else {
+			l.unwatch(s)
+		}
 	case n == 0:
 		l.readEOF(s)
 	case err == unix.EAGAIN || err == unix.EINTR:
@@ -277,18 +302,82 @@ func (l *loop) setInterest(s *side) {
 	}
 }
 
+// closeIdle closes the tunnels idle for too long, and those whose goodbye
+// grace is over.
 func (l *loop) closeIdle() {
-	if l.idle <= 0 {
-		return
-	}
 	limit := l.now - int64(l.idle)
 	for t := range l.tunnels {
-		if t.lastActive < limit {
+		switch {
+		case t.closing && l.now >= t.closeAt:
+			l.closeTunnel(t, ClosedDrain)
+		case l.idle > 0 && t.lastActive < limit:
 			l.closeTunnel(t, ClosedIdle)
 		}
 	}
 }
 
+// end ends a tunnel for reason: with ClosedDrain a goodbye if its frames
+// are tracked, otherwise a close.
+func (l *loop) end(t *tunnel, reason string) {
+	if reason == ClosedDrain && (t.client.tracking || t.upstream.tracking) {
+		l.goodbye(t)
+		return
+	}
+	l.closeTunnel(t, reason)
+}
+
+// goodbye sends Close 1001 to each side it may be injected into (nothing
+// owed to it, and the stream towards it at a frame boundary), shuts the
+// write side of both, and leaves the tunnel to end when both endpoints
+// close or the grace is over.
+func (l *loop) goodbye(t *tunnel) {
+	if t.closed || t.closing {
+		return
+	}
+	if t.closedBy == "" {
+		t.closedBy = ClosedDrain
+	}
+	t.closing = true
+	l.closing++
+	t.closeAt = l.now + int64(goodbyeGrace)
+	var frame [8]byte
+	for _, s := range []*side{&t.client, &t.upstream} {
+		if s.canSendClose() {
+			// The gateway is the client of the upstream, so frames to it
+			// are masked (RFC 6455 5.3) with an unpredictable key.
+			toUpstream := s == &t.upstream
+			var key [4]byte
+			if toUpstream {
+				k := rand.Uint32()
+				key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+			}
+			unix.Write(s.fd, wsframe.AppendClose(frame[:0], closeGoingAway, "", toUpstream, key))
+		}
+		s.releasePending()
+		unix.Shutdown(s.fd, unix.SHUT_WR)
+	}
+	if t.client.readDone && t.upstream.readDone {
+		l.closeTunnel(t, ClosedDrain)
+		return
+	}
+	for _, s := range []*side{&t.client, &t.upstream} {
+		if s.readDone {
+			l.unwatch(s)
+		} else {
+			l.setInterest(s)
+		}
+	}
+}
+
+// unwatch stops watching a closing tunnel's side that has ended both ways:
+// epoll would report its hang-up on every wait, and the tunnel must keep
+// waiting for the other side's goodbye.
+func (l *loop) unwatch(s *side) {
+	s.events = 0
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+}
+
+// closeAll closes every tunnel at once (the relay is stopping).
 func (l *loop) closeAll(reason string) {
 	for t := range l.tunnels {
 		l.closeTunnel(t, reason)
@@ -303,6 +392,9 @@ func (l *loop) closeTunnel(t *tunnel, reason string) {
 		return
 	}
 	t.closed = true
+	if t.closing {
+		l.closing--
+	}
 	if t.closedBy == "" {
 		t.closedBy = reason
 	}

@@ -82,16 +82,18 @@ type Tunnel struct {
 	t *tunnel
 }
 
-// Close ends the tunnel now; reason goes to its Stats.
+// Close ends the tunnel; reason goes to its Stats. With ClosedDrain a
+// frame-tracked tunnel says goodbye first (see CloseAll).
 func (h Tunnel) Close(reason string) {
-	h.l.do(func(l *loop) { l.closeTunnel(h.t, reason) })
+	h.l.do(func(l *loop) { l.end(h.t, reason) })
 }
 
 // Add hands a pair of connected TCP conns to the relay. The relay takes
 // their file descriptors and closes the Go conns; from then on the relay
-// owns the sockets and closes them when the tunnel ends. done is called
-// once, on a goroutine of its own, with the tunnel's stats.
-func (r *Relay) Add(client, upstream *net.TCPConn, done func(Stats)) (Tunnel, error) {
+// owns the sockets and closes them when the tunnel ends. With frames, the
+// WebSocket frames of both directions are followed. done is called once,
+// on a goroutine of its own, with the tunnel's stats.
+func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, done func(Stats)) (Tunnel, error) {
 	cfd, err := takeFD(client)
 	if err != nil {
 		return Tunnel{}, err
@@ -102,7 +104,7 @@ func (r *Relay) Add(client, upstream *net.TCPConn, done func(Stats)) (Tunnel, er
 		return Tunnel{}, err
 	}
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
-	t := newTunnel(cfd, ufd, done)
+	t := newTunnel(cfd, ufd, frames, done)
 	if !l.do(func(l *loop) { l.addTunnel(t) }) {
 		unix.Close(cfd)
 		unix.Close(ufd)
@@ -111,10 +113,18 @@ func (r *Relay) Add(client, upstream *net.TCPConn, done func(Stats)) (Tunnel, er
 	return Tunnel{l: l, t: t}, nil
 }
 
-// CloseAll ends every tunnel now with reason.
+// CloseAll ends every tunnel with reason. With ClosedDrain, a tunnel whose
+// frames are tracked gets a WebSocket Close 1001 ("going away") on each
+// side that is at a frame boundary, instead of a bare TCP close that its
+// endpoints would report as 1006; what they send back is read and dropped
+// for up to a second while they close.
 func (r *Relay) CloseAll(reason string) {
 	for _, l := range r.loops {
-		l.do(func(l *loop) { l.closeAll(reason) })
+		l.do(func(l *loop) {
+			for t := range l.tunnels {
+				l.end(t, reason)
+			}
+		})
 	}
 }
 

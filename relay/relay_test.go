@@ -57,7 +57,7 @@ func relayed(t *testing.T, r *Relay) *pair {
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
 	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
-	h, err := r.Add(gwClient, gwUpstream, func(s Stats) { p.done <- s })
+	h, err := r.Add(gwClient, gwUpstream, false, func(s Stats) { p.done <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestCloseAllAndStop(t *testing.T) {
 	r.Stop()
 	client, gw := connPair(t)
 	up, _ := connPair(t)
-	if _, err := r.Add(gw, up, nil); err != ErrClosed {
+	if _, err := r.Add(gw, up, false, nil); err != ErrClosed {
 		t.Fatalf("Add after Stop: %v", err)
 	}
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -243,4 +243,92 @@ func TestManyTunnelsKeepTheirBytes(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// relayedFrames is relayed with frame tracking on.
+func relayedFrames(t *testing.T, r *Relay) *pair {
+	t.Helper()
+	client, gwClient := connPair(t)
+	gwUpstream, server := connPair(t)
+	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
+	h, err := r.Add(gwClient, gwUpstream, true, func(s Stats) { p.done <- s })
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.handle = h
+	return p
+}
+
+// maskedText is a client's text frame (mask key 0, so the payload reads as is).
+func maskedText(payload string) []byte {
+	return append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+// A drain ends a tracked tunnel with Close 1001 to both endpoints, at frame
+// boundaries, then waits for them to close.
+func TestDrainSaysGoingAway(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	p := relayedFrames(t, r)
+	p.client.Write(maskedText("hi"))
+	got := make([]byte, 8)
+	if _, err := io.ReadFull(p.server, got); err != nil || string(got[6:]) != "hi" {
+		t.Fatalf("frame before drain: %q, %v", got, err)
+	}
+	p.server.Write([]byte{0x81, 0x02, 'y', 'o'})
+	if _, err := io.ReadFull(p.client, got[:4]); err != nil {
+		t.Fatal(err)
+	}
+
+	r.CloseAll(ClosedDrain)
+	// To the client, unmasked: 88 02 03 E9, then EOF.
+	p.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	toClient, _ := io.ReadAll(p.client)
+	if !bytes.Equal(toClient, []byte{0x88, 0x02, 0x03, 0xE9}) {
+		t.Fatalf("client got % x, want 88 02 03 e9", toClient)
+	}
+	// To the upstream, masked (the gateway is its client), then EOF.
+	p.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	toServer, _ := io.ReadAll(p.server)
+	if len(toServer) != 8 || toServer[0] != 0x88 || toServer[1] != 0x82 {
+		t.Fatalf("upstream got % x, want a masked close frame", toServer)
+	}
+	code := []byte{toServer[6] ^ toServer[2], toServer[7] ^ toServer[3]}
+	if !bytes.Equal(code, []byte{0x03, 0xE9}) {
+		t.Fatalf("close code % x, want 03 e9", code)
+	}
+	// Both endpoints close; the tunnel ends before the grace.
+	start := time.Now()
+	p.client.Close()
+	p.server.Close()
+	st := p.stats(t)
+	if st.ClosedBy != ClosedDrain || time.Since(start) > time.Second {
+		t.Fatalf("ended %v after both closed, by %q", time.Since(start), st.ClosedBy)
+	}
+	if st.UpMessages != 1 || st.DownMessages != 1 {
+		t.Fatalf("messages up %d down %d, want 1 and 1", st.UpMessages, st.DownMessages)
+	}
+}
+
+// A side in the middle of a frame gets no Close (it would land inside the
+// frame's payload); the grace then ends the tunnel.
+func TestDrainMidFrame(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	p := relayedFrames(t, r)
+	half := maskedText("0123456789")[:9] // header plus 3 of 10 payload bytes
+	p.client.Write(half)
+	io.ReadFull(p.server, make([]byte, len(half)))
+
+	r.CloseAll(ClosedDrain)
+	p.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, _ := io.ReadAll(p.server); len(rest) != 0 {
+		t.Fatalf("upstream got % x in the middle of a frame", rest)
+	}
+	p.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if toClient, _ := io.ReadAll(p.client); !bytes.Equal(toClient, []byte{0x88, 0x02, 0x03, 0xE9}) {
+		t.Fatalf("client got % x", toClient)
+	}
+	// Nobody closes: the grace does.
+	if st := p.stats(t); st.ClosedBy != ClosedDrain {
+		t.Fatalf("closed by %q", st.ClosedBy)
+	}
 }

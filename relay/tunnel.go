@@ -1,12 +1,18 @@
 package relay
 
+import "github.com/wsgate/wsgate/wsframe"
+
 // tunnel is the state of one relayed connection pair, owned by its loop.
 type tunnel struct {
 	client, upstream side
 	lastActive       int64 // unix nanoseconds of the last byte read either way
 	closedBy         string
 	closed           bool
-	done             func(Stats)
+	// closing: Close frames were sent (drain); what still arrives is read
+	// and dropped until both sides end or closeAt passes.
+	closing bool
+	closeAt int64
+	done    func(Stats)
 }
 
 // side is one socket of a tunnel: what is read from it goes to peer.
@@ -22,17 +28,32 @@ type side struct {
 	pending        []byte  // bytes for this side that it could not take yet
 	pendingBuf     *[]byte // the pooled buffer behind pending
 	shutAfterFlush bool    // the peer ended: shut our write side once pending is out
+
+	// frames follows the WebSocket frames read from this side, while
+	// tracking is on (websocket tunnels) and the stream made sense.
+	frames   wsframe.Tracker
+	tracking bool
 }
 
-func newTunnel(clientFD, upstreamFD int, done func(Stats)) *tunnel {
+func newTunnel(clientFD, upstreamFD int, frames bool, done func(Stats)) *tunnel {
 	t := &tunnel{done: done}
 	t.client = side{fd: clientFD, name: ClosedByClient, t: t, peer: &t.upstream}
 	t.upstream = side{fd: upstreamFD, name: ClosedByUpstream, t: t, peer: &t.client}
+	if frames {
+		t.client.frames, t.client.tracking = wsframe.New(true, 0), true
+		t.upstream.frames, t.upstream.tracking = wsframe.New(false, 0), true
+	}
 	return t
 }
 
-// wantsRead: s is read unless it ended or its peer is backed up.
-func (s *side) wantsRead() bool { return !s.readDone && len(s.peer.pending) == 0 }
+// wantsRead: s is read unless it ended or its peer is backed up; once the
+// tunnel is closing, only until it ends (what it sends is dropped).
+func (s *side) wantsRead() bool {
+	if s.t.closing {
+		return !s.readDone
+	}
+	return !s.readDone && len(s.peer.pending) == 0
+}
 
 func (s *side) releasePending() {
 	if s.pendingBuf != nil {
@@ -41,9 +62,29 @@ func (s *side) releasePending() {
 	}
 }
 
-// track follows the frames in b; it is where the frame tracker plugs in.
-func (s *side) track(b []byte) {}
+// track follows the frames in b. A stream that breaks RFC 6455 is still
+// relayed (the endpoints judge their peer), but no longer tracked, so the
+// gateway will not inject frames into it.
+func (s *side) track(b []byte) {
+	if s.tracking {
+		if _, err := s.frames.Feed(b); err != nil {
+			s.tracking = false
+		}
+	}
+}
+
+// canSendClose reports whether a Close frame may be written to s now:
+// everything relayed to it has been written, its write side is open, the
+// stream towards it stands at a frame boundary, and no Close went to it
+// already.
+func (s *side) canSendClose() bool {
+	return len(s.pending) == 0 && !s.peer.readDone &&
+		s.peer.tracking && s.peer.frames.AtFrameBoundary() && !s.peer.frames.CloseSeen()
+}
 
 func (t *tunnel) stats() Stats {
-	return Stats{Up: t.client.read, Down: t.upstream.read, ClosedBy: t.closedBy}
+	return Stats{
+		Up: t.client.read, Down: t.upstream.read, ClosedBy: t.closedBy,
+		UpMessages: t.client.frames.Messages(), DownMessages: t.upstream.frames.Messages(),
+	}
 }
