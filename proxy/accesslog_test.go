@@ -82,7 +82,7 @@ func TestAccessLogNamesWhoClosed(t *testing.T) {
 	}
 	// The client sent one 5-byte message: 11 bytes on the wire
 	// (2 header + 4 mask + 5 payload).
-	if line := lineWith(log.String(), " /by-client "); !strings.Contains(line, " up=11 ") {
+	if line := lineWith(log.String(), " /by-client "); !strings.Contains(line, " up=11 ") || !strings.Contains(line, " msgs_up=1 msgs_down=1 ") {
 		t.Errorf("bytes not counted: %q", line)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -89,7 +90,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
 			client.Close()
 			up.Close()
-			g.endTunnel(live, info, 0, 0, closer)
+			g.endTunnel(live, info, tunnelCounts{}, closer)
 			return
 		}
 		if carried != nil {
@@ -97,16 +98,20 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 			carried.down.Add(downBytes)
 			carried.run()
 			closer, _ := carried.closer.Load().(Closer)
-			g.endTunnel(live, info, carried.up.Load(), carried.down.Load(), closer)
+			g.endTunnel(live, info, tunnelCounts{up: carried.up.Load(), down: carried.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
 			return
 		}
 		h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, func(st relay.Stats) {
-			g.endTunnel(live, info, upBytes+st.Up, downBytes+st.Down, Closer(st.ClosedBy))
+			counts := tunnelCounts{up: upBytes + st.Up, down: downBytes + st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
+			if info.route.RawTunnel {
+				counts.upMsgs, counts.downMsgs = -1, -1
+			}
+			g.endTunnel(live, info, counts, Closer(st.ClosedBy))
 		})
 		if err != nil {
 			clientTCP.Close()
 			upTCP.Close()
-			g.endTunnel(live, info, upBytes, downBytes, ClosedDrain)
+			g.endTunnel(live, info, tunnelCounts{up: upBytes, down: downBytes}, ClosedDrain)
 			return
 		}
 		relayed.started(h)
@@ -132,16 +137,30 @@ func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout 
 	return ""
 }
 
+// tunnelCounts are a tunnel's bytes and messages each way; messages are -1
+// where frames were not followed (raw and TLS tunnels).
+type tunnelCounts struct {
+	up, down, upMsgs, downMsgs int64
+}
+
 // endTunnel unregisters a tunnel and writes its access log line.
-func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, upBytes, downBytes int64, closer Closer) {
+func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, closer Closer) {
 	info.server.Release()
 	g.mu.Lock()
 	delete(g.tunnels, t)
 	g.tunnelsChanged()
 	g.mu.Unlock()
-	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d closed_by=%s",
+	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d msgs_up=%s msgs_down=%s closed_by=%s",
 		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
-		info.server.Address, time.Since(info.start).Round(time.Millisecond), upBytes, downBytes, closer)
+		info.server.Address, time.Since(info.start).Round(time.Millisecond), c.up, c.down,
+		countOrDash(c.upMsgs), countOrDash(c.downMsgs), closer)
+}
+
+func countOrDash(n int64) string {
+	if n < 0 {
+		return "-"
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // tunnelAborted undoes the pending count of a 101 whose tunnel never
