@@ -95,7 +95,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			servers = append(servers, srv)
 			g.clients[srv] = g.newHostClient(srv)
 		}
-		pools[name] = upstream.NewPool(name, servers)
+		pools[name] = upstream.NewPool(name, servers, upstream.Options{})
 	}
 	var routes []*Route
 	for _, rc := range cfg.Routes {

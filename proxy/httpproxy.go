@@ -126,7 +126,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*upstream.Server) (done bool)) {
 	var tried []*upstream.Server
 	for {
-		srv, err := rt.Pool.Pick(tried)
+		srv, err := rt.Pool.Pick(&upstream.Request{}, tried)
 		if err != nil {
 			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
 			return

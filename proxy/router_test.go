@@ -15,7 +15,7 @@ type routerCase struct {
 // routerRoute builds a route whose pool is named after it, so a failing case
 // says which route it got.
 func routerRoute(host, path, name string) *Route {
-	return &Route{Host: host, Path: path, Pool: upstream.NewPool(name, nil)}
+	return &Route{Host: host, Path: path, Pool: upstream.NewPool(name, nil, upstream.Options{})}
 }
 
 func checkRouterCases(t *testing.T, r *Router, cases []routerCase) {

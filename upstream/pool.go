@@ -1,30 +1,45 @@
 // Package upstream keeps pools of upstream servers and chooses among them.
-// It knows nothing of HTTP: the proxy asks a Pool for a server, tells it
-// which servers it already tried, and holds a lease while it uses one.
+// It knows nothing of HTTP: the proxy describes a new connection with a
+// Request (a hash key, a sticky token, the client's IP), asks the pool for
+// a server, holds a lease while it uses it, and reports failures back.
 package upstream
 
 import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// ErrNoServer is returned by Pick when every server was already tried.
-var ErrNoServer = errors.New("no upstream server left to try")
+// Errors of Pick.
+var (
+	// ErrNoServer: every usable server was tried already, or none is usable
+	// (all down): the proxy answers 502.
+	ErrNoServer = errors.New("no upstream server left to try")
+	// ErrAllFull: usable servers exist but all are at max_conns: 503.
+	ErrAllFull = errors.New("every upstream server is at max_conns")
+)
 
 // Server is one upstream server of a pool.
 type Server struct {
 	// Address is the host:port the gateway dials.
 	Address string
-	// Weight is the server's share of new connections relative to the
-	// other servers of its pool.
+	// Weight is the server's share relative to the other servers of its
+	// pool (1 when below 1).
 	Weight int
+	// MaxConns caps the leases (live tunnels and in-flight requests) the
+	// server may hold; 0 means no cap. A full server is skipped.
+	MaxConns int
+	// Backup servers are used only when no primary is usable.
+	Backup bool
+	// Down marks a server out of service by configuration.
+	Down bool
 
-	active atomic.Int64 // leases held: live tunnels and in-flight requests
-
-	// current is the smooth weighted round robin counter, guarded by the
-	// pool's mutex.
-	current int
+	active  atomic.Int64 // leases held
+	removed atomic.Bool  // gone from discovery: no new connections
+	token   string       // sticky cookie value naming this server
+	current int          // smooth weighted round robin counter; pool mutex
+	health  health       // passive and active health state
 }
 
 // Active reports how many leases (live tunnels and in-flight requests) the
@@ -37,38 +52,120 @@ func (s *Server) Acquire() { s.active.Add(1) }
 // Release ends a lease taken with Acquire.
 func (s *Server) Release() { s.active.Add(-1) }
 
+// Token is the opaque sticky-cookie value that names s within its pool.
+func (s *Server) Token() string { return s.token }
+
+// Options are a pool's policies.
+type Options struct {
+	// Balance is "round_robin" (default), "least_conn" or "hash".
+	Balance string
+	// HashBoundedLoad, when > 0 with "hash", caps each server at this
+	// factor of the mean load (consistent hashing with bounded loads).
+	HashBoundedLoad float64
+	// MaxFails failures within FailTimeout mark a server down for
+	// FailTimeout (nginx's max_fails/fail_timeout); MaxFails 0 disables.
+	MaxFails    int
+	FailTimeout time.Duration
+	// Now is the clock (tests); nil means time.Now.
+	Now func() time.Time
+}
+
+// Request describes the connection or request to place.
+type Request struct {
+	// ClientIP is the client's address; the hash key when Key is empty.
+	ClientIP string
+	// Key is the value of the upstream's hash_key for this request.
+	Key string
+	// Sticky is the token the client's sticky cookie carries, if any.
+	Sticky string
+}
+
 // Pool is a named set of servers with a selection policy.
 type Pool struct {
 	Name string
 
-	mu      sync.Mutex
+	opts Options
+	mu   sync.Mutex
+	// servers is replaced, never modified, so readers may keep a copy.
 	servers []*Server
 }
 
-// NewPool returns a pool over servers. A weight below 1 counts as 1.
-func NewPool(name string, servers []*Server) *Pool {
-	for _, s := range servers {
+// NewPool returns a pool over servers. Weights below 1 count as 1.
+func NewPool(name string, servers []*Server, opts Options) *Pool {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	p := &Pool{Name: name, opts: opts}
+	p.SetServers(servers)
+	return p
+}
+
+// Servers returns the pool's current servers. The slice must not be
+// modified.
+func (p *Pool) Servers() []*Server {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.servers
+}
+
+// SetServers replaces the pool's servers (discovery, reload). A server
+// whose address is already in the pool keeps its object, and so its
+// leases, health and counters; servers that are no longer listed are
+// marked removed: they take no new connections, while their live tunnels
+// carry on until they end.
+func (p *Pool) SetServers(list []*Server) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := make(map[string]*Server, len(p.servers))
+	for _, s := range p.servers {
+		old[s.Address] = s
+	}
+	next := make([]*Server, 0, len(list))
+	for _, s := range list {
+		if prev, ok := old[s.Address]; ok {
+			prev.Weight, prev.MaxConns, prev.Backup, prev.Down = s.Weight, s.MaxConns, s.Backup, s.Down
+			s = prev
+			delete(old, s.Address)
+		}
 		if s.Weight < 1 {
 			s.Weight = 1
 		}
+		s.removed.Store(false)
+		s.token = serverToken(p.Name, s.Address)
+		next = append(next, s)
 	}
-	return &Pool{Name: name, servers: servers}
+	for _, s := range old {
+		s.removed.Store(true)
+	}
+	p.servers = next
 }
 
-// Servers returns the pool's servers. The slice must not be modified.
-func (p *Pool) Servers() []*Server { return p.servers }
+// ByToken returns the server a sticky token names, or nil.
+func (p *Pool) ByToken(token string) *Server {
+	if token == "" {
+		return nil
+	}
+	for _, s := range p.Servers() {
+		if s.token == token {
+			return s
+		}
+	}
+	return nil
+}
 
-// Pick chooses the next server by smooth weighted round robin (nginx's
-// algorithm: every server's counter grows by its weight, the largest wins
-// and pays back the total), skipping the servers in tried, so a caller
-// that retries after a failure never gets the same server twice.
-func (p *Pool) Pick(tried []*Server) (*Server, error) {
+// Pick chooses a server for r, never one in tried (so a retry goes
+// elsewhere). A valid sticky token wins while its server is usable.
+func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := p.opts.Now()
+	if s := p.byTokenLocked(r.Sticky); s != nil && p.usable(s, now) && !contains(tried, s) && !s.full() {
+		return s, nil
+	}
 	var best *Server
 	total := 0
 	for _, s := range p.servers {
-		if contains(tried, s) {
+		if contains(tried, s) || !p.usable(s, now) || s.full() {
 			continue
 		}
 		s.current += s.Weight
@@ -83,6 +180,34 @@ func (p *Pool) Pick(tried []*Server) (*Server, error) {
 	best.current -= total
 	return best, nil
 }
+
+func (p *Pool) byTokenLocked(token string) *Server {
+	if token == "" {
+		return nil
+	}
+	for _, s := range p.servers {
+		if s.token == token {
+			return s
+		}
+	}
+	return nil
+}
+
+// usable: in service and, as far as health knows, up.
+func (p *Pool) usable(s *Server, now time.Time) bool {
+	return !s.Down && !s.removed.Load() && s.health.up(now)
+}
+
+func (s *Server) full() bool { return s.MaxConns > 0 && s.active.Load() >= int64(s.MaxConns) }
+
+// ReportFailure records a failed attempt on s (dial error, handshake
+// timeout, 5xx answer to a handshake) for passive health.
+func (p *Pool) ReportFailure(s *Server) {
+	s.health.fail(p.opts.Now(), p.opts.MaxFails, p.opts.FailTimeout)
+}
+
+// ReportSuccess records a successful attempt on s.
+func (p *Pool) ReportSuccess(s *Server) { s.health.succeed() }
 
 func contains(list []*Server, s *Server) bool {
 	for _, x := range list {

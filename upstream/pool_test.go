@@ -7,10 +7,10 @@ import (
 
 func TestPickSmoothWeighted(t *testing.T) {
 	a, b, c := &Server{Address: "a", Weight: 5}, &Server{Address: "b", Weight: 1}, &Server{Address: "c", Weight: 1}
-	p := NewPool("p", []*Server{a, b, c})
+	p := NewPool("p", []*Server{a, b, c}, Options{})
 	var got string
 	for range 7 {
-		s, err := p.Pick(nil)
+		s, err := p.Pick(&Request{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -24,10 +24,10 @@ func TestPickSmoothWeighted(t *testing.T) {
 
 func TestPickEvenSpread(t *testing.T) {
 	servers := []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}}
-	p := NewPool("p", servers)
+	p := NewPool("p", servers, Options{})
 	counts := map[string]int{}
 	for range 300 {
-		s, _ := p.Pick(nil)
+		s, _ := p.Pick(&Request{}, nil)
 		counts[s.Address]++
 	}
 	for _, s := range servers {
@@ -39,13 +39,13 @@ func TestPickEvenSpread(t *testing.T) {
 
 func TestPickSkipsTried(t *testing.T) {
 	a, b := &Server{Address: "a"}, &Server{Address: "b"}
-	p := NewPool("p", []*Server{a, b})
-	first, _ := p.Pick(nil)
-	second, err := p.Pick([]*Server{first})
+	p := NewPool("p", []*Server{a, b}, Options{})
+	first, _ := p.Pick(&Request{}, nil)
+	second, err := p.Pick(&Request{}, []*Server{first})
 	if err != nil || second == first {
 		t.Fatalf("second pick %v, %v; want the other server", second, err)
 	}
-	if _, err := p.Pick([]*Server{a, b}); !errors.Is(err, ErrNoServer) {
+	if _, err := p.Pick(&Request{}, []*Server{a, b}); !errors.Is(err, ErrNoServer) {
 		t.Fatalf("all tried: err %v, want ErrNoServer", err)
 	}
 }

@@ -1,0 +1,57 @@
+package upstream
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"sync"
+	"time"
+)
+
+// health is a server's health as the pool sees it: passive (failures of
+// real traffic, nginx's max_fails/fail_timeout) and active (probes).
+type health struct {
+	mu          sync.Mutex
+	fails       int       // failures in the current window
+	windowStart time.Time // when the current window's first failure happened
+	downUntil   time.Time // passive: down until then
+	probeDown   bool      // active: the last probes failed
+}
+
+// up reports whether the server may take new connections at now.
+func (h *health) up(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.probeDown && !now.Before(h.downUntil)
+}
+
+// fail counts a failure: maxFails of them within failTimeout put the
+// server down for failTimeout. maxFails 0 disables passive health.
+func (h *health) fail(now time.Time, maxFails int, failTimeout time.Duration) {
+	if maxFails <= 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fails == 0 || now.Sub(h.windowStart) > failTimeout {
+		h.fails, h.windowStart = 0, now
+	}
+	h.fails++
+	if h.fails >= maxFails {
+		h.downUntil = now.Add(failTimeout)
+		h.fails = 0
+	}
+}
+
+// succeed clears the failure count, as a successful request does in nginx.
+func (h *health) succeed() {
+	h.mu.Lock()
+	h.fails = 0
+	h.mu.Unlock()
+}
+
+// serverToken names a server in a sticky cookie: stable across restarts and
+// across gateway processes with the same config, opaque to clients.
+func serverToken(pool, address string) string {
+	sum := sha256.Sum256([]byte(pool + "\x00" + address))
+	return hex.EncodeToString(sum[:8])
+}
