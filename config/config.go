@@ -12,6 +12,9 @@ type Config struct {
 	Timeouts  Timeouts             `yaml:"timeouts"`
 	Limits    Limits               `yaml:"limits"`
 	Admin     Admin                `yaml:"admin"`
+	// Resolver is the DNS server (host:port) for upstream names; empty
+	// means the system's resolver.
+	Resolver string `yaml:"resolver"`
 
 	// File is the path the configuration was read from ("" when built in code).
 	File string `yaml:"-"`
@@ -63,21 +66,74 @@ const (
 
 // Upstream is a pool of servers and how to choose among them.
 type Upstream struct {
-	// Balance is the selection policy; "round_robin" (the default).
+	// Balance is the selection policy: "least_conn" (the default: WebSocket
+	// connections live long, and round robin piles them up unevenly),
+	// "round_robin" or "hash".
 	Balance string `yaml:"balance"`
-	// HashKey is the key of the "hash" policy (not supported yet).
+	// HashKey is what "hash" hashes: "ip" (the default), "header:NAME",
+	// "cookie:NAME" or "query:NAME". A request without the key falls back
+	// to the client IP.
 	HashKey string `yaml:"hash_key"`
-	// StickyCookie names a gateway-inserted cookie (not supported yet).
-	StickyCookie string   `yaml:"sticky_cookie"`
-	Servers      []Server `yaml:"servers"`
+	// HashBoundedLoad, with "hash", caps every server at this factor of
+	// the mean load (e.g. 1.25); 0 means no cap.
+	HashBoundedLoad float64 `yaml:"hash_bounded_load"`
+	// StickyCookie names a cookie the gateway inserts to pin a client to
+	// the server it first reached (Socket.IO and SockJS need this).
+	StickyCookie string `yaml:"sticky_cookie"`
+	// Retries bounds how many other servers a new connection (or an
+	// idempotent request that sent nothing) is tried on after a failure;
+	// default: the number of servers - 1.
+	Retries *int `yaml:"retries"`
+	// TryTimeout bounds the time spent on those tries; 0 means no bound.
+	TryTimeout Duration `yaml:"try_timeout"`
+	// MaxFails failures within FailTimeout take a server out for
+	// FailTimeout (nginx's max_fails/fail_timeout); default 1 and 10s;
+	// max_fails 0 turns passive health off.
+	MaxFails    *int     `yaml:"max_fails"`
+	FailTimeout Duration `yaml:"fail_timeout"`
+	// HealthCheck, when set, probes every server periodically.
+	HealthCheck *HealthCheck `yaml:"health_check"`
+	// ResolveInterval is how often server names (and SRV records) are
+	// resolved again; default 10s.
+	ResolveInterval Duration `yaml:"resolve_interval"`
+	Servers         []Server `yaml:"servers"`
 }
 
-// Server is one upstream server.
+// HealthCheck is an upstream's active health check.
+type HealthCheck struct {
+	// Path is requested on every server (GET, or a WebSocket handshake).
+	Path string `yaml:"path"`
+	// Interval between probes (default 5s) and Timeout of one (default 2s).
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	// Healthy consecutive passes bring a server back (default 2);
+	// Unhealthy consecutive failures take it out (default 3).
+	Healthy   int `yaml:"healthy"`
+	Unhealthy int `yaml:"unhealthy"`
+	// ExpectStatus is the status a passing GET answers; 0 means any 2xx/3xx.
+	ExpectStatus int `yaml:"expect_status"`
+	// WebSocket probes with a real WebSocket handshake (101 expected).
+	WebSocket bool `yaml:"websocket"`
+}
+
+// Server is one upstream server, or a DNS name or SRV record standing for
+// several.
 type Server struct {
-	// Address is host:port.
+	// Address is host:port; the host may be a DNS name, whose every
+	// address becomes a server.
 	Address string `yaml:"address"`
+	// SRV is a DNS SRV name ("_ws._tcp.example.com") used instead of
+	// Address; targets, ports and weights come from the records, and
+	// records of a higher priority value become backups.
+	SRV string `yaml:"srv"`
 	// Weight is the server's share under weighted policies; default 1.
 	Weight int `yaml:"weight"`
+	// MaxConns caps its live tunnels plus in-flight requests; 0: no cap.
+	MaxConns int `yaml:"max_conns"`
+	// Backup servers take connections only when every primary is down.
+	Backup bool `yaml:"backup"`
+	// Down takes the server out of service.
+	Down bool `yaml:"down"`
 }
 
 // Timeouts bound each phase of a connection.

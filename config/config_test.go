@@ -83,7 +83,7 @@ admin:
 		t.Fatalf("Upstreams = %+v", c.Upstreams)
 	}
 	// The second server has no weight: the default 1 applies.
-	if u.Servers[0] != (Server{"127.0.0.1:3000", 3}) || u.Servers[1] != (Server{"localhost:3001", 1}) {
+	if u.Servers[0] != (Server{Address: "127.0.0.1:3000", Weight: 3}) || u.Servers[1] != (Server{Address: "localhost:3001", Weight: 1}) {
 		t.Errorf("Servers = %+v", u.Servers)
 	}
 	wantTimeouts := Timeouts{
@@ -118,7 +118,7 @@ upstreams:
 	if got := c.Routes[0].Path; got != "/" {
 		t.Errorf("route path = %q, want /", got)
 	}
-	if u := c.Upstreams["app"]; u.Balance != "round_robin" || u.Servers[0].Weight != 1 {
+	if u := c.Upstreams["app"]; u.Balance != "least_conn" || u.Servers[0].Weight != 1 || *u.MaxFails != 1 || u.FailTimeout.Std() != 10*time.Second {
 		t.Errorf("upstream = %+v", u)
 	}
 	want := Timeouts{
@@ -149,6 +149,14 @@ upstreams:
     servers:
       - address: 127.0.0.1:3000
 `
+	noServers = `listeners:
+  - address: 127.0.0.1:8080
+routes:
+  - upstream: app
+upstreams:
+  app:
+    servers:
+`
 	routesLast = `listeners:
   - address: 127.0.0.1:8080
 upstreams:
@@ -176,7 +184,7 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"top level is a list", "- listeners\n", 1, "", "top level must be a mapping"},
 		{"syntax error", "listeners: [\n", 1, "", "did not find expected node content"},
 		{"unknown top-level key", head + "listners: []\n", 9, "listners",
-			`key "listners" is not known here (known: listeners, routes, upstreams, timeouts, limits, admin)`},
+			`key "listners" is not known here (known: listeners, routes, upstreams, timeouts, limits, admin, resolver)`},
 		{"unknown nested key", head + "timeouts:\n  conect: 5s\n", 10, "timeouts.conect",
 			`key "conect" is not known here (known: connect, handshake, idle, drain)`},
 		{"unknown key in a list item", "listeners:\n  - address: :80\n    tsl: {}\n" + afterListener, 3,
@@ -222,12 +230,20 @@ upstreams:
 			"must be between 1 and 1000, not 1001"},
 		{"explicit zero weight", head + "      - address: h:1\n        weight: 0\n", 10, "upstreams.app.servers[1].weight",
 			"leave the key out for the default 1"},
-		{"unsupported balance", head + "    balance: least_conn\n", 9, "upstreams.app.balance",
-			`balance "least_conn" is not supported yet (supported: round_robin)`},
-		{"hash balance", head + "    balance: hash\n", 9, "upstreams.app.balance", `balance "hash" is not supported yet`},
-		{"unknown balance", head + "    balance: random\n", 9, "upstreams.app.balance", `balance "random" is unknown (supported: round_robin)`},
-		{"hash_key", head + "    hash_key: ip\n", 9, "upstreams.app.hash_key", "not supported yet"},
-		{"sticky_cookie", head + "    sticky_cookie: srv\n", 9, "upstreams.app.sticky_cookie", "not supported yet"},
+		{"unknown balance", head + "    balance: random\n", 9, "upstreams.app.balance", `balance "random" is unknown (known: least_conn, round_robin, hash)`},
+		{"hash_key without hash", head + "    hash_key: ip\n", 9, "upstreams.app.hash_key", "hash_key needs balance: hash"},
+		{"bad hash_key", head + "    balance: hash\n    hash_key: body:x\n", 10, "upstreams.app.hash_key", `hash_key "body:x" is not ip, header:NAME, cookie:NAME or query:NAME`},
+		{"bounded load below 1", head + "    balance: hash\n    hash_bounded_load: 0.5\n", 10, "upstreams.app.hash_bounded_load", "must be between 1 and 10"},
+		{"bad sticky_cookie", head + "    sticky_cookie: \"a b\"\n", 9, "upstreams.app.sticky_cookie", `"a b" is not a valid cookie name`},
+		{"negative retries", head + "    retries: -1\n", 9, "upstreams.app.retries", "must be between 0 and 100, not -1"},
+		{"zero fail_timeout", head + "    fail_timeout: 0s\n", 9, "upstreams.app.fail_timeout", "must be more than 0"},
+		{"health check path", head + "    health_check: {path: health}\n", 9, "upstreams.app.health_check.path", `"health" must begin with "/"`},
+		{"health check timeout", head + "    health_check: {interval: 1s, timeout: 2s}\n", 9, "upstreams.app.health_check.timeout", "must not be longer than interval"},
+		{"health check websocket status", head + "    health_check: {websocket: true, expect_status: 200}\n", 9, "upstreams.app.health_check.expect_status", "a websocket check expects 101"},
+		{"address and srv", head + "        srv: _ws._tcp.x.test\n", 8, "upstreams.app.servers[0]", "give either address or srv, not both"},
+		{"bad srv", noServers + "      - srv: ws.x.test\n", 8, "upstreams.app.servers[0].srv", "is not an SRV name"},
+		{"negative max_conns", head + "        max_conns: -1\n", 9, "upstreams.app.servers[0].max_conns", "must not be negative"},
+		{"bad resolver", head + "resolver: nowhere\n", 9, "resolver", `"nowhere" is not host:port`},
 		{"wildcard inside host", routesLast + "    host: a.*.example.com\n", 8, "routes[0].host",
 			`"a.*.example.com": a wildcard is only allowed as a whole first label`},
 		{"bare wildcard host", routesLast + "  - host: \"*\"\n    upstream: app\n", 8, "routes[1].host", "a wildcard is only allowed"},
@@ -282,7 +298,7 @@ routes:
     upstream: missing
 upstreams:
   app:
-    balance: hash
+    balance: hashed
     servers: []
 timeouts:
   idle: -5s
@@ -297,7 +313,7 @@ timeouts:
 		{path, 4, "listeners[1].color", `key "color" is not known here (known: address, tls)`},
 		{path, 6, "routes[0].host", `"a*.com": a wildcard is only allowed as a whole first label, as in "*.example.com"`},
 		{path, 7, "routes[0].upstream", `upstream "missing" is not defined (defined: app)`},
-		{path, 10, "upstreams.app.balance", `balance "hash" is not supported yet (supported: round_robin)`},
+		{path, 10, "upstreams.app.balance", `balance "hashed" is unknown (known: least_conn, round_robin, hash)`},
 		{path, 11, "upstreams.app.servers", "at least one server is needed"},
 		{path, 13, "timeouts.idle", "must be more than 0, not -5s"},
 	}
@@ -355,7 +371,7 @@ func TestValidateConfigBuiltInGo(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate: %v", err)
 	}
-	if c.Routes[0].Path != "/" || c.Upstreams["app"].Balance != "round_robin" || c.Timeouts.Idle.Std() != time.Hour {
+	if c.Routes[0].Path != "/" || c.Upstreams["app"].Balance != "least_conn" || c.Timeouts.Idle.Std() != time.Hour {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }

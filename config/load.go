@@ -17,7 +17,15 @@ import (
 
 // Defaults filled in by ApplyDefaults.
 const (
-	defaultBalance        = "round_robin"
+	defaultBalance        = "least_conn"
+	defaultHashKey        = "ip"
+	defaultMaxFails       = 1
+	defaultFailTimeout    = Duration(10 * time.Second)
+	defaultResolve        = Duration(10 * time.Second)
+	defaultCheckInterval  = Duration(5 * time.Second)
+	defaultCheckTimeout   = Duration(2 * time.Second)
+	defaultCheckHealthy   = 2
+	defaultCheckUnhealthy = 3
 	defaultWeight         = 1
 	defaultPath           = "/"
 	defaultConnect        = Duration(5 * time.Second)
@@ -115,6 +123,28 @@ func (c *Config) ApplyDefaults() {
 		}
 		if u.Balance == "" {
 			u.Balance = defaultBalance
+		}
+		if u.Balance == "hash" && u.HashKey == "" {
+			u.HashKey = defaultHashKey
+		}
+		if u.MaxFails == nil {
+			n := defaultMaxFails
+			u.MaxFails = &n
+		}
+		setDuration(&u.FailTimeout, defaultFailTimeout)
+		setDuration(&u.ResolveInterval, defaultResolve)
+		if hc := u.HealthCheck; hc != nil {
+			setDuration(&hc.Interval, defaultCheckInterval)
+			setDuration(&hc.Timeout, defaultCheckTimeout)
+			if hc.Healthy == 0 {
+				hc.Healthy = defaultCheckHealthy
+			}
+			if hc.Unhealthy == 0 {
+				hc.Unhealthy = defaultCheckUnhealthy
+			}
+			if hc.Path == "" {
+				hc.Path = "/"
+			}
 		}
 		for i := range u.Servers {
 			if u.Servers[i].Weight == 0 {

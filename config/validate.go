@@ -124,6 +124,33 @@ func (v *validator) explicitZeros(c *Config) {
 		if u == nil {
 			continue
 		}
+		up := keyPath{"upstreams", name}
+		for _, d := range []struct {
+			key string
+			val Duration
+		}{{"fail_timeout", u.FailTimeout}, {"resolve_interval", u.ResolveInterval}} {
+			if d.val == 0 && v.written(up.key(d.key)) {
+				v.add(up.key(d.key), "must be more than 0 (leave the key out for the default)")
+			}
+		}
+		if hc := u.HealthCheck; hc != nil {
+			for _, d := range []struct {
+				key string
+				val Duration
+			}{{"interval", hc.Interval}, {"timeout", hc.Timeout}} {
+				if d.val == 0 && v.written(up.key("health_check").key(d.key)) {
+					v.add(up.key("health_check").key(d.key), "must be more than 0 (leave the key out for the default)")
+				}
+			}
+			for _, n := range []struct {
+				key string
+				val int
+			}{{"healthy", hc.Healthy}, {"unhealthy", hc.Unhealthy}} {
+				if n.val == 0 && v.written(up.key("health_check").key(n.key)) {
+					v.add(up.key("health_check").key(n.key), "must be between 1 and 100 (leave the key out for the default)")
+				}
+			}
+		}
 		for i, s := range u.Servers {
 			p := keyPath{"upstreams", name, "servers", i, "weight"}
 			if s.Weight == 0 && v.written(p) {
@@ -166,6 +193,11 @@ func (v *validator) config(c *Config) {
 	if c.Admin.Address != "" {
 		if msg := checkHostPort(c.Admin.Address); msg != "" {
 			v.add(keyPath{"admin", "address"}, "%s", msg)
+		}
+	}
+	if c.Resolver != "" {
+		if msg := checkHostPort(c.Resolver); msg != "" {
+			v.add(keyPath{"resolver"}, "%s", msg)
 		}
 	}
 }
@@ -321,33 +353,128 @@ func (v *validator) upstreams(us map[string]*Upstream) {
 			continue
 		}
 		switch u.Balance {
-		case "round_robin":
-		case "least_conn", "hash":
-			v.add(p.key("balance"), "balance %q is not supported yet (supported: round_robin)", u.Balance)
+		case "round_robin", "least_conn", "hash":
 		default:
-			v.add(p.key("balance"), "balance %q is unknown (supported: round_robin)", u.Balance)
+			v.add(p.key("balance"), "balance %q is unknown (known: least_conn, round_robin, hash)", u.Balance)
 		}
 		if u.HashKey != "" {
-			v.add(p.key("hash_key"), "hash_key is not supported yet")
+			if u.Balance != "hash" {
+				v.add(p.key("hash_key"), "hash_key needs balance: hash")
+			} else if msg := checkHashKey(u.HashKey); msg != "" {
+				v.add(p.key("hash_key"), "%s", msg)
+			}
 		}
-		if u.StickyCookie != "" {
-			v.add(p.key("sticky_cookie"), "sticky_cookie is not supported yet")
+		if u.HashBoundedLoad != 0 {
+			if u.Balance != "hash" {
+				v.add(p.key("hash_bounded_load"), "hash_bounded_load needs balance: hash")
+			} else if u.HashBoundedLoad < 1 || u.HashBoundedLoad > 10 {
+				v.add(p.key("hash_bounded_load"), "must be between 1 and 10 (1.25: no server above 1.25 times the mean), not %g", u.HashBoundedLoad)
+			}
+		}
+		if u.StickyCookie != "" && !isCookieName(u.StickyCookie) {
+			v.add(p.key("sticky_cookie"), "%q is not a valid cookie name (letters, digits and !#$%%&'*+-.^_`|~)", u.StickyCookie)
+		}
+		if u.Retries != nil && (*u.Retries < 0 || *u.Retries > 100) {
+			v.add(p.key("retries"), "must be between 0 and 100, not %d", *u.Retries)
+		}
+		if u.TryTimeout < 0 {
+			v.add(p.key("try_timeout"), "must not be negative")
+		}
+		if u.MaxFails != nil && (*u.MaxFails < 0 || *u.MaxFails > 1000) {
+			v.add(p.key("max_fails"), "must be between 0 (off) and 1000, not %d", *u.MaxFails)
+		}
+		for _, d := range []struct {
+			key string
+			val Duration
+		}{{"fail_timeout", u.FailTimeout}, {"resolve_interval", u.ResolveInterval}} {
+			if d.val < 0 {
+				v.add(p.key(d.key), "must be more than 0")
+			}
+		}
+		if hc := u.HealthCheck; hc != nil {
+			v.healthCheck(p.key("health_check"), hc)
 		}
 		if len(u.Servers) == 0 {
 			v.add(p.key("servers"), "at least one server is needed")
 		}
 		for i, s := range u.Servers {
 			sp := p.key("servers").index(i)
-			if s.Address == "" {
-				v.add(sp.key("address"), "an address (host:port) is needed")
-			} else if msg := checkHostPort(s.Address); msg != "" {
-				v.add(sp.key("address"), "%s", msg)
+			switch {
+			case s.Address != "" && s.SRV != "":
+				v.add(sp, "give either address or srv, not both")
+			case s.SRV != "":
+				if !strings.HasPrefix(s.SRV, "_") || strings.Count(s.SRV, ".") < 2 {
+					v.add(sp.key("srv"), "%q is not an SRV name like _ws._tcp.example.com", s.SRV)
+				}
+			case s.Address == "":
+				v.add(sp.key("address"), "an address (host:port) or an srv name is needed")
+			default:
+				if msg := checkHostPort(s.Address); msg != "" {
+					v.add(sp.key("address"), "%s", msg)
+				}
 			}
 			if s.Weight < 0 || s.Weight > maxWeight {
 				v.add(sp.key("weight"), "must be between 1 and %d, not %d", maxWeight, s.Weight)
 			}
+			if s.MaxConns < 0 {
+				v.add(sp.key("max_conns"), "must not be negative (0: no limit)")
+			}
 		}
 	}
+}
+
+// healthCheck checks an upstream's health_check block.
+func (v *validator) healthCheck(p keyPath, hc *HealthCheck) {
+	if hc.Path != "" && !strings.HasPrefix(hc.Path, "/") {
+		v.add(p.key("path"), "%q must begin with \"/\"", hc.Path)
+	}
+	for _, d := range []struct {
+		key string
+		val Duration
+	}{{"interval", hc.Interval}, {"timeout", hc.Timeout}} {
+		if d.val < 0 {
+			v.add(p.key(d.key), "must be more than 0")
+		}
+	}
+	if hc.Interval > 0 && hc.Timeout > hc.Interval {
+		v.add(p.key("timeout"), "must not be longer than interval (%s)", hc.Interval.Std())
+	}
+	for _, n := range []struct {
+		key string
+		val int
+	}{{"healthy", hc.Healthy}, {"unhealthy", hc.Unhealthy}} {
+		if n.val < 0 || n.val > 100 {
+			v.add(p.key(n.key), "must be between 1 and 100, not %d", n.val)
+		}
+	}
+	if hc.ExpectStatus != 0 && (hc.ExpectStatus < 100 || hc.ExpectStatus > 599) {
+		v.add(p.key("expect_status"), "%d is not an HTTP status", hc.ExpectStatus)
+	}
+	if hc.WebSocket && hc.ExpectStatus != 0 && hc.ExpectStatus != 101 {
+		v.add(p.key("expect_status"), "a websocket check expects 101")
+	}
+}
+
+// checkHashKey accepts ip, header:NAME, cookie:NAME and query:NAME.
+func checkHashKey(key string) string {
+	if key == "ip" {
+		return ""
+	}
+	kind, name, ok := strings.Cut(key, ":")
+	if !ok || name == "" || (kind != "header" && kind != "cookie" && kind != "query") {
+		return fmt.Sprintf("hash_key %q is not ip, header:NAME, cookie:NAME or query:NAME", key)
+	}
+	return ""
+}
+
+// isCookieName reports whether name is an RFC 6265 cookie name (a token).
+func isCookieName(name string) bool {
+	for _, c := range []byte(name) {
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return name != ""
 }
 
 // checkHostPort accepts host:port with a port of 1-65535 and a host that
