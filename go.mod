@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/fasthttp/websocket v1.5.12
+	github.com/miekg/dns v1.1.73
 	github.com/valyala/fasthttp v1.74.0
 	golang.org/x/sys v0.49.0
 	gopkg.in/yaml.v3 v3.0.1

@@ -42,7 +42,12 @@ type Gateway struct {
 	router         *Router
 	timeouts       timeouts
 	maxHeaderBytes int
-	clients        map[*upstream.Server]*fasthttp.HostClient
+	clientsMu      sync.Mutex
+	clients        map[string]*fasthttp.HostClient // by server address
+
+	discoveries    []*upstream.Discovery       // pools that follow DNS
+	background     []func(ctx context.Context) // health checks, started by Start
+	stopBackground context.CancelFunc
 
 	listenerConfigs []config.Listener
 	listeners       []net.Listener
@@ -79,7 +84,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			drain:     cfg.Timeouts.Drain.Std(),
 		},
 		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
-		clients:         map[*upstream.Server]*fasthttp.HostClient{},
+		clients:         map[string]*fasthttp.HostClient{},
 		listenerConfigs: cfg.Listeners,
 		tunnels:         map[liveTunnel]struct{}{},
 		accessLog:       log.New(opts.AccessLog, "", 0),
@@ -88,14 +93,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	g.idle = sync.NewCond(&g.mu)
 
 	pools := map[string]*upstream.Pool{}
+	policies := map[string]*Policy{}
 	for name, uc := range cfg.Upstreams {
-		var servers []*upstream.Server
-		for _, sc := range uc.Servers {
-			srv := &upstream.Server{Address: sc.Address, Weight: sc.Weight}
-			servers = append(servers, srv)
-			g.clients[srv] = g.newHostClient(srv)
-		}
-		pools[name] = upstream.NewPool(name, servers, upstream.Options{})
+		pools[name] = g.newPool(name, uc, cfg.Resolver)
+		policies[name] = newPolicy(uc)
 	}
 	var routes []*Route
 	for _, rc := range cfg.Routes {
@@ -103,10 +104,81 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		if !ok {
 			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
 		}
-		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool, RawTunnel: rc.Tunnel == config.TunnelRaw})
+		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool, Policy: policies[rc.Upstream],
+			RawTunnel: rc.Tunnel == config.TunnelRaw})
 	}
 	g.router = NewRouter(routes)
 	return g, nil
+}
+
+// newPool builds an upstream's pool. Servers given as IP addresses are
+// fixed; names and SRV records are resolved when the gateway starts and
+// again every resolve_interval. Health checks also start with the gateway.
+func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string) *upstream.Pool {
+	opts := upstream.Options{
+		Balance: uc.Balance, HashBoundedLoad: uc.HashBoundedLoad,
+		FailTimeout: uc.FailTimeout.Std(),
+	}
+	if uc.MaxFails != nil {
+		opts.MaxFails = *uc.MaxFails
+	}
+	var specs []upstream.ServerSpec
+	static := true
+	for _, sc := range uc.Servers {
+		specs = append(specs, upstream.ServerSpec{Address: sc.Address, SRV: sc.SRV, Weight: sc.Weight,
+			MaxConns: sc.MaxConns, Backup: sc.Backup, Down: sc.Down})
+		if sc.SRV != "" || !isIPAddress(sc.Address) {
+			static = false
+		}
+	}
+	if static {
+		var servers []*upstream.Server
+		for _, sp := range specs {
+			servers = append(servers, &upstream.Server{Address: sp.Address, Weight: sp.Weight,
+				MaxConns: sp.MaxConns, Backup: sp.Backup, Down: sp.Down})
+		}
+		pool := upstream.NewPool(name, servers, opts)
+		g.addHealthCheck(pool, uc.HealthCheck)
+		return pool
+	}
+	pool := upstream.NewPool(name, nil, opts)
+	g.discoveries = append(g.discoveries,
+		upstream.NewDiscovery(pool, specs, resolver, uc.ResolveInterval.Std(), g.errorf))
+	g.addHealthCheck(pool, uc.HealthCheck)
+	return pool
+}
+
+// addHealthCheck arranges for pool's health check to run from Start.
+func (g *Gateway) addHealthCheck(pool *upstream.Pool, hc *config.HealthCheck) {
+	if hc == nil {
+		return
+	}
+	probe := httpProbe(hc.Path, hc.ExpectStatus)
+	if hc.WebSocket {
+		probe = websocketProbe(hc.Path)
+	}
+	cc := upstream.CheckConfig{Interval: hc.Interval.Std(), Timeout: hc.Timeout.Std(), Healthy: hc.Healthy, Unhealthy: hc.Unhealthy}
+	g.background = append(g.background, func(ctx context.Context) { pool.StartChecks(ctx, cc, probe, g.errorf) })
+}
+
+// isIPAddress reports whether host:port names an IP address (or no host),
+// which needs no resolving.
+func isIPAddress(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && (host == "" || net.ParseIP(host) != nil)
+}
+
+// clientFor returns the HTTP client of srv, made on first use: servers
+// come and go with discovery.
+func (g *Gateway) clientFor(srv *upstream.Server) *fasthttp.HostClient {
+	g.clientsMu.Lock()
+	defer g.clientsMu.Unlock()
+	hc, ok := g.clients[srv.Address]
+	if !ok {
+		hc = g.newHostClient(srv)
+		g.clients[srv.Address] = hc
+	}
+	return hc
 }
 
 // Start binds every listener and serves them in the background. If one
@@ -130,11 +202,32 @@ func (g *Gateway) Start() error {
 		}
 		g.listeners = append(g.listeners, ln)
 	}
+	bg, cancel := context.WithCancel(context.Background())
+	for _, d := range g.discoveries {
+		// The first resolve happens now: a name that resolves to nothing
+		// is a configuration error, better found before serving.
+		rctx, rcancel := context.WithTimeout(bg, 10*time.Second)
+		err := d.ResolveNow(rctx)
+		rcancel()
+		if err != nil {
+			cancel()
+			g.closeListeners()
+			return err
+		}
+	}
 	r, err := relay.New(relay.Options{Idle: g.timeouts.idle})
 	if err != nil {
+		cancel()
 		g.closeListeners()
 		return fmt.Errorf("relay: %w", err)
 	}
+	for _, d := range g.discoveries {
+		go d.Run(bg)
+	}
+	for _, run := range g.background {
+		go run(bg)
+	}
+	g.stopBackground = cancel
 	g.relay = r
 	for _, ln := range g.listeners {
 		srv := g.newServer()
@@ -323,6 +416,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.wg.Wait()
 	if g.relay != nil {
 		g.relay.Stop()
+	}
+	if g.stopBackground != nil {
+		g.stopBackground()
 	}
 	if len(left) > 0 {
 		return fmt.Errorf("drain timeout: closed %d live tunnels", len(left))

@@ -90,17 +90,17 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 	// before prepareHTTPRequest strips the header.
 	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
 	prepareHTTPRequest(&ctx.Request, newForwarded(ctx))
-	g.tryServers(ctx, rt, func(srv *upstream.Server) bool {
+	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
 		srv.Acquire()
-		err := g.clients[srv].Do(&ctx.Request, resp)
+		err := g.clientFor(srv).Do(&ctx.Request, resp)
 		if err != nil {
 			srv.Release()
 			fasthttp.ReleaseResponse(resp)
 			var de *dialError
 			if errors.As(err, &de) {
 				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-				return false
+				return &tryFailure{fasthttp.StatusBadGateway, "no upstream server of " + rt.Pool.Name + " could be reached"}
 			}
 			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
@@ -108,34 +108,18 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 			} else {
 				g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
 			}
-			return true
+			return nil
 		}
 		g.relayResponse(ctx, rt, resp, srv)
+		if c := rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()); c != "" {
+			ctx.Response.Header.Add("Set-Cookie", c)
+		}
 		if clientClose {
 			// After relayResponse: copying the upstream's header resets it.
 			ctx.Response.Header.SetConnectionClose()
 		}
-		return true
+		return nil
 	})
-}
-
-// tryServers offers the route's servers to try, in balancer order and each
-// at most once, until try reports the request done; when every server was
-// tried, the client gets 502. Both paths retry only here, so the rule for
-// moving to the next server lives in one place.
-func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*upstream.Server) (done bool)) {
-	var tried []*upstream.Server
-	for {
-		srv, err := rt.Pool.Pick(&upstream.Request{}, tried)
-		if err != nil {
-			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
-			return
-		}
-		tried = append(tried, srv)
-		if try(srv) {
-			return
-		}
-	}
 }
 
 // relayResponse copies the upstream's answer to the client. A streamed

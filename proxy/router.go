@@ -12,6 +12,9 @@ type Route struct {
 	Host string // exact name, "*.suffix", or "" for any host
 	Path string // prefix of the request path
 	Pool *upstream.Pool
+	// Policy is how requests are placed in Pool (hash key, sticky cookie,
+	// retries); routes to one upstream share it.
+	Policy *Policy
 	// RawTunnel: upgraded connections are copied as bytes, without
 	// following WebSocket frames.
 	RawTunnel bool

@@ -34,20 +34,21 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
 	}
 	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, newForwarded(ctx))
 
-	g.tryServers(ctx, rt, func(srv *upstream.Server) bool {
+	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		conn, err := net.DialTimeout("tcp", srv.Address, g.timeouts.connect)
 		if err != nil {
 			g.errorf("upstream %s server %s: dial: %v", rt.Pool.Name, srv.Address, err)
-			return false
+			return &tryFailure{fasthttp.StatusBadGateway, "no upstream server of " + rt.Pool.Name + " could be reached"}
 		}
-		g.exchangeHandshake(ctx, rt, srv, conn, head, key)
-		return true
+		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key)
 	})
 }
 
 // exchangeHandshake sends the handshake on conn, reads the upstream's
-// answer within the handshake timeout and relays it.
-func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *upstream.Server, conn net.Conn, head []byte, key string) {
+// answer within the handshake timeout and relays it. A failure before
+// anything was relayed (no answer in time, a broken one, a 101 with a
+// wrong Accept) is returned, so the next server can be tried.
+func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *placement, srv *upstream.Server, conn net.Conn, head []byte, key string) *tryFailure {
 	start := time.Now()
 	conn.SetDeadline(start.Add(g.timeouts.handshake))
 	resp, err := roundTripHead(conn, head)
@@ -55,25 +56,31 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 		conn.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, g.timeouts.handshake)
-			g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time")
-			return
+			return &tryFailure{fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time"}
 		}
 		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)
-		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed during the websocket handshake")
-		return
+		return &tryFailure{fasthttp.StatusBadGateway, "upstream failed during the websocket handshake"}
 	}
 	if resp.status != fasthttp.StatusSwitchingProtocols {
 		defer conn.Close()
+		if resp.status >= 500 {
+			// Relayed as the upstream's own answer, but it counts
+			// against the server's health.
+			rt.Pool.ReportFailure(srv)
+		}
 		g.relayRefusal(ctx, rt, srv, conn, resp)
-		return
+		return nil
 	}
 	if resp.accept != AcceptKey(key) {
 		conn.Close()
 		g.errorf("upstream %s server %s: 101 with a wrong Sec-WebSocket-Accept", rt.Pool.Name, srv.Address)
-		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept")
-		return
+		return &tryFailure{fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept"}
 	}
 	conn.SetDeadline(time.Time{})
+	rt.Pool.ReportSuccess(srv)
+	if c := rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()); c != "" {
+		resp.insertHeader("Set-Cookie: " + c)
+	}
 
 	srv.Acquire()
 	g.mu.Lock()
@@ -94,6 +101,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, srv *up
 		}
 		g.startTunnel(client, conn, resp.raw, early, info)
 	})
+	return nil
 }
 
 // handshakeResponse is the upstream's answer to a handshake.
@@ -131,6 +139,18 @@ func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
 			return nil, err
 		}
 	}
+}
+
+// insertHeader adds a header line at the end of the response head, before
+// the blank line; the bytes after the head are kept.
+func (r *handshakeResponse) insertHeader(line string) {
+	out := make([]byte, 0, len(r.raw)+len(line)+2)
+	out = append(out, r.raw[:r.head-2]...)
+	out = append(out, line...)
+	out = append(out, "\r\n"...)
+	out = append(out, r.raw[r.head-2:]...)
+	r.head += len(line) + 2
+	r.raw = out
 }
 
 func parseResponseHead(raw []byte, headLen int) (*handshakeResponse, error) {

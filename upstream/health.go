@@ -14,7 +14,8 @@ type health struct {
 	fails       int       // failures in the current window
 	windowStart time.Time // when the current window's first failure happened
 	downUntil   time.Time // passive: down until then
-	probeDown   bool      // active: the last probes failed
+	probeDown   bool      // active: unhealthy probes in a row put it down
+	probeStreak int       // active: consecutive probe results against the current state
 }
 
 // up reports whether the server may take new connections at now.
@@ -47,6 +48,33 @@ func (h *health) succeed() {
 	h.mu.Lock()
 	h.fails = 0
 	h.mu.Unlock()
+}
+
+// probed records one active check: unhealthy failures in a row put an up
+// server down, healthy passes in a row bring a down server back. Only the
+// results that contradict the current state are counted, so a single
+// result of the other kind restarts the streak. It returns whether this
+// result changed the state (so the caller logs each change once) and the
+// streak that did it.
+func (h *health) probed(ok bool, healthy, unhealthy int) (changed bool, streak int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ok != h.probeDown {
+		// Agrees with the current state: nothing is building up.
+		h.probeStreak = 0
+		return false, 0
+	}
+	h.probeStreak++
+	need := unhealthy
+	if h.probeDown {
+		need = healthy
+	}
+	if h.probeStreak < need {
+		return false, 0
+	}
+	streak = h.probeStreak
+	h.probeDown, h.probeStreak = !h.probeDown, 0
+	return true, streak
 }
 
 // serverToken names a server in a sticky cookie: stable across restarts and

@@ -38,7 +38,7 @@ type Server struct {
 	active  atomic.Int64 // leases held
 	removed atomic.Bool  // gone from discovery: no new connections
 	token   string       // sticky cookie value naming this server
-	current int          // smooth weighted round robin counter; pool mutex
+	current int          // smooth weighted round robin counter (round_robin, least_conn ties); pool mutex
 	health  health       // passive and active health state
 }
 
@@ -57,10 +57,14 @@ func (s *Server) Token() string { return s.token }
 
 // Options are a pool's policies.
 type Options struct {
-	// Balance is "round_robin" (default), "least_conn" or "hash".
+	// Balance names the balancer: "round_robin" (smooth weighted round
+	// robin, also when empty), "least_conn" or "hash" (weighted rendezvous
+	// hashing of Request.Key). NewPool panics on any other name: the
+	// configuration validates it first.
 	Balance string
 	// HashBoundedLoad, when > 0 with "hash", caps each server at this
-	// factor of the mean load (consistent hashing with bounded loads).
+	// factor of the mean load (consistent hashing with bounded loads);
+	// values below 1 count as 1, since no cap below the mean can be met.
 	HashBoundedLoad float64
 	// MaxFails failures within FailTimeout mark a server down for
 	// FailTimeout (nginx's max_fails/fail_timeout); MaxFails 0 disables.
@@ -80,14 +84,29 @@ type Request struct {
 	Sticky string
 }
 
+// hashKey is the key the hash balancer places r by: Key, or the client's
+// address when the request carries none.
+func (r *Request) hashKey() string {
+	if r.Key == "" {
+		return r.ClientIP
+	}
+	return r.Key
+}
+
 // Pool is a named set of servers with a selection policy.
 type Pool struct {
 	Name string
 
 	opts Options
+	bal  balancer // its state is guarded by mu
 	mu   sync.Mutex
 	// servers is replaced, never modified, so readers may keep a copy.
 	servers []*Server
+	// cands is Pick's candidate list, reused under mu with room for every
+	// server so that Pick never allocates. A stack array would not do:
+	// the list is handed to the balancer through an interface, so escape
+	// analysis would move it to the heap on every call.
+	cands []*Server
 }
 
 // NewPool returns a pool over servers. Weights below 1 count as 1.
@@ -95,7 +114,7 @@ func NewPool(name string, servers []*Server, opts Options) *Pool {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	p := &Pool{Name: name, opts: opts}
+	p := &Pool{Name: name, opts: opts, bal: newBalancer(opts)}
 	p.SetServers(servers)
 	return p
 }
@@ -138,6 +157,7 @@ func (p *Pool) SetServers(list []*Server) {
 		s.removed.Store(true)
 	}
 	p.servers = next
+	p.cands = make([]*Server, 0, len(next))
 }
 
 // ByToken returns the server a sticky token names, or nil.
@@ -154,7 +174,30 @@ func (p *Pool) ByToken(token string) *Server {
 }
 
 // Pick chooses a server for r, never one in tried (so a retry goes
-// elsewhere). A valid sticky token wins while its server is usable.
+// elsewhere): a valid sticky token's server while it is usable, untried
+// and not full, otherwise the balancer's choice among the candidates.
+//
+// Candidates are the usable (not Down, not removed, healthy), untried,
+// not full servers of one tier: the primaries, or the backups when no
+// primary is usable at all. Pick returns ErrAllFull when usable untried
+// servers exist but all are at max_conns, and ErrNoServer when there are
+// none.
+//
+// Backups are stricter than nginx's: nginx falls back to its backup
+// servers whenever it cannot get a primary peer, which includes primaries
+// that are at max_conns or were already tried for this request, so its
+// backups also absorb overload and retries. Here a backup stands in only
+// for primaries that are down (by configuration, passive or active
+// health), as the backup key promises: full primaries mean ErrAllFull (a
+// 503 with Retry-After that makes the overload visible rather than pouring
+// it onto a standby sized for failover), and primaries merely tried do not
+// bring backups in either. A primary that failed an attempt is down once
+// ReportFailure reaches max_fails (1 by default in the configuration), so a retry reaches the
+// backups when that failure took the last primary out.
+//
+// A sticky token naming a usable backup is honoured even after primaries
+// come back, as HAProxy does with cookies: moving a live session costs
+// more than leaving it on the standby.
 func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -162,23 +205,39 @@ func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 	if s := p.byTokenLocked(r.Sticky); s != nil && p.usable(s, now) && !contains(tried, s) && !s.full() {
 		return s, nil
 	}
-	var best *Server
-	total := 0
-	for _, s := range p.servers {
-		if contains(tried, s) || !p.usable(s, now) || s.full() {
-			continue
-		}
-		s.current += s.Weight
-		total += s.Weight
-		if best == nil || s.current > best.current {
-			best = s
-		}
+	cands, usable, open := p.candidates(false, tried, now)
+	if usable == 0 {
+		cands, _, open = p.candidates(true, tried, now)
 	}
-	if best == nil {
+	switch {
+	case len(cands) > 0:
+		return p.bal.pick(cands, r.hashKey()), nil
+	case open > 0:
+		return nil, ErrAllFull
+	default:
 		return nil, ErrNoServer
 	}
-	best.current -= total
-	return best, nil
+}
+
+// candidates fills p.cands with the servers of one tier (backups or
+// primaries) that may take a new connection, and counts the tier's usable servers and
+// among them those not tried yet.
+func (p *Pool) candidates(backup bool, tried []*Server, now time.Time) (cands []*Server, usable, open int) {
+	cands = p.cands[:0]
+	for _, s := range p.servers {
+		if s.Backup != backup || !p.usable(s, now) {
+			continue
+		}
+		usable++
+		if contains(tried, s) {
+			continue
+		}
+		open++
+		if !s.full() {
+			cands = append(cands, s)
+		}
+	}
+	return cands, usable, open
 }
 
 func (p *Pool) byTokenLocked(token string) *Server {

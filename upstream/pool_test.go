@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestPickSmoothWeighted(t *testing.T) {
@@ -57,5 +58,185 @@ func TestLeases(t *testing.T) {
 	s.Release()
 	if s.Active() != 1 {
 		t.Fatalf("active %d, want 1", s.Active())
+	}
+}
+
+// pickAll picks n times with r and counts the servers by address.
+func pickAll(t *testing.T, p *Pool, r *Request, n int) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	for range n {
+		s, err := p.Pick(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[s.Address]++
+	}
+	return counts
+}
+
+func TestMaxConns(t *testing.T) {
+	a, b := &Server{Address: "a", MaxConns: 1}, &Server{Address: "b", MaxConns: 2}
+	p := NewPool("p", []*Server{a, b}, Options{})
+	a.Acquire()
+	// a is full: every pick goes to b until b is full too.
+	for range 2 {
+		s, err := p.Pick(&Request{}, nil)
+		if err != nil || s != b {
+			t.Fatalf("pick %v, %v; want b", s, err)
+		}
+		s.Acquire()
+	}
+	if _, err := p.Pick(&Request{}, nil); !errors.Is(err, ErrAllFull) {
+		t.Fatalf("all full: err %v, want ErrAllFull", err)
+	}
+	// Tried and full leaves nothing to try but something busy: still 503.
+	if _, err := p.Pick(&Request{}, []*Server{a}); !errors.Is(err, ErrAllFull) {
+		t.Fatalf("a tried, b full: err %v, want ErrAllFull", err)
+	}
+	if _, err := p.Pick(&Request{}, []*Server{a, b}); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("all tried: err %v, want ErrNoServer", err)
+	}
+	b.Release()
+	if s, err := p.Pick(&Request{}, nil); err != nil || s != b {
+		t.Fatalf("after a release: %v, %v; want b", s, err)
+	}
+}
+
+func TestBackup(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a := &Server{Address: "a", MaxConns: 1}
+	b := &Server{Address: "b", MaxConns: 1}
+	bk := &Server{Address: "backup", Backup: true}
+	p := NewPool("p", []*Server{a, b, bk}, Options{MaxFails: 1, FailTimeout: 10 * time.Second, Now: func() time.Time { return now }})
+
+	if c := pickAll(t, p, &Request{}, 10); c["backup"] != 0 {
+		t.Fatalf("primaries up: counts %v, want no backup", c)
+	}
+	// Busy primaries do not bring the backup in.
+	a.Acquire()
+	b.Acquire()
+	if s, err := p.Pick(&Request{}, nil); !errors.Is(err, ErrAllFull) {
+		t.Fatalf("primaries full: %v, %v; want ErrAllFull", s, err)
+	}
+	// Neither do primaries that were merely tried.
+	a.Release()
+	b.Release()
+	if s, err := p.Pick(&Request{}, []*Server{a, b}); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("primaries tried: %v, %v; want ErrNoServer", s, err)
+	}
+	// One primary down (by configuration), one left: still no backup.
+	a.Down = true
+	if c := pickAll(t, p, &Request{}, 10); c["b"] != 10 {
+		t.Fatalf("a down: counts %v, want all on b", c)
+	}
+	// Every primary down, one by configuration and one by passive health:
+	// the backup takes over, and a retry after it fails finds nothing.
+	p.ReportFailure(b)
+	if c := pickAll(t, p, &Request{}, 10); c["backup"] != 10 {
+		t.Fatalf("primaries down: counts %v, want all on the backup", c)
+	}
+	if _, err := p.Pick(&Request{}, []*Server{bk}); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("backup tried: err %v, want ErrNoServer", err)
+	}
+	// b's fail_timeout over: the primaries are back.
+	now = now.Add(10 * time.Second)
+	if c := pickAll(t, p, &Request{}, 10); c["b"] != 10 {
+		t.Fatalf("b back: counts %v, want all on b", c)
+	}
+}
+
+func TestDownAndRemovedNeverPicked(t *testing.T) {
+	a, b, c := &Server{Address: "a", Down: true}, &Server{Address: "b"}, &Server{Address: "c"}
+	p := NewPool("p", []*Server{a, b, c}, Options{})
+	p.SetServers([]*Server{{Address: "a", Down: true}, {Address: "b"}})
+	if counts := pickAll(t, p, &Request{}, 100); counts["b"] != 100 {
+		t.Fatalf("counts %v, want all on b (a down, c removed)", counts)
+	}
+	if s, err := p.Pick(&Request{}, []*Server{b}); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("only b usable, tried: %v, %v; want ErrNoServer", s, err)
+	}
+}
+
+func TestPassiveHealth(t *testing.T) {
+	start := time.Unix(1000, 0)
+	now := start
+	clock := func() time.Time { return now }
+	a, b := &Server{Address: "a"}, &Server{Address: "b"}
+	p := NewPool("p", []*Server{a, b}, Options{MaxFails: 2, FailTimeout: 10 * time.Second, Now: clock})
+
+	// Two failures within fail_timeout: a is out for fail_timeout.
+	p.ReportFailure(a)
+	now = now.Add(3 * time.Second)
+	p.ReportFailure(a)
+	downAt := now
+	for _, at := range []time.Duration{0, 5 * time.Second, 10*time.Second - time.Millisecond} {
+		now = downAt.Add(at)
+		if c := pickAll(t, p, &Request{}, 20); c["a"] != 0 {
+			t.Fatalf("%v after the second failure: counts %v, want a skipped", at, c)
+		}
+	}
+	now = downAt.Add(10 * time.Second)
+	if c := pickAll(t, p, &Request{}, 20); c["a"] != 10 {
+		t.Fatalf("fail_timeout over: counts %v, want a back (10 of 20)", c)
+	}
+
+	// Failures further apart than fail_timeout do not add up.
+	p.ReportFailure(b)
+	now = now.Add(11 * time.Second)
+	p.ReportFailure(b)
+	if c := pickAll(t, p, &Request{}, 20); c["b"] != 10 {
+		t.Fatalf("failures 11s apart: counts %v, want b still in (10 of 20)", c)
+	}
+
+	// MaxFails 0 disables passive health.
+	off := NewPool("off", []*Server{{Address: "a"}, {Address: "b"}}, Options{MaxFails: 0, FailTimeout: 10 * time.Second, Now: clock})
+	for range 5 {
+		off.ReportFailure(off.Servers()[0])
+	}
+	if c := pickAll(t, off, &Request{}, 20); c["a"] != 10 {
+		t.Fatalf("max_fails 0: counts %v, want a still in (10 of 20)", c)
+	}
+}
+
+func TestSticky(t *testing.T) {
+	servers := []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}}
+	p := NewPool("p", servers, Options{Balance: "least_conn", MaxFails: 1, FailTimeout: 10 * time.Second})
+	for _, s := range servers {
+		if p.ByToken(s.Token()) != s {
+			t.Fatalf("ByToken(%s's token) is not %s", s.Address, s.Address)
+		}
+	}
+	if p.ByToken("") != nil || p.ByToken("forged") != nil {
+		t.Fatal("ByToken found a server for an empty or forged token")
+	}
+	// The token wins over least_conn, however loaded its server is.
+	b := servers[1]
+	for range 20 {
+		s, err := p.Pick(&Request{Sticky: b.Token()}, nil)
+		if err != nil || s != b {
+			t.Fatalf("sticky pick %v, %v; want b", s, err)
+		}
+		s.Acquire()
+	}
+	// A forged token is ignored: least_conn avoids the loaded b.
+	if c := pickAll(t, p, &Request{Sticky: "0123456789abcdef"}, 10); c["b"] != 0 {
+		t.Fatalf("forged token: counts %v, want b avoided", c)
+	}
+	// The token's server down: the balancer decides, even though b is
+	// now the least loaded.
+	for range 20 {
+		b.Release()
+	}
+	servers[0].Acquire()
+	servers[2].Acquire()
+	p.ReportFailure(b)
+	if s, err := p.Pick(&Request{Sticky: b.Token()}, nil); err != nil || s == b {
+		t.Fatalf("sticky to a down server: %v, %v; want another server", s, err)
+	}
+	// Tried: a retry leaves the sticky server too.
+	c := servers[2]
+	if s, err := p.Pick(&Request{Sticky: c.Token()}, []*Server{c}); err != nil || s == c {
+		t.Fatalf("sticky server tried: %v, %v; want another server", s, err)
 	}
 }

@@ -1,0 +1,124 @@
+package proxy
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/upstream"
+)
+
+// Policy is how the requests of one upstream are placed: what the hash
+// key is, which cookie pins a client, how many servers to try.
+type Policy struct {
+	hashKind, hashName string // "ip", "header", "cookie", "query"; the name
+	stickyCookie       string
+	retries            int // -1: every other server
+	tryTimeout         time.Duration
+}
+
+func newPolicy(u *config.Upstream) *Policy {
+	p := &Policy{stickyCookie: u.StickyCookie, retries: -1, tryTimeout: u.TryTimeout.Std()}
+	if u.Retries != nil {
+		p.retries = *u.Retries
+	}
+	if u.Balance == "hash" {
+		p.hashKind, p.hashName, _ = strings.Cut(u.HashKey, ":")
+	}
+	return p
+}
+
+// request describes ctx's request to the pool: its hash key and the server
+// its sticky cookie names.
+func (p *Policy) request(ctx *fasthttp.RequestCtx, clientIP string) upstream.Request {
+	r := upstream.Request{ClientIP: clientIP}
+	switch p.hashKind {
+	case "header":
+		r.Key = string(peekFold(&ctx.Request.Header, p.hashName))
+	case "cookie":
+		r.Key = string(ctx.Request.Header.Cookie(p.hashName))
+	case "query":
+		r.Key = string(ctx.QueryArgs().Peek(p.hashName))
+	}
+	if p.stickyCookie != "" {
+		r.Sticky = string(ctx.Request.Header.Cookie(p.stickyCookie))
+	}
+	return r
+}
+
+// stickyCookieFor returns the Set-Cookie value that pins the client to srv,
+// or "" when the client's cookie already does (or stickiness is off).
+func (p *Policy) stickyCookieFor(r *upstream.Request, srv *upstream.Server, secure bool) string {
+	if p.stickyCookie == "" || r.Sticky == srv.Token() {
+		return ""
+	}
+	c := p.stickyCookie + "=" + srv.Token() + "; Path=/; HttpOnly; SameSite=Lax"
+	if secure {
+		c += "; Secure"
+	}
+	return c
+}
+
+// tries is how many servers a request may be offered to in all.
+func (p *Policy) tries(servers int) int {
+	if p.retries < 0 {
+		return max(servers, 1)
+	}
+	return p.retries + 1
+}
+
+// tryFailure is why a try failed before anything reached the client; it
+// is the client's answer if no other server may be tried.
+type tryFailure struct {
+	status int
+	reason string
+}
+
+// placement is one request's way through its pool.
+type placement struct {
+	req   upstream.Request
+	tried []*upstream.Server
+}
+
+// tryServers offers the route's servers to try, as the balancer orders
+// them and each at most once, until try returns nil (done: answered or
+// relayed). A try that fails before anything reached the client counts
+// against the server's passive health, and the next server is offered
+// while retries and try_timeout allow; then the client gets the last
+// failure (502, or 504 for a handshake that timed out). With no server
+// left to offer the client gets 502, or 503 when every usable server is at
+// max_conns. Both paths retry only here, so the rules for moving on live
+// in one place.
+func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
+	start := time.Now()
+	pl := &placement{req: rt.Policy.request(ctx, remoteIP(ctx.RemoteAddr()))}
+	tries := rt.Policy.tries(len(rt.Pool.Servers()))
+	for {
+		srv, err := rt.Pool.Pick(&pl.req, pl.tried)
+		if err == upstream.ErrAllFull {
+			g.fail(ctx, rt, "-", fasthttp.StatusServiceUnavailable, "every server of "+rt.Pool.Name+" is at max_conns")
+			ctx.Response.Header.Set("Retry-After", "1")
+			return
+		}
+		if err != nil {
+			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
+			return
+		}
+		pl.tried = append(pl.tried, srv)
+		failure := try(pl, srv)
+		if failure == nil {
+			return
+		}
+		rt.Pool.ReportFailure(srv)
+		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
+			reason := failure.reason
+			if len(pl.tried) > 1 {
+				reason += " (" + strconv.Itoa(len(pl.tried)) + " servers tried)"
+			}
+			g.fail(ctx, rt, srv.Address, failure.status, reason)
+			return
+		}
+	}
+}

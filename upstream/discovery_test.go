@@ -1,0 +1,296 @@
+package upstream
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// zone is a real DNS server on 127.0.0.1 answering from records the test
+// changes as it goes.
+type zone struct {
+	t        *testing.T
+	addr     string
+	queries  atomic.Int64
+	mu       sync.Mutex
+	records  map[string][]dns.RR // by lower-case FQDN
+	servfail bool
+}
+
+func startZone(t *testing.T) *zone {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &zone{t: t, addr: pc.LocalAddr().String(), records: map[string][]dns.RR{}}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: z, NotifyStartedFunc: func() { close(started) }}
+	go srv.ActivateAndServe()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("DNS server did not start")
+	}
+	t.Cleanup(func() { srv.Shutdown() })
+	return z
+}
+
+// ServeDNS answers from the records: NXDOMAIN for an unknown name, an
+// empty answer for a known name without records of the asked type.
+func (z *zone) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	z.queries.Add(1)
+	m := new(dns.Msg)
+	m.SetReply(r)
+	// Go's resolver takes an empty answer that is neither authoritative
+	// nor recursive for a lame referral.
+	m.Authoritative = true
+	z.mu.Lock()
+	switch {
+	case z.servfail:
+		m.Rcode = dns.RcodeServerFailure
+	case len(r.Question) == 1:
+		q := r.Question[0]
+		rrs, ok := z.records[strings.ToLower(q.Name)]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+		}
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, rr)
+			}
+		}
+	}
+	z.mu.Unlock()
+	w.WriteMsg(m)
+}
+
+// set replaces name's records with rrs, in zone file syntax without the
+// owner ("A 127.0.0.1", "SRV 10 5 9001 a.test."); none deletes the name.
+func (z *zone) set(name string, rrs ...string) {
+	fqdn := dns.Fqdn(strings.ToLower(name))
+	var parsed []dns.RR
+	for _, s := range rrs {
+		rr, err := dns.NewRR(fqdn + " 1 IN " + s)
+		if err != nil {
+			z.t.Fatal(err)
+		}
+		parsed = append(parsed, rr)
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if len(parsed) == 0 {
+		delete(z.records, fqdn)
+		return
+	}
+	z.records[fqdn] = parsed
+}
+
+func (z *zone) setServfail(on bool) {
+	z.mu.Lock()
+	z.servfail = on
+	z.mu.Unlock()
+}
+
+// addresses lists the pool's servers' addresses, sorted.
+func addresses(p *Pool) []string {
+	var out []string
+	for _, s := range p.Servers() {
+		out = append(out, s.Address)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func serverAt(p *Pool, addr string) *Server {
+	for _, s := range p.Servers() {
+		if s.Address == addr {
+			return s
+		}
+	}
+	return nil
+}
+
+func TestDiscoverFollowsDNS(t *testing.T) {
+	z := startZone(t)
+	z.set("chat.test", "A 127.0.0.1", "AAAA ::1")
+	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	var logs logRecorder
+	const interval = 200 * time.Millisecond
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Weight: 2, MaxConns: 50}}, z.addr, interval, logs.logf)
+	if err := d.ResolveNow(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := addresses(p), []string{"127.0.0.1:8080", "[::1]:8080"}; !slices.Equal(got, want) {
+		t.Fatalf("servers %q, want %q", got, want)
+	}
+	for _, s := range p.Servers() {
+		if s.Weight != 2 || s.MaxConns != 50 || s.Backup || s.Down {
+			t.Errorf("%s: weight %d max_conns %d backup %v down %v, want the spec's options", s.Address, s.Weight, s.MaxConns, s.Backup, s.Down)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+
+	// 2 → 3 addresses: the new one takes connections within an interval.
+	z.set("chat.test", "A 127.0.0.1", "A 127.0.0.2", "AAAA ::1")
+	took := waitFor(t, interval+200*time.Millisecond, "third address in the pool", func() bool {
+		s := serverAt(p, "127.0.0.2:8080")
+		return s != nil && picked(p, s)
+	})
+	t.Logf("added address picked %v after the DNS change", took)
+
+	// A live tunnel to an address that then leaves DNS.
+	gone := serverAt(p, "127.0.0.2:8080")
+	gone.Acquire()
+	kept := serverAt(p, "127.0.0.1:8080")
+
+	// 3 → 1 address.
+	z.set("chat.test", "A 127.0.0.1")
+	took = waitFor(t, interval+200*time.Millisecond, "pool down to one server", func() bool {
+		return slices.Equal(addresses(p), []string{"127.0.0.1:8080"})
+	})
+	t.Logf("removed addresses gone %v after the DNS change", took)
+	if serverAt(p, "127.0.0.1:8080") != kept {
+		t.Error("a server that stayed in DNS got a new object (and lost its leases and health)")
+	}
+	if !gone.removed.Load() {
+		t.Error("server gone from DNS is not marked removed")
+	}
+	if gone.Active() != 1 {
+		t.Errorf("removed server's live tunnel count %d, want 1", gone.Active())
+	}
+	for range 20 {
+		if s, err := p.Pick(&Request{}, nil); err != nil || s != kept {
+			t.Fatalf("picked %v, %v; want only %s", s, err, kept.Address)
+		}
+	}
+	gone.Release()
+	if len(logs.lines) != 0 {
+		t.Errorf("logs without failures: %q", logs.lines)
+	}
+}
+
+func TestDiscoverSRV(t *testing.T) {
+	z := startZone(t)
+	z.set("_ws._tcp.chat.test",
+		"SRV 10 60 9001 a.chat.test.",
+		"SRV 10 0 9002 b.chat.test.",
+		"SRV 20 5 9003 c.chat.test.",
+		"SRV 10 7 9004 gone.chat.test.")
+	z.set("a.chat.test", "A 127.0.0.1")
+	z.set("b.chat.test", "A 127.0.0.2")
+	z.set("c.chat.test", "A 127.0.0.3", "A 127.0.0.4")
+	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	specs := []ServerSpec{{SRV: "_ws._tcp.chat.test", MaxConns: 9}, {Address: "127.0.0.9:7000", Weight: 4}}
+	d := NewDiscovery(p, specs, z.addr, time.Minute, nil)
+	if err := d.ResolveNow(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		weight, maxConns int
+		backup           bool
+	}
+	wants := map[string]want{
+		"127.0.0.1:9001": {60, 9, false},
+		"127.0.0.2:9002": {1, 9, false}, // SRV weight 0
+		"127.0.0.3:9003": {5, 9, true},
+		"127.0.0.4:9003": {5, 9, true},
+		"127.0.0.9:7000": {4, 0, false}, // an IP address is used as is
+	}
+	if got := addresses(p); len(got) != len(wants) {
+		t.Fatalf("servers %q, want %d (a target without addresses is skipped)", got, len(wants))
+	}
+	for addr, w := range wants {
+		s := serverAt(p, addr)
+		if s == nil {
+			t.Errorf("no server %s", addr)
+			continue
+		}
+		if got := (want{s.Weight, s.MaxConns, s.Backup}); got != w {
+			t.Errorf("%s: %+v, want %+v", addr, got, w)
+		}
+	}
+	for range 200 {
+		if s, err := p.Pick(&Request{}, nil); err != nil || s.Backup {
+			t.Fatalf("picked %v, %v while primaries are up", s, err)
+		}
+	}
+}
+
+func TestDiscoverKeepsLastOnFailure(t *testing.T) {
+	z := startZone(t)
+	z.set("chat.test", "A 127.0.0.1", "A 127.0.0.2")
+	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	var logs logRecorder
+	const interval = 100 * time.Millisecond
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "127.0.0.9:80"}}, z.addr, interval, logs.logf)
+	if err := d.ResolveNow(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	two := []string{"127.0.0.1:80", "127.0.0.2:80", "127.0.0.9:80"}
+
+	failed := func() int {
+		return logs.count("upstream chat: resolving chat.test:80:", "keeping its 2 last known servers")
+	}
+	rounds := func(n int64) {
+		// Each round asks A and AAAA at least once.
+		q := z.queries.Load()
+		waitFor(t, time.Duration(n+2)*interval, "more resolves", func() bool { return z.queries.Load() >= q+2*n })
+	}
+
+	z.setServfail(true)
+	waitFor(t, 2*interval+200*time.Millisecond, "failure logged", func() bool { return failed() == 1 })
+	rounds(3)
+	if got := addresses(p); !slices.Equal(got, two) {
+		t.Errorf("servers after failed lookups %q, want the last known %q", got, two)
+	}
+	if failed() != 1 {
+		t.Errorf("failure streak logged %d times, want once: %q", failed(), logs.lines)
+	}
+
+	z.setServfail(false)
+	z.set("chat.test", "A 127.0.0.2")
+	waitFor(t, interval+200*time.Millisecond, "recovered lookup applied", func() bool {
+		return slices.Equal(addresses(p), []string{"127.0.0.2:80", "127.0.0.9:80"})
+	})
+	if got := logs.count("upstream chat: chat.test:80 resolves again (1 servers)"); got != 1 {
+		t.Errorf("%d recovery lines, want 1: %q", got, logs.lines)
+	}
+
+	// A name that vanishes (NXDOMAIN) is a new failure streak; its last
+	// servers stay.
+	z.set("chat.test")
+	waitFor(t, 2*interval+200*time.Millisecond, "second streak logged", func() bool {
+		return logs.count("resolving chat.test:80:", "keeping its 1 last known servers") == 1
+	})
+	rounds(2)
+	if got := addresses(p); !slices.Equal(got, []string{"127.0.0.2:80", "127.0.0.9:80"}) {
+		t.Errorf("servers after NXDOMAIN %q", got)
+	}
+}
+
+// At startup a name that resolves to nothing is an error.
+func TestDiscoverResolveNowFails(t *testing.T) {
+	z := startZone(t)
+	z.set("chat.test", "A 127.0.0.1")
+	p := NewPool("chat", nil, Options{})
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "missing.test:80"}}, z.addr, time.Minute, nil)
+	err := d.ResolveNow(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "missing.test") {
+		t.Fatalf("ResolveNow: %v, want an error naming missing.test", err)
+	}
+	if got := addresses(p); !slices.Equal(got, []string{"127.0.0.1:80"}) {
+		t.Errorf("servers %q", got)
+	}
+}
