@@ -28,3 +28,10 @@ demo:
 
 clean:
 	rm -rf bin
+
+# bench runs wsgate side by side with nginx and HAProxy (Debian packages,
+# installed with apt-get when missing) and writes bench/results/. Not part of
+# test: it needs root for the install and takes several minutes.
+.PHONY: bench
+bench:
+	bench/run.sh

@@ -3,7 +3,9 @@
 #   - echo round trips/s through wsgate vs direct to the echo server
 #   - RSS per idle tunnel for N tunnels after one message each
 # Usage: bench/tunnel-cost.sh [tunnels]   (default 5000; each costs 2 fds in
-# wsgate and 2 in the load generator, so keep it under ulimit -n / 2)
+# wsgate and 1 in the load generator, so keep it under ulimit -n / 2)
+# A quick wsgate-only check; `make bench` (bench/run.sh) is the full
+# comparison with nginx and HAProxy. Output: one JSON line per measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-5000}"
@@ -14,8 +16,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$tmp/wsgate" ./cmd/wsgate
 go build -o "$tmp/wsload" ./bench/wsload
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ECHO_PORT="$(free_port)"; GW_PORT="$(free_port)"
+read -r ECHO_PORT GW_PORT <<<"$("$tmp/wsload" -mode ports -n 2)"
 cat > "$tmp/wsgate.yaml" <<YAML
 listeners: [{address: 127.0.0.1:$GW_PORT}]
 routes: [{path: /, upstream: echo}]
@@ -31,7 +32,7 @@ for _ in $(seq 50); do
 done
 
 for conns in ${CONNS:-1 64}; do
-  echo "direct: $("$tmp/wsload" -mode echo -url "ws://127.0.0.1:$ECHO_PORT/" -conns "$conns" -size 64 -duration "$DUR")"
-  echo "wsgate: $("$tmp/wsload" -mode echo -url "ws://127.0.0.1:$GW_PORT/" -conns "$conns" -size 64 -duration "$DUR")"
+  "$tmp/wsload" -mode echo -target direct -url "ws://127.0.0.1:$ECHO_PORT/" -conns "$conns" -size 64 -duration "$DUR"
+  "$tmp/wsload" -mode echo -target wsgate -url "ws://127.0.0.1:$GW_PORT/" -conns "$conns" -size 64 -duration "$DUR"
 done
-echo "wsgate: $("$tmp/wsload" -mode hold -url "ws://127.0.0.1:$GW_PORT/" -conns "$N" -pid "$GW_PID")"
+"$tmp/wsload" -mode hold -target wsgate -url "ws://127.0.0.1:$GW_PORT/" -conns "$N" -size 32768 -pids "$GW_PID"

@@ -1,22 +1,34 @@
-// Command wsload is wsgate's WebSocket load generator and echo peer. It
-// measures what DESIGN.md cares about: echo round trips per second and the
-// memory a proxy spends per idle tunnel.
+// Command wsload is wsgate's WebSocket load generator and echo peer, used by
+// bench/run.sh (`make bench`) and bench/tunnel-cost.sh. Every measuring mode
+// prints exactly one JSON object on stdout (also when it fails: then with an
+// "error" key, and the exit status is 1), so a harness can collect results
+// line by line without parsing prose.
 //
-//	wsload -mode server -listen 127.0.0.1:9001          echo server
-//	wsload -mode echo -url ws://127.0.0.1:8080/ -conns 64 -size 64 -duration 5s
-//	wsload -mode hold -url ws://127.0.0.1:8080/ -conns 5000 -pid <proxy pid>
+//	wsload -mode server -listen 127.0.0.1:9001                  echo server; also GET /hello -> "hello"
+//	wsload -mode echo -url ws://H/ -conns 64 -size 64 -duration 3s       round trips/s, p50, p99
+//	wsload -mode bulk -url ws://H/ -conns 4 -size 1048576 -duration 3s   MB/s each way
+//	wsload -mode handshake -url ws://H/ -conns 16 -duration 3s           open, one echo, close; per second
+//	wsload -mode hold -url ws://H/ -conns 9000 -size 32768 -pids 123,456 idle tunnels: survivors, RSS per tunnel
+//	wsload -mode wait -url ws://H/ -timeout 10s                          until one WS echo and GET /hello work
+//	wsload -mode ports -n 4                                              free 127.0.0.1 ports, one line
 //
-// Every mode is bounded: echo by -duration, hold by -conns and -hold.
+// -target, -run and -workload are copied into the JSON so a report can group
+// measurements. Every mode is bounded: by -duration, or by -conns and -hold.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
-	"sort"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,27 +38,64 @@ import (
 	"github.com/fasthttp/websocket"
 )
 
+// labels are copied into every result line.
+type labels struct {
+	target, workload string
+	run              int
+}
+
 func main() {
-	mode := flag.String("mode", "echo", "server | echo | hold")
+	mode := flag.String("mode", "echo", "server | echo | bulk | handshake | hold | wait | ports")
 	listen := flag.String("listen", "127.0.0.1:9001", "server: listen address")
-	url := flag.String("url", "ws://127.0.0.1:8080/", "echo, hold: WebSocket URL")
-	conns := flag.Int("conns", 64, "echo, hold: connections")
-	size := flag.Int("size", 64, "echo: message size in bytes")
-	duration := flag.Duration("duration", 5*time.Second, "echo: how long to measure")
-	pid := flag.Int("pid", 0, "hold: process whose RSS is measured")
-	hold := flag.Duration("hold", 2*time.Second, "hold: how long the tunnels stay idle before measuring")
+	url := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL to measure")
+	conns := flag.Int("conns", 64, "echo, bulk: connections; handshake: workers; hold: tunnels")
+	size := flag.Int("size", 64, "echo, bulk, hold: message size in bytes")
+	duration := flag.Duration("duration", 3*time.Second, "echo, bulk, handshake: how long to measure")
+	pids := flag.String("pids", "", "hold: comma-separated pids whose RSS (with their children's) is summed")
+	hold := flag.Duration("hold", 2*time.Second, "hold: how long the tunnels stay idle before they are pinged")
+	settle := flag.Duration("settle", 3*time.Second, "hold: wait after closing every tunnel before the last RSS reading")
+	parallel := flag.Int("parallel", 32, "hold: concurrent dials and pings")
+	timeout := flag.Duration("timeout", 10*time.Second, "wait: give up after this long")
+	n := flag.Int("n", 1, "ports: how many")
+	target := flag.String("target", "", "label: the proxy measured (direct, wsgate, nginx, haproxy)")
+	workload := flag.String("workload", "", "label: workload name (default: the mode)")
+	run := flag.Int("run", 0, "label: repetition number")
 	flag.Parse()
 
+	l := labels{target: *target, workload: *workload, run: *run}
+	if l.workload == "" {
+		l.workload = *mode
+	}
+	var res map[string]any
 	var err error
 	switch *mode {
 	case "server":
 		err = serve(*listen)
 	case "echo":
-		err = echo(*url, *conns, *size, *duration)
+		res, err = echo(*url, *conns, *size, *duration)
+	case "bulk":
+		res, err = bulk(*url, *conns, *size, *duration)
+	case "handshake":
+		res, err = handshakes(*url, *conns, *duration)
 	case "hold":
-		err = holdIdle(*url, *conns, *pid, *hold)
+		res, err = holdIdle(*url, *conns, *size, *parallel, *pids, *hold, *settle)
+	case "wait":
+		err = wait(*url, *timeout)
+	case "ports":
+		err = freePorts(*n)
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
+	}
+	if res != nil || (err != nil && *mode != "server" && *mode != "wait" && *mode != "ports") {
+		if res == nil {
+			res = map[string]any{}
+		}
+		res["mode"], res["target"], res["workload"], res["run"] = *mode, l.target, l.workload, l.run
+		if err != nil {
+			res["error"] = err.Error()
+		}
+		out, _ := json.Marshal(res)
+		fmt.Println(string(out))
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "wsload:", err)
@@ -54,152 +103,529 @@ func main() {
 	}
 }
 
-// serve echoes every message back on every connection.
+// serve echoes every WebSocket message back and answers any other GET with
+// "hello" (5 bytes), so the same upstreams serve the plain HTTP test.
 func serve(addr string) error {
-	up := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
+	// The write buffer comes from a pool: the hold test parks thousands of
+	// connections here, and the echo server's memory is not what we measure.
+	up := websocket.Upgrader{
+		ReadBufferSize:  4096,
+		WriteBufferSize: 4096,
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin:     func(*http.Request) bool { return true },
+	}
+	hello := []byte("hello")
 	fmt.Fprintln(os.Stderr, "wsload: echo server on", addr)
-	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetReadLimit(64 << 20)
-		for {
-			mt, msg, err := c.ReadMessage()
+	srv := &http.Server{
+		Addr:              addr,
+		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !websocket.IsWebSocketUpgrade(r) {
+				w.Header().Set("Content-Type", "text/plain")
+				w.Header().Set("Content-Length", "5")
+				w.Write(hello)
+				return
+			}
+			c, err := up.Upgrade(w, r, nil)
 			if err != nil {
 				return
 			}
-			if c.WriteMessage(mt, msg) != nil {
-				return
+			defer c.Close()
+			c.SetReadLimit(64 << 20)
+			for {
+				mt, msg, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if c.WriteMessage(mt, msg) != nil {
+					return
+				}
 			}
+		}),
+	}
+	return srv.ListenAndServe()
+}
+
+// dialer returns a client dialer whose write buffer holds a whole message of
+// size bytes, so each message goes out as one frame (as browsers send them)
+// instead of being fragmented at the buffer size; the buffer is pooled so
+// idle connections do not keep it.
+func dialer(size int) *websocket.Dialer {
+	return &websocket.Dialer{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  max(size+16, 4096),
+		WriteBufferPool:  &sync.Pool{},
+	}
+}
+
+func dialAll(url string, n, size int) ([]*websocket.Conn, error) {
+	d := dialer(size)
+	cs := make([]*websocket.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		c, _, err := d.Dial(url, nil)
+		if err != nil {
+			closeAll(cs)
+			return nil, fmt.Errorf("dial %d: %w", i, err)
 		}
-	}))
+		c.SetReadLimit(64 << 20)
+		cs = append(cs, c)
+	}
+	return cs, nil
+}
+
+func closeAll(cs []*websocket.Conn) {
+	for _, c := range cs {
+		if c != nil {
+			c.Close()
+		}
+	}
 }
 
 // echo runs conns clients, each sending a message and waiting for its echo
-// in a loop, and prints round trips per second with p50 and p99 latency.
-func echo(url string, conns, size int, d time.Duration) error {
-	clients := make([]*websocket.Conn, conns)
-	for i := range clients {
-		c, _, err := websocket.DefaultDialer.Dial(url, nil)
-		if err != nil {
-			return fmt.Errorf("dial %d: %w", i, err)
-		}
-		c.SetReadLimit(64 << 20)
-		clients[i] = c
+// in a loop, and reports round trips per second with p50 and p99 latency.
+func echo(url string, conns, size int, d time.Duration) (map[string]any, error) {
+	clients, err := dialAll(url, conns, size)
+	if err != nil {
+		return nil, err
 	}
+	defer closeAll(clients)
 	msg := bytes.Repeat([]byte("x"), size)
-	var total atomic.Int64
 	lat := make([][]time.Duration, conns)
+	errs := make([]error, conns)
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
-	errs := make(chan error, conns)
+	start := time.Now()
 	for i, c := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			lat[i] = make([]time.Duration, 0, 1<<14)
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
 				if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
-					errs <- err
+					errs[i] = err
 					return
 				}
 				_, got, err := c.ReadMessage()
 				if err != nil {
-					errs <- err
+					errs[i] = err
 					return
 				}
 				if len(got) != size {
-					errs <- fmt.Errorf("echo of %d bytes came back as %d", size, len(got))
+					errs[i] = fmt.Errorf("echo of %d bytes came back as %d", size, len(got))
 					return
 				}
 				lat[i] = append(lat[i], time.Since(t0))
-				total.Add(1)
 			}
 		}()
 	}
-	start := time.Now()
 	wg.Wait()
 	elapsed := time.Since(start)
-	for _, c := range clients {
-		c.Close()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
-	close(errs)
-	for err := range errs {
-		return err
-	}
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	p := func(q float64) time.Duration {
-		if len(all) == 0 {
-			return 0
-		}
-		return all[int(q*float64(len(all)-1))]
-	}
-	fmt.Printf("echo conns=%d size=%d round_trips_per_s=%.0f p50_us=%d p99_us=%d\n",
-		conns, size, float64(total.Load())/elapsed.Seconds(), p(0.50).Microseconds(), p(0.99).Microseconds())
-	return nil
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	return map[string]any{
+		"conns": conns, "size": size, "round_trips": len(all), "seconds": elapsed.Seconds(),
+		"msgs_per_s": float64(len(all)) / elapsed.Seconds(),
+		"p50_us":     quantile(all, 0.50).Microseconds(),
+		"p99_us":     quantile(all, 0.99).Microseconds(),
+	}, nil
 }
 
-// holdIdle opens conns tunnels, sends one message on each (so buffers were
-// used once), lets them sit idle, then checks every one still echoes and
-// prints the proxy's RSS growth per tunnel.
-func holdIdle(url string, conns, pid int, hold time.Duration) error {
-	before, err := rssKiB(pid)
-	if err != nil {
-		return err
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
 	}
-	clients := make([]*websocket.Conn, 0, conns)
-	defer func() {
-		for _, c := range clients {
-			c.Close()
+	return sorted[int(q*float64(len(sorted)-1))]
+}
+
+// bulkWindow is how many messages each bulk connection keeps in flight: two
+// keep both directions busy (one message going up while the previous one
+// comes back) without piling up megabytes in socket buffers.
+const bulkWindow = 2
+
+// bulk sends size-byte messages on conns connections and counts the bytes
+// that come back. The echo returns every byte, so the figure holds for each
+// direction: MB/s each way.
+func bulk(url string, conns, size int, d time.Duration) (map[string]any, error) {
+	clients, err := dialAll(url, conns, size)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+	msg := bytes.Repeat([]byte("b"), size)
+	var received atomic.Int64
+	errs := make([]error, 2*conns)
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, c := range clients {
+		window := make(chan struct{}, bulkWindow)
+		sent := make(chan struct{}, bulkWindow)
+		wg.Add(2)
+		go func() { // writer: stops at the deadline; the reader drains what is in flight
+			defer wg.Done()
+			defer close(sent)
+			for time.Now().Before(deadline) {
+				window <- struct{}{}
+				c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+					errs[2*i] = err
+					return
+				}
+				sent <- struct{}{}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range sent {
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				_, got, err := c.ReadMessage()
+				if err != nil {
+					errs[2*i+1] = err
+					// Close the conn and keep freeing the window until
+					// the writer notices (its next write fails) and stops.
+					c.Close()
+					for {
+						select {
+						case <-window:
+						case _, ok := <-sent:
+							if !ok {
+								return
+							}
+						}
+					}
+				}
+				if len(got) != size {
+					errs[2*i+1] = fmt.Errorf("echo of %d bytes came back as %d", size, len(got))
+				}
+				received.Add(int64(len(got)))
+				<-window
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return map[string]any{
+		"conns": conns, "size": size, "bytes_each_way": received.Load(), "seconds": elapsed.Seconds(),
+		"mb_per_s": float64(received.Load()) / elapsed.Seconds() / 1e6,
+	}, nil
+}
+
+// handshakes runs workers that each loop: open a WebSocket, one 64-byte
+// echo, Close frame, close the TCP connection. It counts completed cycles.
+func handshakes(url string, workers int, d time.Duration) (map[string]any, error) {
+	dl := dialer(64)
+	msg := bytes.Repeat([]byte("h"), 64)
+	var done, failed atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(d)
+	cycle := func() error {
+		c, _, err := dl.Dial(url, nil)
+		if err != nil {
+			return err
 		}
-	}()
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 512, WriteBufferSize: 512}
-	for i := 0; i < conns; i++ {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			return err
+		}
+		if _, got, err := c.ReadMessage(); err != nil {
+			return err
+		} else if len(got) != len(msg) {
+			return fmt.Errorf("echo of %d bytes came back as %d", len(msg), len(got))
+		}
+		// A Close frame first, as a well-behaved client does; no wait for
+		// the reply, which would only measure the echo server's close path.
+		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+		return nil
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if err := cycle(); err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					// Give up after many failures: the figure would be
+					// meaningless and a broken target must not stall the run.
+					if failed.Add(1) > 1000 {
+						return
+					}
+					continue
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	res := map[string]any{
+		"workers": workers, "handshakes": done.Load(), "failed": failed.Load(), "seconds": elapsed.Seconds(),
+		"handshakes_per_s": float64(done.Load()) / elapsed.Seconds(),
+	}
+	if e := firstErr.Load(); e != nil {
+		res["first_error"] = e
+	}
+	if failed.Load() > done.Load()/100 {
+		return res, fmt.Errorf("%d of %d handshakes failed, first: %v", failed.Load(), failed.Load()+done.Load(), firstErr.Load())
+	}
+	return res, nil
+}
+
+// holdIdle opens conns tunnels, sends one size-byte message on each (so the
+// proxy's buffers were used once), lets them sit idle, then pings every one
+// and counts the pongs. It reports the RSS of the proxy's processes before,
+// while holding (per tunnel) and after every tunnel was closed.
+func holdIdle(url string, conns, size, parallel int, pidList string, hold, settle time.Duration) (map[string]any, error) {
+	pids, err := parsePids(pidList)
+	if err != nil {
+		return nil, err
+	}
+	before, err := rssKiB(pids)
+	if err != nil {
+		return nil, err
+	}
+	d := dialer(size)
+	msg := bytes.Repeat([]byte("i"), size)
+	clients := make([]*websocket.Conn, conns)
+	var dialFailed atomic.Int64
+	var firstErr atomic.Value
+	fail := func(err error) {
+		firstErr.CompareAndSwap(nil, err.Error())
+		dialFailed.Add(1)
+	}
+	t0 := time.Now()
+	forEach(conns, parallel, func(i int) {
 		c, _, err := d.Dial(url, nil)
 		if err != nil {
-			return fmt.Errorf("dial %d: %w", i, err)
+			fail(err)
+			return
 		}
-		clients = append(clients, c)
-		if err := roundTrip(c, "hello"); err != nil {
-			return fmt.Errorf("tunnel %d: %w", i, err)
+		c.SetReadLimit(64 << 20)
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			c.Close()
+			fail(err)
+			return
 		}
-	}
+		if _, got, err := c.ReadMessage(); err != nil || len(got) != size {
+			c.Close()
+			fail(fmt.Errorf("first echo: %d bytes, %v", len(got), err))
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		clients[i] = c
+	})
+	openSeconds := time.Since(t0).Seconds()
+	defer closeAll(clients)
 	time.Sleep(hold)
-	after, err := rssKiB(pid)
+	held, err := rssKiB(pids)
+	procs := len(withDescendants(pids))
+	if err != nil {
+		return nil, err
+	}
+	// A ping is answered by the echo server's WebSocket layer with a pong;
+	// the pong handler ends ReadMessage with a sentinel, so a survivor is a
+	// tunnel that carried both frames.
+	errPong := errors.New("pong")
+	var alive atomic.Int64
+	forEach(conns, parallel, func(i int) {
+		c := clients[i]
+		if c == nil {
+			return
+		}
+		c.SetPongHandler(func(string) error { return errPong })
+		if c.WriteControl(websocket.PingMessage, []byte("still there?"), time.Now().Add(10*time.Second)) != nil {
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, _, err := c.ReadMessage(); errors.Is(err, errPong) {
+			alive.Add(1)
+		}
+	})
+	opened := conns - int(dialFailed.Load())
+	closeAll(clients)
+	clients = nil
+	time.Sleep(settle)
+	closed, err := rssKiB(pids)
+	if err != nil {
+		return nil, err
+	}
+	res := map[string]any{
+		"conns": conns, "opened": opened, "alive": alive.Load(), "size": size,
+		"open_seconds": openSeconds, "hold_seconds": hold.Seconds(),
+		"rss_before_kib": before, "rss_held_kib": held, "rss_closed_kib": closed,
+		"kib_per_tunnel":   float64(held-before) / float64(max(opened, 1)),
+		"closed_vs_before": float64(closed) / float64(max(before, 1)),
+		"processes":        procs,
+	}
+	if e := firstErr.Load(); e != nil {
+		res["first_error"] = e
+	}
+	return res, nil
+}
+
+// forEach calls f(0..n-1) from parallel goroutines.
+func forEach(n, parallel int, f func(int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(parallel, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// wait polls until url carries one WebSocket echo and GET /hello on the same
+// host answers 200, so a measurement never starts against a proxy that is
+// still starting or misconfigured.
+func wait(url string, timeout time.Duration) error {
+	httpURL := "http" + strings.TrimPrefix(url, "ws")
+	httpURL = strings.TrimSuffix(httpURL, "/") + "/hello"
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if last = tryOnce(url, httpURL); last == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready after %v: %w", url, timeout, last)
+}
+
+func tryOnce(wsURL, httpURL string) error {
+	c, _, err := dialer(64).Dial(wsURL, nil)
 	if err != nil {
 		return err
 	}
-	alive := 0
-	for _, c := range clients {
-		if roundTrip(c, "still there?") == nil {
-			alive++
-		}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte("ready?")); err != nil {
+		return err
 	}
-	fmt.Printf("hold conns=%d alive=%d rss_before_kib=%d rss_after_kib=%d kib_per_tunnel=%.1f\n",
-		conns, alive, before, after, float64(after-before)/float64(conns))
+	if _, got, err := c.ReadMessage(); err != nil || string(got) != "ready?" {
+		return fmt.Errorf("echo: %q, %v", got, err)
+	}
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get(httpURL)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "hello" {
+		return fmt.Errorf("GET %s: %d %q", httpURL, resp.StatusCode, body)
+	}
 	return nil
 }
 
-func roundTrip(c *websocket.Conn, msg string) error {
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
-		return err
+// freePorts prints n distinct free loopback ports. They are all held open
+// until printed so the kernel does not hand out the same one twice.
+func freePorts(n int) error {
+	var ports []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		ports = append(ports, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 	}
-	_, got, err := c.ReadMessage()
-	if err == nil && string(got) != msg {
-		err = fmt.Errorf("echo %q came back as %q", msg, got)
-	}
-	return err
+	fmt.Println(strings.Join(ports, " "))
+	return nil
 }
 
-// rssKiB reads VmRSS of pid from /proc.
-func rssKiB(pid int) (int, error) {
+// parsePids reads "1,2,3"; an empty list is allowed (RSS then reads 0).
+func parsePids(s string) ([]int, error) {
+	var pids []int
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("-pids: %q is not a pid", f)
+		}
+		pids = append(pids, p)
+	}
+	return pids, nil
+}
+
+// rssKiB sums VmRSS over pids and all their descendants, looked up afresh at
+// every reading: nginx's workers are children of the pid we know.
+func rssKiB(pids []int) (int, error) {
+	all := withDescendants(pids)
+	total := 0
+	for _, p := range all {
+		kib, err := vmRSS(p)
+		if err != nil {
+			return 0, err
+		}
+		total += kib
+	}
+	return total, nil
+}
+
+func withDescendants(roots []int) []int {
+	children := map[int][]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// The command name in parentheses may hold spaces; fields after
+		// the last ')' are: state ppid ...
+		rest := string(b[bytes.LastIndexByte(b, ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) < 2 {
+			continue
+		}
+		pid, err1 := strconv.Atoi(filepath.Base(filepath.Dir(st)))
+		ppid, err2 := strconv.Atoi(f[1])
+		if err1 == nil && err2 == nil {
+			children[ppid] = append(children[ppid], pid)
+		}
+	}
+	var out []int
+	seen := map[int]bool{}
+	var walk func(int)
+	walk = func(p int) {
+		if seen[p] {
+			return
+		}
+		seen[p] = true
+		out = append(out, p)
+		for _, c := range children[p] {
+			walk(c)
+		}
+	}
+	for _, r := range roots {
+		walk(r)
+	}
+	return out
+}
+
+// vmRSS reads VmRSS of pid from /proc.
+func vmRSS(pid int) (int, error) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
