@@ -64,7 +64,8 @@ type Gateway struct {
 	stopped bool       // drain is over: a late tunnel is closed at once
 	idle    *sync.Cond // signalled when the last tunnel ends
 
-	accessLog, errorLog *log.Logger
+	accessLog *accessLog
+	errorLog  *log.Logger
 }
 
 // New builds a gateway from a validated configuration. Defaults must have
@@ -87,7 +88,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		clients:         map[string]*fasthttp.HostClient{},
 		listenerConfigs: cfg.Listeners,
 		tunnels:         map[liveTunnel]struct{}{},
-		accessLog:       log.New(opts.AccessLog, "", 0),
+		accessLog:       newAccessLog(opts.AccessLog),
 		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
 	}
 	g.idle = sync.NewCond(&g.mu)
@@ -229,6 +230,7 @@ func (g *Gateway) Start() error {
 	}
 	g.stopBackground = cancel
 	g.relay = r
+	g.accessLog.start()
 	for _, ln := range g.listeners {
 		srv := g.newServer()
 		g.servers = append(g.servers, srv)
@@ -307,16 +309,16 @@ func (l *clientListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clientConn{Conn: c, idle: l.idle}, nil
+	return &clientConn{Conn: c, write: idleDeadline{idle: l.idle}}, nil
 }
 
 type clientConn struct {
 	net.Conn
-	idle time.Duration
+	write idleDeadline
 }
 
 func (c *clientConn) Write(p []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+	if err := c.write.refresh(c.Conn.SetWriteDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)
@@ -420,6 +422,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	if g.stopBackground != nil {
 		g.stopBackground()
 	}
+	g.accessLog.close()
 	if len(left) > 0 {
 		return fmt.Errorf("drain timeout: closed %d live tunnels", len(left))
 	}
@@ -449,9 +452,9 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 
 // writeRequestLog writes one access log line; size is the response body's.
 func (g *Gateway) writeRequestLog(l requestLog, size int64) {
-	g.accessLog.Printf("%s %s %s %s %s upstream=%s status=%d duration=%s bytes=%d",
-		l.start.UTC().Format(time.RFC3339), l.remote, l.method, l.pool, l.uri,
-		l.upstream, l.status, time.Since(l.start).Round(time.Millisecond), size)
+	g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
+		str("upstream", l.upstream).int("status", int64(l.status)).
+		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).end())
 }
 
 func (g *Gateway) errorf(format string, args ...any) { g.errorLog.Printf(format, args...) }

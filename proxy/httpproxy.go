@@ -30,18 +30,22 @@ func (e *dialError) Unwrap() error { return e.err }
 // streamed body at a fixed time after the request).
 type idleConn struct {
 	net.Conn
-	idle time.Duration
+	read, write idleDeadline
+}
+
+func newIdleConn(c net.Conn, idle time.Duration) *idleConn {
+	return &idleConn{Conn: c, read: idleDeadline{idle: idle}, write: idleDeadline{idle: idle}}
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.idle)); err != nil {
+	if err := c.read.refresh(c.Conn.SetReadDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+	if err := c.write.refresh(c.Conn.SetWriteDeadline); err != nil {
 		return 0, err
 	}
 	return c.Conn.Write(p)
@@ -57,7 +61,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
 			if err != nil {
 				return nil, &dialError{err}
 			}
-			return &idleConn{Conn: c, idle: idle}, nil
+			return newIdleConn(c, idle), nil
 		},
 		NoDefaultUserAgentHeader:      true,
 		DisableHeaderNamesNormalizing: true,

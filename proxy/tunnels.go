@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -84,38 +83,46 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	g.tunnels[live] = struct{}{}
 	g.mu.Unlock()
 
-	go func() {
-		// Counts are of bytes after the handshake, in both directions.
-		upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
-		if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
-			client.Close()
-			up.Close()
-			g.endTunnel(live, info, tunnelCounts{}, closer)
-			return
-		}
-		if carried != nil {
+	// Counts are of bytes after the handshake, in both directions.
+	upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
+	if carried != nil {
+		go func() {
+			if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+				carried.abort(closer)
+				g.endTunnel(live, info, tunnelCounts{}, closer)
+				return
+			}
 			carried.up.Add(upBytes)
 			carried.down.Add(downBytes)
 			carried.run()
 			closer, _ := carried.closer.Load().(Closer)
 			g.endTunnel(live, info, tunnelCounts{up: carried.up.Load(), down: carried.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
-			return
+		}()
+		return
+	}
+	// The relay path writes the switch bytes on the caller's goroutine
+	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
+	// socket do not block, and a goroutine per handshake is saved.
+	if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+		client.Close()
+		up.Close()
+		g.endTunnel(live, info, tunnelCounts{}, closer)
+		return
+	}
+	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, func(st relay.Stats) {
+		counts := tunnelCounts{up: upBytes + st.Up, down: downBytes + st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
+		if info.route.RawTunnel {
+			counts.upMsgs, counts.downMsgs = -1, -1
 		}
-		h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, func(st relay.Stats) {
-			counts := tunnelCounts{up: upBytes + st.Up, down: downBytes + st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
-			if info.route.RawTunnel {
-				counts.upMsgs, counts.downMsgs = -1, -1
-			}
-			g.endTunnel(live, info, counts, Closer(st.ClosedBy))
-		})
-		if err != nil {
-			clientTCP.Close()
-			upTCP.Close()
-			g.endTunnel(live, info, tunnelCounts{up: upBytes, down: downBytes}, ClosedDrain)
-			return
-		}
-		relayed.started(h)
-	}()
+		g.endTunnel(live, info, counts, Closer(st.ClosedBy))
+	})
+	if err != nil {
+		clientTCP.Close()
+		upTCP.Close()
+		g.endTunnel(live, info, tunnelCounts{up: upBytes, down: downBytes}, ClosedDrain)
+		return
+	}
+	relayed.started(h)
 }
 
 // writeSwitchBytes writes the bytes due at the switch, within the handshake
@@ -150,17 +157,11 @@ func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, close
 	delete(g.tunnels, t)
 	g.tunnelsChanged()
 	g.mu.Unlock()
-	g.accessLog.Printf("%s %s ws %s %s upstream=%s status=101 duration=%s up=%d down=%d msgs_up=%s msgs_down=%s closed_by=%s",
-		info.start.UTC().Format(time.RFC3339), info.clientAddr, info.route.Pool.Name, info.uri,
-		info.server.Address, time.Since(info.start).Round(time.Millisecond), c.up, c.down,
-		countOrDash(c.upMsgs), countOrDash(c.downMsgs), closer)
-}
-
-func countOrDash(n int64) string {
-	if n < 0 {
-		return "-"
-	}
-	return strconv.FormatInt(n, 10)
+	g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).
+		str("upstream", info.server.Address).int("status", 101).
+		str("duration", time.Since(info.start).Round(time.Millisecond).String()).
+		int("up", c.up).int("down", c.down).count("msgs_up", c.upMsgs).count("msgs_down", c.downMsgs).
+		str("closed_by", string(closer)).end())
 }
 
 // tunnelAborted undoes the pending count of a 101 whose tunnel never

@@ -137,7 +137,8 @@ func (r *Relay) Stop() {
 }
 
 // takeFD duplicates the conn's descriptor and closes the conn. The
-// duplicate shares the socket (and its non-blocking mode and TCP_NODELAY);
+// duplicate shares the socket and its open file description, so it is
+// non-blocking already (Go set O_NONBLOCK there) and keeps TCP_NODELAY;
 // closing the original removes it from Go's poller without closing the
 // socket.
 func takeFD(c *net.TCPConn) (int, error) {
@@ -154,10 +155,6 @@ func takeFD(c *net.TCPConn) (int, error) {
 	}
 	if dupErr != nil {
 		return -1, dupErr
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return -1, err
 	}
 	c.Close()
 	return fd, nil
