@@ -179,21 +179,15 @@ func (p *Pool) ByToken(token string) *Server {
 //
 // Candidates are the usable (not Down, not removed, healthy), untried,
 // not full servers of one tier: the primaries, or the backups when no
-// primary is usable at all. Pick returns ErrAllFull when usable untried
-// servers exist but all are at max_conns, and ErrNoServer when there are
-// none.
+// primary is left to try (all down, or all already tried for this
+// request). Pick returns ErrAllFull when usable untried servers exist but
+// all are at max_conns, and ErrNoServer when there are none.
 //
-// Backups are stricter than nginx's: nginx falls back to its backup
-// servers whenever it cannot get a primary peer, which includes primaries
-// that are at max_conns or were already tried for this request, so its
-// backups also absorb overload and retries. Here a backup stands in only
-// for primaries that are down (by configuration, passive or active
-// health), as the backup key promises: full primaries mean ErrAllFull (a
-// 503 with Retry-After that makes the overload visible rather than pouring
-// it onto a standby sized for failover), and primaries merely tried do not
-// bring backups in either. A primary that failed an attempt is down once
-// ReportFailure reaches max_fails (1 by default in the configuration), so a retry reaches the
-// backups when that failure took the last primary out.
+// Full primaries do not bring the backups in, unlike nginx, where a backup
+// also absorbs overload: a 503 with Retry-After makes the overload visible
+// rather than pouring it onto a standby sized for failover. Primaries that
+// were tried and failed do, as in nginx: a retry may reach a backup even
+// when max_fails has not yet taken the failed primary out.
 //
 // A sticky token naming a usable backup is honoured even after primaries
 // come back, as HAProxy does with cookies: moving a live session costs
@@ -205,9 +199,9 @@ func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 	if s := p.byTokenLocked(r.Sticky); s != nil && p.usable(s, now) && !contains(tried, s) && !s.full() {
 		return s, nil
 	}
-	cands, usable, open := p.candidates(false, tried, now)
-	if usable == 0 {
-		cands, _, open = p.candidates(true, tried, now)
+	cands, open := p.candidates(false, tried, now)
+	if open == 0 {
+		cands, open = p.candidates(true, tried, now)
 	}
 	switch {
 	case len(cands) > 0:
@@ -220,15 +214,14 @@ func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 }
 
 // candidates fills p.cands with the servers of one tier (backups or
-// primaries) that may take a new connection, and counts the tier's usable servers and
-// among them those not tried yet.
-func (p *Pool) candidates(backup bool, tried []*Server, now time.Time) (cands []*Server, usable, open int) {
+// primaries) that may take a new connection, and counts the tier's usable
+// servers not tried yet (full or not).
+func (p *Pool) candidates(backup bool, tried []*Server, now time.Time) (cands []*Server, open int) {
 	cands = p.cands[:0]
 	for _, s := range p.servers {
 		if s.Backup != backup || !p.usable(s, now) {
 			continue
 		}
-		usable++
 		if contains(tried, s) {
 			continue
 		}
@@ -237,7 +230,7 @@ func (p *Pool) candidates(backup bool, tried []*Server, now time.Time) (cands []
 			cands = append(cands, s)
 		}
 	}
-	return cands, usable, open
+	return cands, open
 }
 
 func (p *Pool) byTokenLocked(token string) *Server {

@@ -119,11 +119,12 @@ func TestBackup(t *testing.T) {
 	if s, err := p.Pick(&Request{}, nil); !errors.Is(err, ErrAllFull) {
 		t.Fatalf("primaries full: %v, %v; want ErrAllFull", s, err)
 	}
-	// Neither do primaries that were merely tried.
+	// Primaries all tried for this request (they failed): the retry goes
+	// to the backup, as in nginx, even before max_fails takes them out.
 	a.Release()
 	b.Release()
-	if s, err := p.Pick(&Request{}, []*Server{a, b}); !errors.Is(err, ErrNoServer) {
-		t.Fatalf("primaries tried: %v, %v; want ErrNoServer", s, err)
+	if s, err := p.Pick(&Request{}, []*Server{a, b}); err != nil || s.Address != "backup" {
+		t.Fatalf("primaries tried: %v, %v; want the backup", s, err)
 	}
 	// One primary down (by configuration), one left: still no backup.
 	a.Down = true
