@@ -164,7 +164,7 @@ func (l *loop) addTunnel(t *tunnel) {
 			l.sides = append(l.sides, make([]*side, len(l.sides)+64)...)
 		}
 		l.sides[s.fd] = s
-		s.events = unix.EPOLLIN | unix.EPOLLRDHUP
+		s.events, s.watched = unix.EPOLLIN|unix.EPOLLRDHUP, true
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
 			l.tunnels[t] = struct{}{}
 			l.closeTunnel(t, ClosedByClient)
@@ -184,12 +184,19 @@ func (l *loop) handle(s *side, events uint32) {
 		return
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		if s.wantsRead() {
+		switch {
+		case s.wantsRead():
 			l.readFrom(s)
-		} else if events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			// Not reading this side (done, or backed up) and it failed:
+		case events&unix.EPOLLERR != 0 || s.readDone:
+			// Not reading this side and it failed, or it ended both ways:
 			// bytes can no longer reach it or come from it.
 			l.closeTunnel(t, s.name)
+		case events&unix.EPOLLHUP != 0:
+			// Backed up, and hung up both ways (the endpoint half-closed
+			// after the gateway did): its last bytes still wait in the
+			// socket and are read once the peer takes what it owes. The
+			// hang-up would be reported on every wait until then.
+			l.unwatch(s)
 		}
 	}
 }
@@ -222,8 +229,8 @@ func (l *loop) readFrom(s *side) {
 	}
 }
 
-// readEOF passes a half-close on: once the bytes still owed to the peer
-// are written, the peer's write side is shut down, so it reads EOF too.
+// readEOF passes a half-close on: the peer's write side is shut down, so
+// it reads EOF too.
 func (l *loop) readEOF(s *side) {
 	t := s.t
 	s.readDone = true
@@ -234,11 +241,8 @@ func (l *loop) readEOF(s *side) {
 		l.closeTunnel(t, t.closedBy)
 		return
 	}
-	if len(s.peer.pending) == 0 {
-		unix.Shutdown(s.peer.fd, unix.SHUT_WR)
-	} else {
-		s.peer.shutAfterFlush = true
-	}
+	// s was read, so its peer owed nothing (wantsRead): shut it now.
+	unix.Shutdown(s.peer.fd, unix.SHUT_WR)
 	l.setInterest(s)
 }
 
@@ -277,9 +281,6 @@ func (l *loop) flush(s *side) {
 		return
 	}
 	s.releasePending()
-	if s.shutAfterFlush {
-		unix.Shutdown(s.fd, unix.SHUT_WR)
-	}
 	l.setInterest(s)
 	l.setInterest(s.peer)
 }
@@ -296,8 +297,15 @@ func (l *loop) setInterest(s *side) {
 	if want == s.events {
 		return
 	}
+	op := unix.EPOLL_CTL_MOD
+	if !s.watched {
+		if want == 0 {
+			return
+		}
+		op, s.watched = unix.EPOLL_CTL_ADD, true
+	}
 	s.events = want
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd)}); err != nil {
+	if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd)}); err != nil {
 		l.closeTunnel(s.t, s.name)
 	}
 }
@@ -369,11 +377,11 @@ func (l *loop) goodbye(t *tunnel) {
 	}
 }
 
-// unwatch stops watching a closing tunnel's side that has ended both ways:
-// epoll would report its hang-up on every wait, and the tunnel must keep
-// waiting for the other side's goodbye.
+// unwatch stops watching a side that is hung up (ended both ways) but must
+// outlive its hang-up: epoll would report it on every wait. setInterest
+// watches it again when there is something to wait for.
 func (l *loop) unwatch(s *side) {
-	s.events = 0
+	s.events, s.watched = 0, false
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 }
 

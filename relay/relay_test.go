@@ -106,7 +106,52 @@ func TestFullDuplexWithBackpressure(t *testing.T) {
 	}
 	st := p.stats(t)
 	if st.Up != size || st.Down != size {
-		t.Errorf("stats up=%d down=%d, want %d each", st.Up, st.Down, size)
+		t.Errorf("stats up=%d down=%d closed by %s, want %d each", st.Up, st.Down, st.ClosedBy, size)
+	}
+}
+
+// The upstream half-closes first, so the gateway shuts its write side
+// towards the client; then the client uploads and half-closes while the
+// upstream is not reading. The client's socket is then hung up both ways
+// (EPOLLHUP) with bytes still queued behind the backed-up relay: those
+// bytes must still arrive, and the tunnel must not end early.
+func TestHangUpWhileBackedUpLosesNothing(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	client, gwClient := connPair(t)
+	gwUpstream, server := connPair(t)
+	// Small buffers towards the upstream, so the relay backs up quickly.
+	gwUpstream.SetWriteBuffer(4096)
+	server.SetReadBuffer(4096)
+	done := make(chan Stats, 1)
+	if _, err := r.Add(gwClient, gwUpstream, false, func(s Stats) { done <- s }); err != nil {
+		t.Fatal(err)
+	}
+	server.CloseWrite()
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("client after the upstream's half-close: %d, %v; want EOF", n, err)
+	}
+	up := make([]byte, 100<<10)
+	for i := range up {
+		up[i] = byte(rand.IntN(256))
+	}
+	if _, err := client.Write(up); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	time.Sleep(300 * time.Millisecond) // the hang-up is seen while backed up
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, up) {
+		t.Fatalf("upstream got %d of %d bytes (equal %v), %v", len(got), len(up), bytes.Equal(got, up), err)
+	}
+	select {
+	case st := <-done:
+		if st.Up != int64(len(up)) || st.ClosedBy != ClosedByUpstream {
+			t.Fatalf("stats %+v", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("tunnel did not end")
 	}
 }
 

@@ -22,12 +22,12 @@ type side struct {
 	t    *tunnel
 	peer *side
 
-	events         uint32  // what epoll watches now
-	read           int64   // bytes read from this side
-	readDone       bool    // EOF read from this side
-	pending        []byte  // bytes for this side that it could not take yet
-	pendingBuf     *[]byte // the pooled buffer behind pending
-	shutAfterFlush bool    // the peer ended: shut our write side once pending is out
+	events     uint32  // what epoll watches now
+	watched    bool    // registered with epoll (see unwatch)
+	read       int64   // bytes read from this side
+	readDone   bool    // EOF read from this side
+	pending    []byte  // bytes for this side that it could not take yet
+	pendingBuf *[]byte // the pooled buffer behind pending
 
 	// frames follows the WebSocket frames read from this side, while
 	// tracking is on (websocket tunnels) and the stream made sense.
