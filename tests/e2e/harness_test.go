@@ -1,0 +1,333 @@
+// Package e2e runs wsgate in front of the realtime stacks people put behind
+// it (Tornado, node ws, long-poll, Socket.IO, SockJS), each a small server of
+// our own written with the real library, with headless Chromium as the
+// client where the client is a page. Peers come from tests/e2e/setup.sh;
+// a missing peer fails the test with the setup step to run instead of
+// skipping, so CI cannot pass by testing nothing.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	// binary is the wsgate built once by TestMain.
+	binary string
+	// moduleRoot is the directory holding go.mod.
+	moduleRoot string
+	// e2eDir is tests/e2e, the test's working directory: browser.js,
+	// apps/ and node_modules/ are found from here.
+	e2eDir string
+)
+
+// chromiumPath is the Debian package's browser; browser.js launches exactly
+// this file.
+const chromiumPath = "/usr/bin/chromium"
+
+// systemPython is Debian's interpreter: the python3 first on PATH may be a
+// pyenv one that does not see python3-tornado.
+const systemPython = "/usr/bin/python3"
+
+func TestMain(m *testing.M) {
+	os.Exit(buildAndRun(m))
+}
+
+// buildAndRun is TestMain's body in a function of its own so that the
+// deferred removal of the build directory runs before os.Exit.
+func buildAndRun(m *testing.M) int {
+	dir, err := os.Getwd()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	e2eDir = dir
+	// go test runs a package's tests in the package's directory.
+	root, err := filepath.Abs(filepath.Join(dir, "..", ".."))
+	if err == nil {
+		_, err = os.Stat(filepath.Join(root, "go.mod"))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: cannot find the module root:", err)
+		return 1
+	}
+	moduleRoot = root
+
+	tmp, err := os.MkdirTemp("", "wsgate-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	binary = filepath.Join(tmp, "wsgate")
+
+	// A cold build cache can take a while; a hung toolchain must not hang
+	// the test run forever.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := []string{"build", "-o", binary}
+	if os.Getenv("WSGATE_E2E_RACE") != "" {
+		// The race detector inside the gateway itself; off by default
+		// because it slows the build and the relay.
+		args = append(args, "-race")
+	}
+	build := exec.CommandContext(ctx, "go", append(args, "./cmd/wsgate")...)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/wsgate: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+var (
+	peersOnce sync.Once
+	peersErr  string
+)
+
+// requirePeers fails the test (it does not skip) when a peer the suite
+// needs is missing, naming the setup step that installs it. The check runs
+// once per test binary.
+func requirePeers(t *testing.T) {
+	t.Helper()
+	peersOnce.Do(func() { peersErr = checkPeers() })
+	if peersErr != "" {
+		t.Fatalf("e2e peers missing: %s\nrun: bash tests/e2e/setup.sh (from the repository root)", peersErr)
+	}
+}
+
+func checkPeers() string {
+	var missing []string
+	if _, err := os.Stat(chromiumPath); err != nil {
+		missing = append(missing, chromiumPath+" (Debian package chromium)")
+	}
+	if out, err := exec.Command(systemPython, "-c", "import tornado").CombinedOutput(); err != nil {
+		missing = append(missing, fmt.Sprintf("%s with tornado (Debian package python3-tornado): %v %s", systemPython, err, strings.TrimSpace(string(out))))
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		missing = append(missing, "node (Debian package nodejs)")
+	}
+	for _, mod := range []string{"playwright-core", "ws", "socket.io", "socket.io-client", "sockjs", "sockjs-client"} {
+		if _, err := os.Stat(filepath.Join(e2eDir, "node_modules", mod, "package.json")); err != nil {
+			missing = append(missing, "tests/e2e/node_modules/"+mod+" (npm ci in tests/e2e)")
+		}
+	}
+	return strings.Join(missing, "; ")
+}
+
+// syncBuffer collects a subprocess's output; the exec package's copying
+// goroutine writes while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a running subprocess: wsgate or a peer.
+type proc struct {
+	name           string
+	cmd            *exec.Cmd
+	stdout, stderr *syncBuffer
+	done           chan struct{} // closed when the process has exited
+	waitErr        error         // cmd.Wait's result, set before done closes
+}
+
+// startProc starts name with args in dir, in a process group of its own so
+// that Kill also takes its children (Chromium under node). It is killed at
+// the end of the test if still running, and its output is logged if the
+// test failed.
+func startProc(t *testing.T, dir, name string, args ...string) *proc {
+	t.Helper()
+	return startProcEnv(t, nil, dir, name, args...)
+}
+
+// startProcEnv is startProc with env (KEY=VALUE) added to the test's own
+// environment.
+func startProcEnv(t *testing.T, env []string, dir, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{
+		name:   filepath.Base(name) + " " + strings.Join(args, " "),
+		cmd:    exec.Command(name, args...),
+		stdout: &syncBuffer{},
+		stderr: &syncBuffer{},
+		done:   make(chan struct{}),
+	}
+	p.cmd.Dir = dir
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
+	p.cmd.Stdout = p.stdout
+	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Kill(t)
+		if t.Failed() {
+			t.Logf("%s\n--- stdout:\n%s--- stderr:\n%s", p.name, p.stdout, p.stderr)
+		}
+	})
+	return p
+}
+
+// Kill ends the process and its process group with SIGKILL and waits for
+// it; killing an already finished process is a no-op.
+func (p *proc) Kill(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	// A negative pid names the process group set up by startProc.
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		t.Errorf("%s (pid %d) did not die after SIGKILL", p.name, p.cmd.Process.Pid)
+	}
+}
+
+// Exited reports whether the process has ended.
+func (p *proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// freePort returns a 127.0.0.1 port that was free a moment ago. Another
+// process could take it before it is used; on a test machine that does not
+// happen in practice.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitPort waits until something accepts TCP connections on 127.0.0.1:port,
+// failing the test after d or as soon as p (if not nil) exits, because a
+// peer that crashed at startup will never listen.
+func waitPort(t *testing.T, p *proc, port int, d time.Duration) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(d)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.Exited() {
+			t.Fatalf("%s exited before listening on %s: %v\n--- stdout:\n%s--- stderr:\n%s", p.name, addr, p.waitErr, p.stdout, p.stderr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s after %v: %v", addr, d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startWsgate writes config (YAML) to a file and runs wsgate with it, then
+// waits until it accepts on port, the port its listener was given in config.
+func startWsgate(t *testing.T, port int, config string) *proc {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "wsgate.yaml")
+	if err := os.WriteFile(file, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, t.TempDir(), binary, "-config", file)
+	waitPort(t, p, port, 10*time.Second)
+	return p
+}
+
+// startNode runs `node script args...` from tests/e2e (script is relative
+// to it, e.g. apps/ws/server.js) and waits until it accepts on port.
+func startNode(t *testing.T, port int, script string, args ...string) *proc {
+	t.Helper()
+	p := startProc(t, e2eDir, "node", append([]string{script}, args...)...)
+	waitPort(t, p, port, 15*time.Second)
+	return p
+}
+
+// startPython runs `/usr/bin/python3 script args...` from tests/e2e and
+// waits until it accepts on port.
+func startPython(t *testing.T, port int, script string, args ...string) *proc {
+	t.Helper()
+	// -u: unbuffered, so the peer's log is complete when a test fails.
+	p := startProc(t, e2eDir, systemPython, append([]string{"-u", script}, args...)...)
+	waitPort(t, p, port, 15*time.Second)
+	return p
+}
+
+// browserTimeout is the longest one runBrowser may take; browser.js has the
+// same limit inside (E2E_BROWSER_TIMEOUT_MS) and this is the backstop.
+const browserTimeout = 60 * time.Second
+
+// runBrowser runs `node browser.js script args...` in tests/e2e: headless
+// /usr/bin/chromium loads the scenario module script (a path relative to
+// tests/e2e, exporting `async (page, args) => result`) and the scenario's
+// result is returned as the JSON line browser.js prints. Any failure of the
+// scenario fails the test with the browser's log.
+func runBrowser(t *testing.T, script string, args ...string) string {
+	t.Helper()
+	return runBrowserTimeout(t, browserTimeout, script, args...)
+}
+
+// runBrowserTimeout is runBrowser with an overall limit other than 60 s.
+func runBrowserTimeout(t *testing.T, limit time.Duration, script string, args ...string) string {
+	t.Helper()
+	requirePeers(t)
+	start := time.Now()
+	env := []string{fmt.Sprintf("E2E_BROWSER_TIMEOUT_MS=%d", limit.Milliseconds())}
+	p := startProcEnv(t, env, e2eDir, "node", append([]string{"browser.js", script}, args...)...)
+	select {
+	case <-p.done:
+	case <-time.After(limit + 10*time.Second):
+		p.Kill(t)
+		t.Fatalf("browser %s did not finish in %v\n--- stderr:\n%s", script, limit, p.stderr)
+	}
+	if p.waitErr != nil {
+		t.Fatalf("browser %s failed after %v: %v\n--- stdout:\n%s--- stderr:\n%s", script, time.Since(start).Round(time.Millisecond), p.waitErr, p.stdout, p.stderr)
+	}
+	out := strings.TrimSpace(p.stdout.String())
+	// The result is the last line; anything a scenario printed before it
+	// with console.log is not part of it.
+	if i := strings.LastIndexByte(out, '\n'); i >= 0 {
+		out = out[i+1:]
+	}
+	t.Logf("browser %s: %v", script, time.Since(start).Round(time.Millisecond))
+	return out
+}

@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// tornadoMsg is one message of apps/tornado/server.py as the page shows it.
+type tornadoMsg struct {
+	Type   string  `json:"type"`
+	Server string  `json:"server"`
+	ID     string  `json:"id"`
+	Time   string  `json:"time"`
+	T      float64 `json:"t"`
+}
+
+// startTornado runs apps/tornado/server.py on a free port under name and
+// returns the port.
+func startTornado(t *testing.T, name string) int {
+	t.Helper()
+	port := freePort(t)
+	startPython(t, port, "apps/tornado/server.py", "--port", fmt.Sprint(port), "--name", name)
+	return port
+}
+
+// TestTornadoPush: Chromium loads the Tornado page through wsgate, the page
+// opens ws://<gateway>/websocket?Id=..., and the IOLoop's once-a-second
+// pushes reach the page's DOM.
+func TestTornadoPush(t *testing.T) {
+	// Parallel: most of the test is waiting on timers and pushes, and 2 at
+	// a time (GOMAXPROCS on CI) keeps the package well inside its budget.
+	t.Parallel()
+	requirePeers(t)
+	up := startTornado(t, "tornado-1")
+	gw := freePort(t)
+	startWsgate(t, gw, fmt.Sprintf(`
+listeners:
+  - address: 127.0.0.1:%d
+routes:
+  - upstream: tornado
+upstreams:
+  tornado:
+    servers:
+      - address: 127.0.0.1:%d
+`, gw, up))
+
+	// The hello and then three pushes.
+	out := runBrowser(t, "scenarios/tornado_push.js", fmt.Sprintf("http://127.0.0.1:%d/?Id=e2e-push", gw), "4")
+	var texts []string
+	if err := json.Unmarshal([]byte(out), &texts); err != nil {
+		t.Fatalf("browser result %q: %v", out, err)
+	}
+	var pushes []tornadoMsg
+	for i, s := range texts {
+		var m tornadoMsg
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			t.Fatalf("message %d %q is not the server's JSON: %v", i, s, err)
+		}
+		if m.Server != "tornado-1" || m.ID != "e2e-push" {
+			t.Errorf("message %d %q: want server tornado-1 and id e2e-push", i, s)
+		}
+		if i == 0 && m.Type != "hello" {
+			t.Errorf("first message %q: want the hello", s)
+		}
+		if m.Type == "time" {
+			pushes = append(pushes, m)
+		}
+	}
+	if len(pushes) < 3 {
+		t.Fatalf("got %d pushed times in the page, want at least 3: %q", len(pushes), texts)
+	}
+	// Each push is a new one, about a second after the one before: the
+	// gateway neither repeats nor batches them.
+	for i := 1; i < len(pushes); i++ {
+		if d := pushes[i].T - pushes[i-1].T; d < 0.5 || d > 2.5 {
+			t.Errorf("push %d came %.2fs after push %d, want about 1s", i, d, i-1)
+		}
+	}
+	t.Logf("page showed %d messages through wsgate, %d pushed times: %s ... %s", len(texts), len(pushes), pushes[0].Time, pushes[len(pushes)-1].Time)
+}
+
+// TestTornadoHashByID: two Tornado servers behind `balance: hash` with
+// `hash_key: query:Id`. A Tornado server keeps its registrations in memory,
+// so a client must come back to the server that knows its Id: every page
+// load (page and WebSocket) with one Id reaches one server, across
+// reconnects, while different Ids spread over both servers.
+func TestTornadoHashByID(t *testing.T) {
+	// Parallel: most of the test is waiting on timers and pushes, and 2 at
+	// a time (GOMAXPROCS on CI) keeps the package well inside its budget.
+	t.Parallel()
+	requirePeers(t)
+	up1 := startTornado(t, "tornado-1")
+	up2 := startTornado(t, "tornado-2")
+	gw := freePort(t)
+	startWsgate(t, gw, fmt.Sprintf(`
+listeners:
+  - address: 127.0.0.1:%d
+routes:
+  - upstream: tornado
+upstreams:
+  tornado:
+    balance: hash
+    hash_key: query:Id
+    servers:
+      - address: 127.0.0.1:%d
+      - address: 127.0.0.1:%d
+`, gw, up1, up2))
+
+	// 16 Ids: if the hash put them all on one server by chance, that would
+	// happen once in 2^15 runs.
+	var ids []string
+	for i := 0; i < 16; i++ {
+		ids = append(ids, fmt.Sprintf("user-%02d", i))
+	}
+	const rounds = 3
+	out := runBrowser(t, "scenarios/tornado_hash.js", fmt.Sprintf("http://127.0.0.1:%d/", gw), strings.Join(ids, ","), fmt.Sprint(rounds))
+	var got map[string][][2]string
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("browser result %q: %v", out, err)
+	}
+	perServer := map[string][]string{}
+	for _, id := range ids {
+		loads := got[id]
+		if len(loads) != rounds {
+			t.Errorf("Id %s: %d loads, want %d", id, len(loads), rounds)
+			continue
+		}
+		server := loads[0][0]
+		for r, l := range loads {
+			if l[0] != server || l[1] != server {
+				t.Errorf("Id %s load %d reached %s (hello) and %s (push), earlier loads %s: the Id moved", id, r, l[0], l[1], server)
+			}
+		}
+		perServer[server] = append(perServer[server], id)
+	}
+	var servers []string
+	for s := range perServer {
+		servers = append(servers, s)
+	}
+	sort.Strings(servers)
+	if strings.Join(servers, ",") != "tornado-1,tornado-2" {
+		t.Errorf("the Ids reached servers %v, want both tornado-1 and tornado-2: %v", servers, perServer)
+	}
+	t.Logf("%d Ids x %d loads, each Id on one server: tornado-1 %d Ids, tornado-2 %d Ids", len(ids), rounds, len(perServer["tornado-1"]), len(perServer["tornado-2"]))
+}
