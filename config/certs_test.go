@@ -18,6 +18,12 @@ import (
 // dir and returns their paths.
 func writeCertPair(t *testing.T, dir, name string) (certFile, keyFile string) {
 	t.Helper()
+	return writeCertPairValid(t, dir, name, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+}
+
+// writeCertPairValid is writeCertPair with a chosen validity window.
+func writeCertPairValid(t *testing.T, dir, name string, notBefore, notAfter time.Time) (certFile, keyFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -26,8 +32,8 @@ func writeCertPair(t *testing.T, dir, name string) (certFile, keyFile string) {
 		SerialNumber: big.NewInt(1),
 		Subject:      pkix.Name{CommonName: name},
 		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -68,6 +74,103 @@ upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
 			}
 			if want := path + ":5: listeners[0].tls.certificates[0].cert_file: cannot use certificate"; !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %q does not contain %q", err, want)
+			}
+		})
+	}
+}
+
+// The TLS keys: each mistake is reported at its key, and a certificate
+// about to expire is a warning, not an error.
+func TestTLSKeysChecked(t *testing.T) {
+	dir := t.TempDir()
+	crt, key := writeCertPair(t, dir, "ok.test")
+	oldCrt, oldKey := writeCertPairValid(t, dir, "old.test", time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	soonCrt, soonKey := writeCertPairValid(t, dir, "soon.test", time.Now().Add(-time.Hour), time.Now().Add(72*time.Hour))
+	tail := `routes: [{path: /, upstream: u}]
+upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
+`
+	for _, tc := range []struct {
+		name, listeners, want string
+	}{
+		{"expired", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    tls: {certificates: [{cert_file: %s, key_file: %s}]}
+`, oldCrt, oldKey), ":3: listeners[0].tls.certificates[0].cert_file: \"" + oldCrt + "\" expired on "},
+		{"min_version", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    tls:
+      certificates: [{cert_file: %s, key_file: %s}]
+      min_version: "1.0"
+`, crt, key), ":5: listeners[0].tls.min_version: \"1.0\" is not a TLS version wsgate accepts (1.2 or 1.3)"},
+		{"client_auth without a CA", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    tls:
+      certificates: [{cert_file: %s, key_file: %s}]
+      client_auth: require
+`, crt, key), ":5: listeners[0].tls.client_auth: needs client_ca_file"},
+		{"client CA not PEM", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    tls:
+      certificates: [{cert_file: %s, key_file: %s}]
+      client_ca_file: %s
+`, crt, key, key), ":5: listeners[0].tls.client_ca_file: \"" + key + "\" holds no PEM certificate"},
+		{"redirect on a TLS listener", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    redirect_https: true
+    tls: {certificates: [{cert_file: %s, key_file: %s}]}
+`, crt, key), ":3: listeners[0].redirect_https: is for plain listeners"},
+		{"redirect without TLS", `  - address: 127.0.0.1:8080
+    redirect_https: true
+`, ":3: listeners[0].redirect_https: no listener has tls"},
+		{"acme wildcard", `  - address: 127.0.0.1:8443
+    tls:
+      acme:
+        domains: ["*.example.com"]
+`, ":5: listeners[0].tls.acme.domains[0]: \"*.example.com\": wildcard names need the DNS-01 challenge"},
+		{"acme http directory", `  - address: 127.0.0.1:8443
+    tls:
+      acme:
+        domains: [ws.example.com]
+        directory_url: http://127.0.0.1:14000/dir
+`, ":6: listeners[0].tls.acme.directory_url: \"http://127.0.0.1:14000/dir\" is not an https:// URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, dir, "wsgate.yaml", "listeners:\n"+tc.listeners+tail)
+			_, err := Load(path)
+			if err == nil || !strings.Contains(err.Error(), path+tc.want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, path+tc.want)
+			}
+		})
+	}
+
+	path := writeFile(t, dir, "wsgate.yaml", fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:8443
+    tls: {certificates: [{cert_file: %s, key_file: %s}]}
+`, soonCrt, soonKey)+tail)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0].String(), path+":3: listeners[0].tls.certificates[0].cert_file: \""+soonCrt+"\" expires on ") {
+		t.Fatalf("warnings %v", c.Warnings)
+	}
+	if tc := c.Listeners[0].TLS; tc.MinVersion != "1.2" || tc.ClientCertHeader != "X-Client-Cert-Subject" {
+		t.Fatalf("defaults: %+v", tc)
+	}
+}
+
+func TestUpstreamTLSChecked(t *testing.T) {
+	dir := t.TempDir()
+	crt, _ := writeCertPair(t, dir, "up.test")
+	for _, tc := range []struct{ name, tls, want string }{
+		{"not enabled", "{ca_file: " + crt + "}", ":4: upstreams.u.tls.enabled: must be true when tls is written"},
+		{"key without cert", "{enabled: true, key_file: " + crt + "}", ":4: upstreams.u.tls.cert_file: is needed with key_file"},
+		{"skip verify with a CA", "{enabled: true, ca_file: " + crt + ", insecure_skip_verify: true}", ":4: upstreams.u.tls.insecure_skip_verify: contradicts ca_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeFile(t, dir, "wsgate.yaml", `listeners: [{address: 127.0.0.1:8080}]
+routes: [{path: /, upstream: u}]
+upstreams:
+  u: {servers: [{address: 127.0.0.1:3000}], tls: `+tc.tls+`}
+`)
+			_, err := Load(path)
+			if err == nil || !strings.Contains(err.Error(), path+tc.want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, path+tc.want)
 			}
 		})
 	}

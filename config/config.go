@@ -18,6 +18,9 @@ type Config struct {
 
 	// File is the path the configuration was read from ("" when built in code).
 	File string `yaml:"-"`
+	// Warnings are things that work but will not for long (a certificate
+	// about to expire); Parse and Validate fill it, callers print it.
+	Warnings []Problem `yaml:"-"`
 }
 
 // Listener is one address the gateway accepts connections on.
@@ -25,13 +28,79 @@ type Listener struct {
 	Address string `yaml:"address"`
 	// TLS, when set, makes the listener speak TLS (wss://, https://).
 	TLS *TLS `yaml:"tls"`
+	// RedirectHTTPS, on a plain listener, answers every request with a 308
+	// to the same URL on https (upgrades get a 400 that says to use wss).
+	RedirectHTTPS bool `yaml:"redirect_https"`
 }
 
 // TLS configures TLS termination on a listener.
 type TLS struct {
-	// Certificates are offered by SNI; the first one is the default for
-	// clients that send no server name.
+	// Certificates are chosen by the SNI name a client asks for, matched
+	// against each certificate's DNS names (exact, then wildcard); the
+	// first one is the default for clients that send no name or an
+	// unknown one.
 	Certificates []Certificate `yaml:"certificates"`
+	// MinVersion is the oldest TLS version accepted: "1.2" (the default)
+	// or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// ClientCAFile, when set, asks clients for a certificate signed by one
+	// of the PEM certificates in this file (mutual TLS).
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuth is "require" (the default with client_ca_file: no valid
+	// certificate, no handshake) or "verify_if_given" (a certificate is
+	// optional, but verified when sent).
+	ClientAuth string `yaml:"client_auth"`
+	// ClientCertHeader carries the verified client certificate's subject
+	// to the upstream; a copy sent by the client is always removed.
+	// Default X-Client-Cert-Subject.
+	ClientCertHeader string `yaml:"client_cert_header"`
+	// ACME, when set, obtains and renews certificates automatically.
+	ACME *ACME `yaml:"acme"`
+}
+
+// The values of TLS.ClientAuth.
+const (
+	ClientAuthRequire       = "require"
+	ClientAuthVerifyIfGiven = "verify_if_given"
+)
+
+// ACME obtains certificates from an ACME CA (Let's Encrypt by default)
+// for the listed domains, as Caddy does, answering the TLS-ALPN-01
+// challenge on the TLS listener and HTTP-01 on plain listeners.
+type ACME struct {
+	// Email is the account's contact address (the CA's expiry notices).
+	Email string `yaml:"email"`
+	// DirectoryURL is the CA's ACME directory; default Let's Encrypt's
+	// production directory.
+	DirectoryURL string `yaml:"directory_url"`
+	// CAFile, when set, is the PEM root the directory's own HTTPS
+	// certificate is checked against (a private ACME CA, pebble in tests).
+	CAFile string `yaml:"ca_file"`
+	// Domains are the names certificates are obtained for; a handshake
+	// for any other name gets the listener's certificates.
+	Domains []string `yaml:"domains"`
+	// StorageDir keeps the account key and the certificates across
+	// restarts; default "acme" (relative to the working directory).
+	StorageDir string `yaml:"storage_dir"`
+}
+
+// UpstreamTLS makes the gateway speak TLS to an upstream's servers
+// (wss:// and https:// backends).
+type UpstreamTLS struct {
+	// Enabled turns TLS to the servers on.
+	Enabled bool `yaml:"enabled"`
+	// CAFile is the PEM roots the servers' certificates are checked
+	// against; default the system's roots.
+	CAFile string `yaml:"ca_file"`
+	// ServerName is the name sent in SNI and checked in the server's
+	// certificate; default the host of the server's address.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any server certificate (testing only).
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	// CertFile and KeyFile are the gateway's client certificate, for
+	// servers that require mutual TLS.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Certificate is one PEM certificate chain and its private key.
@@ -96,7 +165,9 @@ type Upstream struct {
 	// ResolveInterval is how often server names (and SRV records) are
 	// resolved again; default 10s.
 	ResolveInterval Duration `yaml:"resolve_interval"`
-	Servers         []Server `yaml:"servers"`
+	// TLS, when set, makes the gateway speak TLS to the servers.
+	TLS     *UpstreamTLS `yaml:"tls"`
+	Servers []Server     `yaml:"servers"`
 }
 
 // HealthCheck is an upstream's active health check.

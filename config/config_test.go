@@ -188,7 +188,7 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"unknown nested key", head + "timeouts:\n  conect: 5s\n", 10, "timeouts.conect",
 			`key "conect" is not known here (known: connect, handshake, idle, drain)`},
 		{"unknown key in a list item", "listeners:\n  - address: :80\n    tsl: {}\n" + afterListener, 3,
-			"listeners[0].tsl", `key "tsl" is not known here (known: address, tls)`},
+			"listeners[0].tsl", `key "tsl" is not known here (known: address, tls, redirect_https)`},
 		{"bad duration", head + "timeouts:\n  idle: 5 minutes\n", 10, "timeouts.idle", `"5 minutes" is not a duration`},
 		{"duration without unit", head + "timeouts:\n  connect: 5\n", 10, "timeouts.connect", `"5" is not a duration`},
 		{"bad duration in a flow mapping", head + "timeouts: {connect: 1s, idle: soon}\n", 9, "timeouts.idle", `"soon" is not a duration`},
@@ -310,7 +310,7 @@ timeouts:
 	}
 	want := []Problem{
 		{path, 2, "listeners[0].address", `"localhost" is not host:port (missing port in address)`},
-		{path, 4, "listeners[1].color", `key "color" is not known here (known: address, tls)`},
+		{path, 4, "listeners[1].color", `key "color" is not known here (known: address, tls, redirect_https)`},
 		{path, 6, "routes[0].host", `"a*.com": a wildcard is only allowed as a whole first label, as in "*.example.com"`},
 		{path, 7, "routes[0].upstream", `upstream "missing" is not defined (defined: app)`},
 		{path, 10, "upstreams.app.balance", `balance "hashed" is unknown (known: least_conn, round_robin, hash)`},

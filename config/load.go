@@ -99,12 +99,14 @@ func Parse(file string, data []byte) (*Config, error) {
 	if len(v.problems) > 0 {
 		return nil, newError(v.problems)
 	}
+	c.Warnings = v.warnings
 	return c, nil
 }
 
 // ApplyDefaults fills every unset field with its default: balance
-// round_robin, server weight 1, route path "/", timeouts connect 5s,
-// handshake 10s, idle 1h, drain 30s, limits.max_header_bytes 16384.
+// least_conn, server weight 1, route path "/", timeouts connect 5s,
+// handshake 10s, idle 1h, drain 30s, limits.max_header_bytes 16384, TLS
+// min_version 1.2 (see the README for every key's default).
 // Parse calls it; code that builds a Config in Go should call it too.
 // It is idempotent and leaves set (even invalid) values alone, so Validate
 // still sees them.
@@ -150,6 +152,11 @@ func (c *Config) ApplyDefaults() {
 			if u.Servers[i].Weight == 0 {
 				u.Servers[i].Weight = defaultWeight
 			}
+		}
+	}
+	for i := range c.Listeners {
+		if t := c.Listeners[i].TLS; t != nil {
+			t.applyDefaults()
 		}
 	}
 	setDuration(&c.Timeouts.Connect, defaultConnect)

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -72,6 +71,7 @@ func newError(problems []Problem) *Error {
 func (c *Config) Validate() error {
 	v := &validator{src: &source{file: c.File}}
 	v.config(c)
+	c.Warnings = v.warnings
 	if len(v.problems) > 0 {
 		return newError(v.problems)
 	}
@@ -82,11 +82,20 @@ func (c *Config) Validate() error {
 type validator struct {
 	src      *source
 	problems []Problem
+	warnings []Problem
 }
 
 func (v *validator) add(path keyPath, format string, args ...any) {
 	_, line, _ := v.src.lookup(path)
 	v.problems = append(v.problems, Problem{
+		File: v.src.file, Line: line, Key: path.String(), Msg: fmt.Sprintf(format, args...),
+	})
+}
+
+// warn records something that works now but needs attention soon.
+func (v *validator) warn(path keyPath, format string, args ...any) {
+	_, line, _ := v.src.lookup(path)
+	v.warnings = append(v.warnings, Problem{
 		File: v.src.file, Line: line, Key: path.String(), Msg: fmt.Sprintf(format, args...),
 	})
 }
@@ -172,6 +181,11 @@ func (v *validator) config(c *Config) {
 	v.listeners(c.Listeners)
 	v.routes(c)
 	v.upstreams(c.Upstreams)
+	for name, u := range c.Upstreams {
+		if u != nil {
+			v.upstreamTLS(keyPath{"upstreams", name, "tls"}, u.TLS)
+		}
+	}
 
 	t := keyPath{"timeouts"}
 	for _, d := range []struct {
@@ -224,33 +238,7 @@ func (v *validator) listeners(ls []Listener) {
 		}
 		v.tls(p.key("tls"), l.TLS)
 	}
-}
-
-// tls checks a listener's TLS block. The proxy loads the certificates at
-// startup; checking here that the files can be read lets -check catch a
-// wrong path before a deploy does.
-func (v *validator) tls(p keyPath, t *TLS) {
-	if t == nil {
-		if v.written(p) { // "tls:" with nothing under it decodes to nil
-			v.add(p, "is empty; list at least one certificate, or remove the key for plain TCP")
-		}
-		return
-	}
-	if len(t.Certificates) == 0 {
-		v.add(p.key("certificates"), "at least one certificate is needed")
-	}
-	for i, c := range t.Certificates {
-		cp := p.key("certificates").index(i)
-		certOK := v.readable(cp.key("cert_file"), c.CertFile)
-		keyOK := v.readable(cp.key("key_file"), c.KeyFile)
-		if certOK && keyOK {
-			// Parse the pair as the proxy will, so a bad PEM or a key of
-			// another certificate fails -check, not the deploy.
-			if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
-				v.add(cp.key("cert_file"), "cannot use certificate %q with key %q: %v", c.CertFile, c.KeyFile, err)
-			}
-		}
-	}
+	v.redirects(ls)
 }
 
 // readable reports a file name that is empty or names no readable file,
@@ -371,7 +359,7 @@ func (v *validator) upstreams(us map[string]*Upstream) {
 				v.add(p.key("hash_bounded_load"), "must be between 1 and 10 (1.25: no server above 1.25 times the mean), not %g", u.HashBoundedLoad)
 			}
 		}
-		if u.StickyCookie != "" && !isCookieName(u.StickyCookie) {
+		if u.StickyCookie != "" && !isToken(u.StickyCookie) {
 			v.add(p.key("sticky_cookie"), "%q is not a valid cookie name (letters, digits and !#$%%&'*+-.^_`|~)", u.StickyCookie)
 		}
 		if u.Retries != nil && (*u.Retries < 0 || *u.Retries > 100) {
@@ -467,8 +455,9 @@ func checkHashKey(key string) string {
 	return ""
 }
 
-// isCookieName reports whether name is an RFC 6265 cookie name (a token).
-func isCookieName(name string) bool {
+// isToken reports whether name is an HTTP token (RFC 9110), which header
+// names and RFC 6265 cookie names both are.
+func isToken(name string) bool {
 	for _, c := range []byte(name) {
 		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
 			return false

@@ -63,6 +63,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		for _, w := range cfg.Warnings {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
 		if *check {
 			fmt.Fprintln(stdout, "ok")
 			return 0
