@@ -11,8 +11,9 @@ import (
 
 // Defaults of the TLS keys.
 const (
-	defaultMinVersion       = "1.2"
-	defaultClientCertHeader = "X-Client-Cert-Subject"
+	defaultMinVersion = "1.2"
+	// DefaultClientCertHeader carries a verified client certificate's subject.
+	DefaultClientCertHeader = "X-Client-Cert-Subject"
 	// DefaultACMEDirectory is Let's Encrypt's production directory.
 	DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 	defaultACMEStorage   = "acme"
@@ -32,7 +33,7 @@ func (t *TLS) applyDefaults() {
 		t.ClientAuth = ClientAuthRequire
 	}
 	if t.ClientCertHeader == "" {
-		t.ClientCertHeader = defaultClientCertHeader
+		t.ClientCertHeader = DefaultClientCertHeader
 	}
 	if a := t.ACME; a != nil {
 		if a.DirectoryURL == "" {

@@ -5,7 +5,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +30,14 @@ type Options struct {
 	AccessLog io.Writer
 	// ErrorLog receives upstream failures and other errors; nil means stderr.
 	ErrorLog io.Writer
+	// CertPollInterval is how often TLS certificate files are checked for
+	// changes; 0 means 2s.
+	CertPollInterval time.Duration
 }
+
+// defaultCertPoll: a renewed certificate is in use within seconds, for
+// the cost of reading a few KiB.
+const defaultCertPoll = 2 * time.Second
 
 type timeouts struct {
 	connect, handshake, idle, drain time.Duration
@@ -50,6 +56,8 @@ type Gateway struct {
 	stopBackground context.CancelFunc
 
 	listenerConfigs []config.Listener
+	listenerInfos   []*listenerInfo
+	certPoll        time.Duration
 	listeners       []net.Listener
 	servers         []*fasthttp.Server
 	wg              sync.WaitGroup // Serve loops
@@ -85,6 +93,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			drain:     cfg.Timeouts.Drain.Std(),
 		},
 		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
+		certPoll:        opts.CertPollInterval,
 		clients:         map[string]*fasthttp.HostClient{},
 		listenerConfigs: cfg.Listeners,
 		tunnels:         map[liveTunnel]struct{}{},
@@ -92,6 +101,16 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
 	}
 	g.idle = sync.NewCond(&g.mu)
+	if g.certPoll <= 0 {
+		g.certPoll = defaultCertPoll
+	}
+	for _, lc := range cfg.Listeners {
+		li, err := g.newListenerInfo(lc)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", lc.Address, err)
+		}
+		g.listenerInfos = append(g.listenerInfos, li)
+	}
 
 	pools := map[string]*upstream.Pool{}
 	policies := map[string]*Policy{}
@@ -185,21 +204,15 @@ func (g *Gateway) clientFor(srv *upstream.Server) *fasthttp.HostClient {
 // Start binds every listener and serves them in the background. If one
 // address cannot be bound, none stays bound.
 func (g *Gateway) Start() error {
-	for _, lc := range g.listenerConfigs {
+	for i, lc := range g.listenerConfigs {
 		tcp, err := net.Listen("tcp", lc.Address)
 		if err != nil {
 			g.closeListeners()
 			return fmt.Errorf("listen %s: %w", lc.Address, err)
 		}
 		var ln net.Listener = &clientListener{Listener: tcp, idle: g.timeouts.idle}
-		if lc.TLS != nil {
-			tc, err := tlsConfig(lc.TLS)
-			if err != nil {
-				ln.Close()
-				g.closeListeners()
-				return fmt.Errorf("listener %s: %w", lc.Address, err)
-			}
-			ln = tls.NewListener(ln, tc)
+		if term := g.listenerInfos[i].tls; term != nil {
+			ln = term.Listener(ln)
 		}
 		g.listeners = append(g.listeners, ln)
 	}
@@ -228,11 +241,16 @@ func (g *Gateway) Start() error {
 	for _, run := range g.background {
 		go run(bg)
 	}
+	for _, li := range g.listenerInfos {
+		if li.tls != nil {
+			go li.tls.Watch(bg, g.certPoll)
+		}
+	}
 	g.stopBackground = cancel
 	g.relay = r
 	g.accessLog.start()
-	for _, ln := range g.listeners {
-		srv := g.newServer()
+	for i, ln := range g.listeners {
+		srv := g.newServer(g.listenerInfos[i])
 		g.servers = append(g.servers, srv)
 		g.wg.Add(1)
 		go func() {
@@ -252,24 +270,9 @@ func (g *Gateway) closeListeners() {
 	g.listeners = nil
 }
 
-// tlsConfig loads a listener's certificates. Go picks among several by the
-// client's SNI, matching the names in each certificate; the first one is
-// served to clients that send no name.
-func tlsConfig(c *config.TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
-	for _, cert := range c.Certificates {
-		pair, err := tls.LoadX509KeyPair(cert.CertFile, cert.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %s: %w", cert.CertFile, err)
-		}
-		tc.Certificates = append(tc.Certificates, pair)
-	}
-	return tc, nil
-}
-
-func (g *Gateway) newServer() *fasthttp.Server {
+func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:      g.handle,
+		Handler:      func(ctx *fasthttp.RequestCtx) { g.handle(ctx, li) },
 		ErrorHandler: g.handleParseError,
 		// The client's head is relayed as it came: names unchanged, no
 		// Server/Date/Content-Type the upstream did not send.
@@ -330,17 +333,21 @@ type fasthttpLogger struct{ g *Gateway }
 func (l fasthttpLogger) Printf(format string, args ...any) { l.g.errorf(format, args...) }
 
 // handle is the entry point of every request.
-func (g *Gateway) handle(ctx *fasthttp.RequestCtx) {
+func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
+	if li.redirectHTTPS {
+		g.redirectToHTTPS(ctx)
+		return
+	}
 	rt := g.router.Match(string(ctx.Host()), string(ctx.Path()))
 	if rt == nil {
 		g.refuse(ctx, fasthttp.StatusNotFound, "no route for host "+string(ctx.Host())+" and path "+string(ctx.Path()))
 		return
 	}
 	if isUpgrade(&ctx.Request.Header) {
-		g.serveWebSocket(ctx, rt)
+		g.serveWebSocket(ctx, rt, newForwarded(ctx, li))
 		return
 	}
-	g.serveHTTP(ctx, rt)
+	g.serveHTTP(ctx, rt, newForwarded(ctx, li))
 }
 
 // handleParseError answers requests fasthttp could not parse.

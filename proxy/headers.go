@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"iter"
 	"net"
+	"strings"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/tlsterm"
 )
 
 // hopByHop are the headers that describe one connection, not the message
@@ -58,12 +60,21 @@ type forwarded struct {
 	proto    string // "http" or "https"
 	host     string // the Host the client asked for
 	priorXFF []byte // X-Forwarded-For the client sent, if any
+	// certHeader is removed from every request, whatever its spelling:
+	// only the gateway may say who the client is. certSubject, the
+	// verified client certificate's subject, is then sent under it.
+	certHeader  []byte
+	certSubject string
 }
 
-func newForwarded(ctx *fasthttp.RequestCtx) forwarded {
-	f := forwarded{clientIP: remoteIP(ctx.RemoteAddr()), proto: "http", host: string(ctx.Host())}
+func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo) forwarded {
+	f := forwarded{clientIP: remoteIP(ctx.RemoteAddr()), proto: "http", host: string(ctx.Host()),
+		certHeader: li.clientCertHeader}
 	if ctx.IsTLS() {
 		f.proto = "https"
+		if li.clientCerts {
+			f.certSubject = headerSafe(tlsterm.ClientSubject(ctx.TLSConnectionState()))
+		}
 	}
 	// Header names keep the client's spelling and fasthttp's Peek compares
 	// them byte for byte, so "x-forwarded-for" must be looked for by hand.
@@ -126,7 +137,8 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
-		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames):
+		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames),
+			bytes.EqualFold(name, f.certHeader):
 		default:
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
@@ -140,6 +152,12 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 	dst = append(dst, f.host...)
 	dst = append(dst, "\r\nX-Real-IP: "...)
 	dst = append(dst, f.clientIP...)
+	if f.certSubject != "" {
+		dst = append(dst, "\r\n"...)
+		dst = append(dst, f.certHeader...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.certSubject...)
+	}
 	return append(dst, "\r\n\r\n"...)
 }
 
@@ -208,7 +226,8 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
 	h := &req.Header
 	dropped := connectionTokensOf(h)
 	delHeadersFunc(h, func(name []byte) bool {
-		return isOneOf(name, hopByHop) || isOneOf(name, dropped) || isOneOf(name, forwardedNames)
+		return isOneOf(name, hopByHop) || isOneOf(name, dropped) || isOneOf(name, forwardedNames) ||
+			bytes.EqualFold(name, f.certHeader)
 	})
 	// fasthttp tracks "Connection: close" as a flag, not a header; the
 	// upstream connection is the gateway's to keep alive.
@@ -217,6 +236,20 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
 	h.Set("X-Forwarded-Proto", f.proto)
 	h.Set("X-Forwarded-Host", f.host)
 	h.Set("X-Real-IP", f.clientIP)
+	if f.certSubject != "" {
+		h.SetBytesK(f.certHeader, f.certSubject)
+	}
+}
+
+// headerSafe replaces control characters, which a certificate's subject
+// may hold but a header value must not (a CR LF would split the head).
+func headerSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // cleanHTTPResponse removes hop-by-hop headers from an upstream response

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/config"
 )
 
 func TestHasToken(t *testing.T) {
@@ -53,7 +54,7 @@ func forwardedFor(h *fasthttp.RequestHeader) forwarded {
 	h.CopyTo(&req.Header)
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
-	return newForwarded(&ctx)
+	return newForwarded(&ctx, &listenerInfo{clientCertHeader: []byte(config.DefaultClientCertHeader)})
 }
 
 func TestAppendUpgradeRequestHead(t *testing.T) {

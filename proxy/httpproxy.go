@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -87,17 +89,25 @@ func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
 
 // serveHTTP reverse-proxies a plain HTTP request to the route's pool,
 // streaming both bodies.
-func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
+func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	// fasthttp ends the client's connection only when its Connection value
 	// is exactly "close"; RFC 9112 section 9.6 makes "close" a
 	// case-insensitive token of a list ("close, X-Hop", "Close"). Read it
 	// before prepareHTTPRequest strips the header.
 	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
-	prepareHTTPRequest(&ctx.Request, newForwarded(ctx))
+	prepareHTTPRequest(&ctx.Request, f)
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
 		srv.Acquire()
-		err := g.clientFor(srv).Do(&ctx.Request, resp)
+		hc := g.clientFor(srv)
+		// A request that came over TLS carries the https scheme, and a
+		// HostClient refuses a request whose scheme is not its own.
+		if hc.IsTLS {
+			ctx.Request.URI().SetScheme("https")
+		} else {
+			ctx.Request.URI().SetScheme("http")
+		}
+		err := hc.Do(&ctx.Request, resp)
 		if err != nil {
 			srv.Release()
 			fasthttp.ReleaseResponse(resp)
@@ -107,6 +117,13 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route) {
 				return &tryFailure{fasthttp.StatusBadGateway, "no upstream server of " + rt.Pool.Name + " could be reached"}
 			}
 			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
+			if replayable(&ctx.Request) && isConnectionLost(err) {
+				// The server died with kept-alive conns in the pool: they
+				// all fail the same way, and fasthttp's own retry may take
+				// another of them. Nothing reached the client yet, and the
+				// request has no body to lose, so another server takes it.
+				return &tryFailure{fasthttp.StatusBadGateway, "upstream failed to answer"}
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
 				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
 			} else {
@@ -180,4 +197,23 @@ func (b *upstreamBody) Close() error {
 	b.srv.Release()
 	b.g.writeRequestLog(b.log, b.n)
 	return err
+}
+
+// replayable reports whether a request can be sent to another server after
+// a failure: an idempotent method without a body (a streamed body has been
+// consumed by the first try).
+func replayable(req *fasthttp.Request) bool {
+	m := req.Header.Method()
+	idempotent := bytes.Equal(m, []byte("GET")) || bytes.Equal(m, []byte("HEAD")) || bytes.Equal(m, []byte("OPTIONS"))
+	// -2: neither Content-Length nor Transfer-Encoding, which in a request
+	// means no body (RFC 9112 section 6.3).
+	cl := req.Header.ContentLength()
+	return idempotent && (cl == 0 || cl == -2)
+}
+
+// isConnectionLost reports errors of a connection that broke before the
+// server's answer began: closed, reset, or ended early.
+func isConnectionLost(err error) bool {
+	return errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -659,3 +659,61 @@ func TestHTTPHeadAndNoContent(t *testing.T) {
 		}
 	}
 }
+
+// A server that dies with kept-alive connections in the gateway's pool:
+// every stale connection fails the same way, and a GET that meets one goes
+// to the other server instead of answering 502.
+func TestDeadServerStaleConnsFailOver(t *testing.T) {
+	release := make(chan struct{})
+	var dying *http.Server
+	dyingLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dying = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		io.WriteString(w, "dying")
+	})}
+	go dying.Serve(dyingLn)
+	defer dying.Close()
+	alive := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "alive") }))
+
+	cfg := configFor(dyingLn.Addr().String(), alive)
+	cfg.Upstreams["backend"].Balance = "round_robin"
+	zero := 0
+	cfg.Upstreams["backend"].MaxFails = &zero // keep the dead server in rotation: every request may meet it
+	cfg.ApplyDefaults()
+	addr := startGateway(t, cfg).Addrs()[0].String()
+
+	// Fill the gateway's pool for the dying server with idle conns: eight
+	// requests held at once, then answered.
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, err := http.Get("http://" + addr + "/hold"); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	dying.Close() // closes its listener and every idle conn: the pool is stale
+
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := range 20 {
+		resp, err := client.Get("http://" + addr + "/after")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "alive" {
+			t.Fatalf("request %d after the server died: %d %q", i, resp.StatusCode, body)
+		}
+	}
+}

@@ -22,7 +22,7 @@ var errHeadTooLarge = errors.New("upstream response head exceeds 64 KiB")
 // serveWebSocket forwards a client's WebSocket handshake to a server of the
 // route's pool, relays the answer and, on a valid 101, hands both conns to
 // a tunnel.
-func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
+func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	key, herr := checkClientHandshake(&ctx.Request.Header)
 	if herr != nil {
 		g.refuse(ctx, herr.status, herr.reason)
@@ -32,7 +32,7 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route) {
 		}
 		return
 	}
-	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, newForwarded(ctx))
+	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, f)
 
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		conn, err := net.DialTimeout("tcp", srv.Address, g.timeouts.connect)

@@ -161,7 +161,7 @@ func TestSIGHUPKeepsServing(t *testing.T) {
 	p := startGateway(t, gw, routedConfig(gw, wsAddr, httpAddr, ""))
 
 	p.signal(t, syscall.SIGHUP)
-	p.waitOutput(t, p.stderr, "reload is not supported", 5*time.Second)
+	p.waitOutput(t, p.stderr, "reloading the rest of the configuration is not supported", 5*time.Second)
 
 	if status, _ := httpGet(t, gw, "a.example.test", "/after-hup"); status != 200 {
 		t.Errorf("GET after SIGHUP: status %d, want 200", status)

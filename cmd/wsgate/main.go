@@ -96,9 +96,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			// Catching HUP keeps a `systemctl reload` from killing the
-			// gateway; reloading the file is not built yet.
-			fmt.Fprintln(stderr, "wsgate: SIGHUP: configuration reload is not supported yet; restart to apply changes")
+			// Certificates are read again (the error log says whether they
+			// loaded); the rest of the file is not reloaded yet.
+			gw.ReloadCertificates()
+			fmt.Fprintln(stderr, "wsgate: SIGHUP: TLS certificates read again; reloading the rest of the configuration is not supported yet, restart to apply it")
 			continue
 		}
 		break

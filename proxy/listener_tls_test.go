@@ -1,0 +1,452 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/config"
+)
+
+// testPKI is a CA made for one test, issuing server and client
+// certificates into dir.
+type testPKI struct {
+	t     testing.TB
+	dir   string
+	key   *ecdsa.PrivateKey
+	cert  *x509.Certificate
+	roots *x509.CertPool
+	// CAFile is the CA certificate in PEM.
+	CAFile string
+}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "wsgate test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	p := &testPKI{t: t, dir: t.TempDir(), key: key, cert: cert, roots: x509.NewCertPool()}
+	p.roots.AddCert(cert)
+	p.CAFile = p.write("ca.crt", "CERTIFICATE", der)
+	return p
+}
+
+func (p *testPKI) write(name, typ string, der []byte) string {
+	path := filepath.Join(p.dir, name)
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		p.t.Fatal(err)
+	}
+	return path
+}
+
+// issue writes a certificate signed by the CA, for the subject and DNS
+// names given, and its key; file names start with base.
+func (p *testPKI) issue(base string, serial int64, subject pkix.Name, usage x509.ExtKeyUsage, names ...string) (certFile, keyFile string) {
+	p.t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      subject,
+		DNSNames:     names,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return p.write(base+".crt", "CERTIFICATE", der), p.write(base+".key", "EC PRIVATE KEY", keyDER)
+}
+
+func (p *testPKI) server(base string, serial int64, names ...string) config.Certificate {
+	c, k := p.issue(base, serial, pkix.Name{CommonName: names[0]}, x509.ExtKeyUsageServerAuth, names...)
+	return config.Certificate{CertFile: c, KeyFile: k}
+}
+
+// clientCert is a client certificate for mutual TLS.
+func (p *testPKI) clientCert(base string, subject pkix.Name) tls.Certificate {
+	c, k := p.issue(base, 100, subject, x509.ExtKeyUsageClientAuth)
+	pair, err := tls.LoadX509KeyPair(c, k)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return pair
+}
+
+// startTLSGateway starts a gateway whose one listener speaks TLS with tc,
+// in front of upstream; the error log goes to errLog when it is not nil.
+func startTLSGateway(t *testing.T, upstream string, tc *config.TLS, errLog io.Writer) *Gateway {
+	t.Helper()
+	cfg := configFor(upstream)
+	cfg.Listeners[0].TLS = tc
+	cfg.ApplyDefaults()
+	if errLog == nil {
+		errLog = testLog{t}
+	}
+	g, err := New(cfg, Options{AccessLog: io.Discard, ErrorLog: errLog, CertPollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+	return g
+}
+
+// servedCert opens a TLS connection with the given SNI name (none when
+// empty) and returns the leaf certificate the gateway presented, verified
+// against roots for wantName.
+func servedCert(t *testing.T, addr, sni string, roots *x509.CertPool) *x509.Certificate {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("handshake with SNI %q: %v", sni, err)
+	}
+	defer c.Close()
+	leaf := c.ConnectionState().PeerCertificates[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots}); err != nil {
+		t.Fatalf("SNI %q: served certificate does not chain to the test CA: %v", sni, err)
+	}
+	return leaf
+}
+
+// Several certificates on one listener: each SNI name gets the certificate
+// that names it (exact first, then wildcard), no SNI or an unknown name
+// gets the first one, and a wss client that verifies chain and name works.
+func TestTLSCertificatesBySNI(t *testing.T) {
+	pki := newTestPKI(t)
+	tc := &config.TLS{Certificates: []config.Certificate{
+		pki.server("default", 10, "default.test"),
+		pki.server("a", 11, "a.test"),
+		pki.server("wild", 12, "*.b.test"),
+		pki.server("exact", 13, "x.b.test"),
+	}}
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), tc, nil)
+	addr := g.Addrs()[0].String()
+	for sni, serial := range map[string]int64{
+		"": 10, "unknown.test": 10, "a.test": 11, "A.TEST": 11, "y.b.test": 12, "x.b.test": 13, "deep.y.b.test": 10,
+	} {
+		if got := servedCert(t, addr, sni, pki.roots); got.SerialNumber.Int64() != serial {
+			t.Errorf("SNI %q got serial %d, want %d", sni, got.SerialNumber, serial)
+		}
+	}
+
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "y.b.test"}}
+	c, _, err := d.Dial("wss://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoOnce(t, c, "over wss with a wildcard certificate")
+}
+
+func echoOnce(t *testing.T, c *websocket.Conn, msg string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.ReadMessage(); err != nil || string(got) != msg {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+}
+
+// Old TLS versions are refused; min_version 1.3 refuses 1.2; a client that
+// offers h2 and http/1.1 gets http/1.1 and its request is served.
+func TestTLSVersionsAndALPN(t *testing.T) {
+	pki := newTestPKI(t)
+	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	g := startTLSGateway(t, up, &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}, nil)
+	addr := g.Addrs()[0].String()
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pki.roots, ServerName: "s.test", MinVersion: v, MaxVersion: v})
+		if err == nil {
+			c.Close()
+			t.Fatalf("a TLS %s client was accepted", tls.VersionName(v))
+		}
+	}
+
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pki.roots, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Fatalf("ALPN chose %q", p)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: s.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 100))
+	if resp.StatusCode != 200 || string(body) != "hello" {
+		t.Fatalf("over http/1.1 ALPN: %d %q", resp.StatusCode, body)
+	}
+
+	g13 := startTLSGateway(t, up, &config.TLS{MinVersion: "1.3", Certificates: []config.Certificate{pki.server("s13", 3, "s.test")}}, io.Discard)
+	if c, err := tls.Dial("tcp", g13.Addrs()[0].String(), &tls.Config{RootCAs: pki.roots, ServerName: "s.test", MaxVersion: tls.VersionTLS12}); err == nil {
+		c.Close()
+		t.Fatal("min_version 1.3 accepted a TLS 1.2 client")
+	}
+}
+
+// Plain HTTP on the TLS port gets a 400 that says to use TLS; garbage gets
+// a close; a tunnel that was open meanwhile is not disturbed.
+func TestTLSPortRefusesPlainHTTPAndGarbage(t *testing.T) {
+	pki := newTestPKI(t)
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}, io.Discard)
+	addr := g.Addrs()[0].String()
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}}
+	live, _, err := d.Dial("wss://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+
+	plain, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	io.WriteString(plain, "GET / HTTP/1.1\r\nHost: s.test\r\n\r\n")
+	plain.SetReadDeadline(time.Now().Add(5 * time.Second))
+	answer, _ := io.ReadAll(plain)
+	if !bytes.HasPrefix(answer, []byte("HTTP/1.1 400 ")) || !bytes.Contains(answer, []byte("use https:// or wss://")) {
+		t.Fatalf("plain HTTP on the TLS port got %q", answer)
+	}
+
+	junk, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer junk.Close()
+	junk.Write([]byte("\x16\x03\x01\x00\x05garbage that is not a ClientHello"))
+	junk.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(junk); err != nil {
+		t.Fatalf("garbage: the gateway did not close the connection: %v", err)
+	}
+
+	echoOnce(t, live, "still here")
+}
+
+// A certificate replaced on disk is served to the next handshake without a
+// restart, and a tunnel opened before goes on; a corrupt replacement is
+// refused with a log line and the certificate in use stays; SIGHUP's
+// reload does the same on demand.
+func TestTLSCertificateReload(t *testing.T) {
+	pki := newTestPKI(t)
+	errLog := &syncBuffer{}
+	cert := pki.server("live", 1, "s.test")
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
+	addr := g.Addrs()[0].String()
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}}
+	before, _, err := d.Dial("wss://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+
+	// Renewal as certbot does it: new files moved into place.
+	renewed := pki.server("renewed", 2, "s.test")
+	os.Rename(renewed.CertFile, cert.CertFile)
+	os.Rename(renewed.KeyFile, cert.KeyFile)
+	waitFor(t, "the renewed certificate", func() bool {
+		return servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64() == 2
+	})
+	echoOnce(t, before, "opened before the renewal")
+
+	os.WriteFile(cert.CertFile, []byte("-----BEGIN CERTIFICATE-----\ntruncated"), 0o600)
+	waitFor(t, "the refused reload in the log", func() bool {
+		return strings.Contains(errLog.String(), "certificate reload refused, the certificates in use stay")
+	})
+	if got := servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64(); got != 2 {
+		t.Fatalf("after a corrupt replacement the gateway serves serial %d", got)
+	}
+	if err := g.ReloadCertificates(); err == nil {
+		t.Fatal("ReloadCertificates accepted a corrupt certificate")
+	}
+
+	third := pki.server("third", 3, "s.test")
+	os.Rename(third.CertFile, cert.CertFile)
+	os.Rename(third.KeyFile, cert.KeyFile)
+	if err := g.ReloadCertificates(); err != nil {
+		t.Fatal(err)
+	}
+	if got := servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64(); got != 3 {
+		t.Fatalf("after ReloadCertificates: serial %d", got)
+	}
+	echoOnce(t, before, "still open after two reloads")
+}
+
+// Mutual TLS: with require, a client without a certificate is refused;
+// with one, the upstream learns its subject in the configured header, and
+// a copy of that header sent by the client never reaches the upstream
+// (WebSocket and plain HTTP paths alike).
+func TestMutualTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	seen := make(chan http.Header, 4)
+	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		if websocket.IsWebSocketUpgrade(r) {
+			if c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil); err == nil {
+				c.Close()
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	for _, auth := range []string{config.ClientAuthRequire, config.ClientAuthVerifyIfGiven} {
+		t.Run(auth, func(t *testing.T) {
+			tc := &config.TLS{
+				Certificates: []config.Certificate{pki.server("s-"+auth, 2, "s.test")},
+				ClientCAFile: pki.CAFile, ClientAuth: auth, ClientCertHeader: "X-Client-DN",
+			}
+			g := startTLSGateway(t, up, tc, io.Discard)
+			addr := g.Addrs()[0].String()
+			forged := http.Header{"x-client-dn": {"CN=admin"}}
+
+			// No certificate.
+			d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}, HandshakeTimeout: 5 * time.Second}
+			c, _, err := d.Dial("wss://"+addr+"/", forged)
+			if auth == config.ClientAuthRequire {
+				if err == nil {
+					c.Close()
+					t.Fatal("a client without a certificate got through")
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+				if h := recvHeader(t, seen); h.Get("X-Client-DN") != "" {
+					t.Fatalf("without a certificate the upstream saw X-Client-DN %q", h.Get("X-Client-DN"))
+				}
+			}
+
+			// A certificate from the CA, plus a forged header.
+			alice := pki.clientCert("alice-"+auth, pkix.Name{CommonName: "alice", Organization: []string{"Example"}})
+			d.TLSClientConfig.Certificates = []tls.Certificate{alice}
+			c, _, err = d.Dial("wss://"+addr+"/", forged)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if got := recvHeader(t, seen)["X-Client-Dn"]; len(got) != 1 || got[0] != "CN=alice,O=Example" {
+				t.Fatalf("websocket: upstream saw X-Client-DN %q, want only CN=alice,O=Example", got)
+			}
+
+			client := &http.Client{Transport: &http.Transport{TLSClientConfig: d.TLSClientConfig}}
+			req, _ := http.NewRequest("GET", "https://"+addr+"/page", nil)
+			req.Header["x-CLIENT-dn"] = []string{"CN=root"}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			client.CloseIdleConnections()
+			if resp.StatusCode != 200 {
+				t.Fatalf("http over mutual TLS: %s", resp.Status)
+			}
+			if got := recvHeader(t, seen)["X-Client-Dn"]; len(got) != 1 || got[0] != "CN=alice,O=Example" {
+				t.Fatalf("http: upstream saw X-Client-DN %q, want only CN=alice,O=Example", got)
+			}
+		})
+	}
+}
+
+// recvHeader waits up to 5 s for the headers an upstream saw.
+func recvHeader(t *testing.T, seen <-chan http.Header) http.Header {
+	t.Helper()
+	select {
+	case h := <-seen:
+		return h
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+		return nil
+	}
+}
+
+// redirect_https: requests get a 308 to the https port with the same host,
+// path and query; an upgrade gets a 400 naming the wss URL.
+func TestRedirectHTTPS(t *testing.T) {
+	pki := newTestPKI(t)
+	cfg := configFor(echoUpstream(t, websocket.Upgrader{}))
+	cfg.Listeners = []config.Listener{
+		{Address: "127.0.0.1:0", RedirectHTTPS: true},
+		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}},
+	}
+	cfg.ApplyDefaults()
+	g := startGateway(t, cfg)
+	plainAddr := g.Addrs()[0].String()
+	_, tlsPort, _ := net.SplitHostPort(g.Addrs()[1].String())
+
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, method := range []string{"GET", "POST"} {
+		req, _ := http.NewRequest(method, "http://"+plainAddr+"/chat/room?x=1", nil)
+		req.Host = "s.test"
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := "https://s.test:" + tlsPort + "/chat/room?x=1"; resp.StatusCode != 308 || resp.Header.Get("Location") != want {
+			t.Fatalf("%s: %d Location %q, want 308 %q", method, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+
+	_, resp, err := websocket.DefaultDialer.Dial("ws://"+plainAddr+"/chat", http.Header{"Host": {"s.test"}})
+	if err == nil || resp == nil || resp.StatusCode != 400 {
+		t.Fatalf("upgrade on a redirect listener: %v %v", resp, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if want := "wss://s.test:" + tlsPort + "/chat"; !strings.Contains(string(body), want) {
+		t.Fatalf("400 body %q does not name %s", body, want)
+	}
+}

@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/tlsterm"
+)
+
+// listenerInfo is what handling a request needs to know about the
+// listener it arrived on.
+type listenerInfo struct {
+	tls *tlsterm.Terminator // nil on a plain listener
+	// clientCertHeader is stripped from every request on this listener;
+	// with clientCerts, the verified subject is sent under it.
+	clientCertHeader []byte
+	clientCerts      bool
+	// redirectHTTPS answers every request with a redirect to https.
+	redirectHTTPS bool
+}
+
+func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
+	li := &listenerInfo{
+		clientCertHeader: []byte(config.DefaultClientCertHeader),
+		redirectHTTPS:    lc.RedirectHTTPS,
+	}
+	if lc.TLS == nil {
+		return li, nil
+	}
+	term, err := tlsterm.New(lc.TLS, tlsterm.Options{Logf: g.errorf, HandshakeTimeout: g.timeouts.handshake})
+	if err != nil {
+		return nil, err
+	}
+	li.tls = term
+	li.clientCertHeader = []byte(lc.TLS.ClientCertHeader)
+	li.clientCerts = lc.TLS.ClientCAFile != ""
+	return li, nil
+}
+
+// ReloadCertificates reads every TLS listener's certificate files again
+// (SIGHUP). Handshakes after it use the new certificates; live connections
+// are untouched. A listener whose files do not load keeps the certificates
+// it has; the error is logged and returned.
+func (g *Gateway) ReloadCertificates() error {
+	var first error
+	for _, li := range g.listenerInfos {
+		if li.tls != nil {
+			if err := li.tls.Reload(); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// redirectToHTTPS answers a request on a redirect_https listener: 308 to
+// the same host, path and query on the first TLS listener's port (308, not
+// 301, so a POST stays a POST). A WebSocket upgrade cannot follow a
+// redirect (browsers fail the connection), so it gets a 400 that says
+// what to use instead.
+func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
+	host := string(ctx.Host())
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "" {
+		g.refuse(ctx, fasthttp.StatusBadRequest, "this listener redirects to https and needs a Host header")
+		return
+	}
+	if strings.Contains(host, ":") { // an IPv6 literal
+		host = "[" + host + "]"
+	}
+	if port := g.httpsPort(); port != "" && port != "443" {
+		host += ":" + port
+	}
+	if isUpgrade(&ctx.Request.Header) {
+		g.refuse(ctx, fasthttp.StatusBadRequest, "this listener only redirects to https; connect with wss://"+host+string(ctx.RequestURI()))
+		return
+	}
+	location := "https://" + host + string(ctx.RequestURI())
+	g.refuse(ctx, fasthttp.StatusPermanentRedirect, "use "+location)
+	ctx.Response.Header.Set("Location", location)
+}
+
+// httpsPort is the bound port of the first TLS listener.
+func (g *Gateway) httpsPort() string {
+	for i, li := range g.listenerInfos {
+		if li.tls != nil && i < len(g.listeners) {
+			if tcp, ok := g.listeners[i].Addr().(*net.TCPAddr); ok {
+				return strconv.Itoa(tcp.Port)
+			}
+		}
+	}
+	return ""
+}

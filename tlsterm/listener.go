@@ -1,0 +1,98 @@
+package tlsterm
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// plainHTTPAnswer is sent to a client that spoke plain HTTP to a TLS port,
+// as nginx ("The plain HTTP request was sent to HTTPS port") and Go's
+// net/http do, instead of a bare close the user cannot explain.
+const plainHTTPAnswer = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" +
+	"This port speaks TLS: use https:// or wss://.\n"
+
+// Listener wraps inner so every accepted connection speaks TLS with t's
+// configuration. The handshake runs on the first Read or Write, bounded by
+// the handshake timeout; a client that sends plain HTTP gets a 400 saying
+// so, and any handshake failure closes only that connection.
+func (t *Terminator) Listener(inner net.Listener) net.Listener {
+	return &listener{Listener: inner, t: t}
+}
+
+type listener struct {
+	net.Listener
+	t *Terminator
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: tls.Server(c, l.t.tlsConfig), t: l.t}, nil
+}
+
+// Conn is a server-side TLS connection whose handshake is bounded and
+// reported. It embeds *tls.Conn, so fasthttp sees its ConnectionState and
+// a tunnel can CloseWrite it.
+type Conn struct {
+	*tls.Conn
+	t    *Terminator
+	once sync.Once
+	err  error
+}
+
+// Read completes the handshake first.
+func (c *Conn) Read(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+// Write completes the handshake first.
+func (c *Conn) Write(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// Handshake runs the handshake once, bounded by the handshake timeout.
+func (c *Conn) Handshake() error { return c.handshake() }
+
+func (c *Conn) handshake() error {
+	c.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.t.opts.HandshakeTimeout)
+		defer cancel()
+		c.err = c.Conn.HandshakeContext(ctx)
+		if c.err == nil {
+			return
+		}
+		var rh tls.RecordHeaderError
+		if errors.As(c.err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
+			rh.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			rh.Conn.Write([]byte(plainHTTPAnswer))
+			c.err = errPlainHTTP
+		}
+		// The failure reaches the server's error log through the Read
+		// that called us (fasthttp logs it with both addresses).
+	})
+	return c.err
+}
+
+// looksLikeHTTP reports whether the first bytes of a connection are the
+// start of an HTTP/1 request line.
+func looksLikeHTTP(b []byte) bool {
+	for _, m := range []string{"GET ", "HEAD", "POST", "PUT ", "DELE", "OPTI", "PATC", "CONN", "TRAC"} {
+		if bytes.HasPrefix(b, []byte(m)) {
+			return true
+		}
+	}
+	return false
+}
