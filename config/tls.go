@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -144,8 +145,10 @@ func (v *validator) acme(p keyPath, a *ACME) {
 	for i, d := range a.Domains {
 		if strings.HasPrefix(d, "*.") {
 			v.add(p.key("domains").index(i), "%q: wildcard names need the DNS-01 challenge, which wsgate does not answer; list the names", d)
-		} else if !validHostName(d) || !strings.Contains(d, ".") && d != "localhost" {
-			v.add(p.key("domains").index(i), "%q is not a DNS name", d)
+		} else if net.ParseIP(d) != nil {
+			v.add(p.key("domains").index(i), "%q: ACME certificates here are for DNS names; clients send no SNI for an IP address", d)
+		} else if !validHostName(d) || !strings.Contains(d, ".") {
+			v.add(p.key("domains").index(i), "%q is not a DNS name with a dot (a CA issues none for a bare name such as localhost)", d)
 		}
 	}
 	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {

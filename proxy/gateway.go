@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/acmecert"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/upstream"
@@ -72,8 +73,10 @@ type Gateway struct {
 	stopped bool       // drain is over: a late tunnel is closed at once
 	idle    *sync.Cond // signalled when the last tunnel ends
 
-	accessLog *accessLog
-	errorLog  *log.Logger
+	accessLog   *accessLog
+	errorLog    *log.Logger
+	errorWriter io.Writer           // behind errorLog, for parts that format their own lines
+	acme        []*acmecert.Manager // of the TLS listeners with acme
 }
 
 // New builds a gateway from a validated configuration. Defaults must have
@@ -99,6 +102,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		tunnels:         map[liveTunnel]struct{}{},
 		accessLog:       newAccessLog(opts.AccessLog),
 		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
+		errorWriter:     opts.ErrorLog,
 	}
 	g.idle = sync.NewCond(&g.mu)
 	if g.certPoll <= 0 {
@@ -334,6 +338,10 @@ func (l fasthttpLogger) Printf(format string, args ...any) { l.g.errorf(format, 
 
 // handle is the entry point of every request.
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
+	if li.tls == nil && len(g.acme) > 0 && g.answerACMEChallenge(ctx) {
+		// HTTP-01 comes to port 80, before any redirect or route.
+		return
+	}
 	if li.redirectHTTPS {
 		g.redirectToHTTPS(ctx)
 		return
@@ -428,6 +436,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	if g.stopBackground != nil {
 		g.stopBackground()
+	}
+	for _, m := range g.acme {
+		m.Close() // its renewal timers cannot be stopped; this mutes them
 	}
 	g.accessLog.close()
 	if len(left) > 0 {

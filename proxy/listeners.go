@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/acmecert"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/tlsterm"
 )
@@ -30,7 +31,16 @@ func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
 	if lc.TLS == nil {
 		return li, nil
 	}
-	term, err := tlsterm.New(lc.TLS, tlsterm.Options{Logf: g.errorf, HandshakeTimeout: g.timeouts.handshake})
+	opts := tlsterm.Options{Logf: g.errorf, HandshakeTimeout: g.timeouts.handshake}
+	if lc.TLS.ACME != nil {
+		m, err := acmecert.New(lc.TLS.ACME, g.errorWriter)
+		if err != nil {
+			return nil, err
+		}
+		g.acme = append(g.acme, m)
+		opts.Managed = m
+	}
+	term, err := tlsterm.New(lc.TLS, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -95,4 +105,15 @@ func (g *Gateway) httpsPort() string {
 		}
 	}
 	return ""
+}
+
+// answerACMEChallenge answers an HTTP-01 challenge for one of the ACME
+// managers' names; it reports whether it did.
+func (g *Gateway) answerACMEChallenge(ctx *fasthttp.RequestCtx) bool {
+	for _, m := range g.acme {
+		if m.ServeHTTPChallenge(ctx) {
+			return true
+		}
+	}
+	return false
 }
