@@ -18,6 +18,7 @@ import (
 	"github.com/wsgate/wsgate/acmecert"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/relay"
+	"github.com/wsgate/wsgate/tlsterm"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -361,7 +362,11 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 // handleParseError answers requests fasthttp could not parse.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var tooBig *fasthttp.ErrSmallBuffer
+	var handshake *tlsterm.HandshakeError
 	switch {
+	case errors.As(err, &handshake):
+		// Not a request: nothing can be written to the connection, and
+		// fasthttp's error log already has the reason.
 	case errors.As(err, &tooBig):
 		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
 	default:

@@ -70,18 +70,19 @@ func (c *Conn) handshake() error {
 	c.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), c.t.opts.HandshakeTimeout)
 		defer cancel()
-		c.err = c.Conn.HandshakeContext(ctx)
-		if c.err == nil {
+		err := c.Conn.HandshakeContext(ctx)
+		if err == nil {
 			return
 		}
 		var rh tls.RecordHeaderError
-		if errors.As(c.err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
+		if errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
 			rh.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 			rh.Conn.Write([]byte(plainHTTPAnswer))
-			c.err = errPlainHTTP
+			err = errPlainHTTP
 		}
 		// The failure reaches the server's error log through the Read
 		// that called us (fasthttp logs it with both addresses).
+		c.err = &HandshakeError{Err: err}
 	})
 	return c.err
 }
@@ -96,3 +97,12 @@ func looksLikeHTTP(b []byte) bool {
 	}
 	return false
 }
+
+// HandshakeError is a TLS handshake that failed: no request was read from
+// the connection, so there is nothing to answer or to log as a request.
+type HandshakeError struct{ Err error }
+
+func (e *HandshakeError) Error() string { return "tls handshake: " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *HandshakeError) Unwrap() error { return e.Err }
