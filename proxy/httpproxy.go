@@ -131,6 +131,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 			}
 			return nil
 		}
+		rt.Pool.ReportSuccess(srv)
 		g.relayResponse(ctx, rt, resp, srv)
 		if c := rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()); c != "" {
 			ctx.Response.Header.Add("Set-Cookie", c)
