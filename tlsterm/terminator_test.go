@@ -1,0 +1,110 @@
+package tlsterm
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsgate/wsgate/config"
+)
+
+// writePair writes a self-signed certificate for names, valid until
+// notAfter, with the given serial.
+func writePair(t *testing.T, dir, base string, serial int64, notAfter time.Time, names ...string) config.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: names[0]},
+		DNSNames:     names,
+		NotBefore:    time.Now().Add(-48 * time.Hour),
+		NotAfter:     notAfter,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	c := config.Certificate{CertFile: filepath.Join(dir, base+".crt"), KeyFile: filepath.Join(dir, base+".key")}
+	os.WriteFile(c.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(c.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return c
+}
+
+func serialFor(t *testing.T, term *Terminator, sni string) int64 {
+	t.Helper()
+	c, err := term.getCertificate(&tls.ClientHelloInfo{ServerName: sni})
+	if err != nil {
+		t.Fatalf("SNI %q: %v", sni, err)
+	}
+	return c.Leaf.SerialNumber.Int64()
+}
+
+func TestLookupOrder(t *testing.T) {
+	dir := t.TempDir()
+	day := time.Now().Add(24 * time.Hour)
+	term, err := New(&config.TLS{Certificates: []config.Certificate{
+		writePair(t, dir, "first", 1, day, "first.test"),
+		writePair(t, dir, "wild", 2, day, "*.example.test"),
+		writePair(t, dir, "exact", 3, day, "api.example.test", "other.test"),
+		writePair(t, dir, "dup", 4, day, "first.test"), // listed twice: the first wins
+	}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for sni, want := range map[string]int64{
+		"": 1, "first.test": 1, "nobody.test": 1, "www.example.test": 2, "api.example.test": 3,
+		"API.Example.Test.": 3, "other.test": 3, "a.b.example.test": 1, "example.test": 1,
+	} {
+		if got := serialFor(t, term, sni); got != want {
+			t.Errorf("SNI %q: serial %d, want %d", sni, got, want)
+		}
+	}
+}
+
+// A reload that meets an expired or mismatched pair keeps the certificates
+// in use and says why; a poll reports one broken change once.
+func TestReloadRefusesBrokenPairs(t *testing.T) {
+	dir := t.TempDir()
+	cert := writePair(t, dir, "live", 1, time.Now().Add(24*time.Hour), "s.test")
+	var logged []string
+	term, err := New(&config.TLS{Certificates: []config.Certificate{cert}}, Options{
+		Logf: func(format string, args ...any) { logged = append(logged, format) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := writePair(t, dir, "expired", 2, time.Now().Add(-time.Hour), "s.test")
+	os.Rename(expired.CertFile, cert.CertFile)
+	os.Rename(expired.KeyFile, cert.KeyFile)
+	if err := term.Reload(); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("reload of an expired certificate: %v", err)
+	}
+	if got := serialFor(t, term, "s.test"); got != 1 {
+		t.Fatalf("serving serial %d after a refused reload", got)
+	}
+	other := writePair(t, dir, "other", 3, time.Now().Add(24*time.Hour), "s.test")
+	os.Rename(other.KeyFile, cert.KeyFile) // a key of another certificate
+	logged = nil
+	term.reloadIfChanged()
+	term.reloadIfChanged()
+	if len(logged) != 1 || !strings.Contains(logged[0], "refused") {
+		t.Fatalf("log after two polls of one broken change: %q", logged)
+	}
+	if got := serialFor(t, term, "s.test"); got != 1 {
+		t.Fatalf("serving serial %d after a mismatched key", got)
+	}
+}
