@@ -98,7 +98,6 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	prepareHTTPRequest(&ctx.Request, f)
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
-		srv.Acquire()
 		hc := g.clientFor(srv)
 		// A request that came over TLS carries the https scheme, and a
 		// HostClient refuses a request whose scheme is not its own.
@@ -109,7 +108,6 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 		}
 		err := hc.Do(&ctx.Request, resp)
 		if err != nil {
-			srv.Release()
 			fasthttp.ReleaseResponse(resp)
 			var de *dialError
 			if errors.As(err, &de) {
@@ -124,6 +122,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 				// request has no body to lose, so another server takes it.
 				return &tryFailure{fasthttp.StatusBadGateway, "upstream failed to answer"}
 			}
+			srv.Release()
 			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
 				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
 			} else {

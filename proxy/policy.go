@@ -82,6 +82,10 @@ type placement struct {
 	tried []*upstream.Server
 }
 
+// maxLostRaces bounds how often one request re-picks because servers
+// filled up between Pick and Acquire, before it answers 503.
+const maxLostRaces = 16
+
 // tryServers offers the route's servers to try, as the balancer orders
 // them and each at most once, until try returns nil (done: answered or
 // relayed). A try that fails before anything reached the client counts
@@ -91,12 +95,26 @@ type placement struct {
 // left to offer the client gets 502, or 503 when every usable server is at
 // max_conns. Both paths retry only here, so the rules for moving on live
 // in one place.
+//
+// try is called with a lease on the server taken (Acquire). When try
+// fails, the lease is released here; when it returns nil, the lease is
+// try's to release when the exchange ends (tunnel closed, body relayed,
+// error answered).
 func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
 	start := time.Now()
 	pl := &placement{req: rt.Policy.request(ctx, remoteIP(ctx.RemoteAddr()))}
 	tries := rt.Policy.tries(len(rt.Pool.Servers()))
+	lostRaces := 0
 	for {
 		srv, err := rt.Pool.Pick(&pl.req, pl.tried)
+		if err == nil && !srv.Acquire() {
+			// Another request took the server's last max_conns slot since
+			// Pick saw it free: pick again, and it is skipped as full.
+			if lostRaces++; lostRaces < maxLostRaces {
+				continue
+			}
+			err = upstream.ErrAllFull
+		}
 		if err == upstream.ErrAllFull {
 			g.fail(ctx, rt, "-", fasthttp.StatusServiceUnavailable, "every server of "+rt.Pool.Name+" is at max_conns")
 			ctx.Response.Header.Set("Retry-After", "1")
@@ -111,6 +129,7 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 		if failure == nil {
 			return
 		}
+		srv.Release()
 		rt.Pool.ReportFailure(srv)
 		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
 			reason := failure.reason

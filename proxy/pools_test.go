@@ -331,3 +331,50 @@ func TestActiveHealthCheck(t *testing.T) {
 		return seen["a"]
 	})
 }
+
+// max_conns holds under a burst: the lease is taken when the server is
+// picked, atomically, so handshakes still in flight count and twenty at
+// once on a server with max_conns 5 give five tunnels and fifteen 503s.
+func TestMaxConnsHoldsUnderABurst(t *testing.T) {
+	var upgrades atomic.Int32
+	slow := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond) // the handshake is in flight meanwhile
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		upgrades.Add(1)
+		defer c.Close()
+		c.ReadMessage() // hold the tunnel until the client closes
+	}))
+	cfg := configFor(slow)
+	cfg.Upstreams["backend"].Servers[0].MaxConns = 5
+	cfg.ApplyDefaults()
+	addr := startGateway(t, cfg).Addrs()[0].String()
+
+	var wg sync.WaitGroup
+	var opened, full atomic.Int32
+	var conns sync.Map
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+			c, resp, err := d.Dial("ws://"+addr+"/", nil)
+			switch {
+			case err == nil:
+				opened.Add(1)
+				conns.Store(i, c)
+			case resp != nil && resp.StatusCode == 503 && resp.Header.Get("Retry-After") == "1":
+				full.Add(1)
+			default:
+				t.Errorf("dial %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	conns.Range(func(_, c any) bool { c.(*websocket.Conn).Close(); return true })
+	if opened.Load() != 5 || full.Load() != 15 || upgrades.Load() != 5 {
+		t.Fatalf("opened %d, 503 %d, upstream upgrades %d; want 5, 15, 5", opened.Load(), full.Load(), upgrades.Load())
+	}
+}

@@ -46,8 +46,25 @@ type Server struct {
 // server holds now.
 func (s *Server) Active() int64 { return s.active.Load() }
 
-// Acquire records that the caller started using s; call Release when done.
-func (s *Server) Acquire() { s.active.Add(1) }
+// Acquire takes a lease on s (the caller starts a tunnel or a request on
+// it) unless s is at MaxConns, and reports whether it did. The check and
+// the count are one atomic step, so concurrent callers cannot overshoot
+// MaxConns between Pick and Acquire. Call Release when done.
+func (s *Server) Acquire() bool {
+	if s.MaxConns <= 0 {
+		s.active.Add(1)
+		return true
+	}
+	for {
+		n := s.active.Load()
+		if n >= int64(s.MaxConns) {
+			return false
+		}
+		if s.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
 
 // Release ends a lease taken with Acquire.
 func (s *Server) Release() { s.active.Add(-1) }
