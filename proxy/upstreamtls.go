@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/wsgate/wsgate/config"
@@ -96,7 +98,7 @@ func dialServer(ctx context.Context, address string, u *upstreamTLS) (net.Conn, 
 	if err != nil || u == nil {
 		return conn, err
 	}
-	tc := tls.Client(conn, u.configFor(address))
+	tc := tls.Client(newPollConn(conn.(*net.TCPConn)), u.configFor(address))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, &tlsHandshakeError{err}
@@ -119,4 +121,65 @@ func unreachable(pool string, err error) string {
 		return "no upstream server of " + pool + " completed the TLS handshake"
 	}
 	return "no upstream server of " + pool + " could be reached"
+}
+
+// pollConn is the TCP conn under an upstream TLS conn. Its reads can be
+// told not to wait, which lets a tunnel ask crypto/tls for what it has
+// buffered or the socket holds without parking a relay buffer inside a
+// TLS read (see tunnel.tlsWaitAndRelay).
+type pollConn struct {
+	*net.TCPConn
+	raw syscall.RawConn
+	// noWait is set and read only by the goroutine that reads the TLS
+	// conn: crypto/tls calls Read from within its own Read.
+	noWait bool
+}
+
+func newPollConn(c *net.TCPConn) *pollConn {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		// Only a closed conn has no RawConn; its reads fail anyway.
+		return &pollConn{TCPConn: c}
+	}
+	return &pollConn{TCPConn: c, raw: raw}
+}
+
+// errWouldBlock is a read that found nothing without waiting. crypto/tls
+// keeps a conn usable after a read error only if the error is a temporary
+// net.Error; bytes of a partial record stay buffered for the next read.
+var errWouldBlock net.Error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return false }
+func (wouldBlock) Temporary() bool { return true }
+
+func (c *pollConn) Read(p []byte) (int, error) {
+	if !c.noWait || c.raw == nil {
+		return c.TCPConn.Read(p)
+	}
+	var n int
+	var err error
+	// RawConn.Read checks the read deadline first, then runs the callback
+	// once: returning true even on EAGAIN means it never parks.
+	if rerr := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Read(int(fd), p)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	}); rerr != nil {
+		return 0, rerr
+	}
+	switch {
+	case err == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }

@@ -503,3 +503,39 @@ func TestUpstreamTLSLoadErrors(t *testing.T) {
 		}
 	}
 }
+
+// The tunnel reads a TLS upstream one byte first and then only what needs
+// no wait: a record of a single byte must still reach the client at once,
+// not when the next record comes.
+func TestUpstreamTLSOneByteRecords(t *testing.T) {
+	ca := newTestCA(t, "backend CA")
+	got := make(chan struct{})
+	up := rawUpstreamOn(tlsBackend(t, ca, "backend.test", nil), func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		io.WriteString(c, switchingProtocols(req))
+		// Each Write on a tls.Conn is one record at least.
+		for _, b := range frame(opText, true, false, []byte("xyz")) {
+			if _, err := c.Write([]byte{b}); err != nil {
+				return
+			}
+			select {
+			case <-got:
+			case <-time.After(10 * time.Second):
+				return
+			}
+		}
+		readFrame(br)
+	})
+	gw := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, up)).Addrs()[0].String()
+	_, br, resp := rawClient(t, gw, nil)
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	want := frame(opText, true, false, []byte("xyz"))
+	for i := range want {
+		b, err := br.ReadByte()
+		if err != nil || b != want[i] {
+			t.Fatalf("byte %d: %#x, %v; want %#x", i, b, err, want[i])
+		}
+		got <- struct{}{}
+	}
+}
