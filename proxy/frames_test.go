@@ -132,11 +132,11 @@ func rawClient(t testing.TB, addr string, extra []byte) (*net.TCPConn, *bufio.Re
 // and hands the conn to serve.
 func rawUpstream(t testing.TB, serve func(c net.Conn, br *bufio.Reader, req *http.Request)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	return rawUpstreamOn(listenLocal(t), serve)
+}
+
+// rawUpstreamOn is rawUpstream on a listener of the caller's (TLS).
+func rawUpstreamOn(ln net.Listener, serve func(c net.Conn, br *bufio.Reader, req *http.Request)) string {
 	go func() {
 		for {
 			c, err := ln.Accept()

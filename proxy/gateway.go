@@ -51,7 +51,7 @@ type Gateway struct {
 	timeouts       timeouts
 	maxHeaderBytes int
 	clientsMu      sync.Mutex
-	clients        map[string]*fasthttp.HostClient // by server address
+	clients        map[string]*fasthttp.HostClient // by upstream name and server address
 
 	discoveries    []*upstream.Discovery       // pools that follow DNS
 	background     []func(ctx context.Context) // health checks, started by Start
@@ -119,9 +119,15 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 
 	pools := map[string]*upstream.Pool{}
 	policies := map[string]*Policy{}
+	upstreamTLSs := map[string]*upstreamTLS{}
 	for name, uc := range cfg.Upstreams {
-		pools[name] = g.newPool(name, uc, cfg.Resolver)
+		ut, err := newUpstreamTLS(name, uc.TLS)
+		if err != nil {
+			return nil, err
+		}
+		pools[name] = g.newPool(name, uc, cfg.Resolver, ut)
 		policies[name] = newPolicy(uc)
+		upstreamTLSs[name] = ut
 	}
 	var routes []*Route
 	for _, rc := range cfg.Routes {
@@ -130,7 +136,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
 		}
 		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool, Policy: policies[rc.Upstream],
-			RawTunnel: rc.Tunnel == config.TunnelRaw})
+			RawTunnel: rc.Tunnel == config.TunnelRaw, tls: upstreamTLSs[rc.Upstream]})
 	}
 	g.router = NewRouter(routes)
 	return g, nil
@@ -138,8 +144,9 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 
 // newPool builds an upstream's pool. Servers given as IP addresses are
 // fixed; names and SRV records are resolved when the gateway starts and
-// again every resolve_interval. Health checks also start with the gateway.
-func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string) *upstream.Pool {
+// again every resolve_interval. Health checks also start with the gateway;
+// they speak TLS when the upstream does (ut not nil).
+func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut *upstreamTLS) *upstream.Pool {
 	opts := upstream.Options{
 		Balance: uc.Balance, HashBoundedLoad: uc.HashBoundedLoad,
 		FailTimeout: uc.FailTimeout.Std(),
@@ -163,24 +170,24 @@ func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string) *up
 				MaxConns: sp.MaxConns, Backup: sp.Backup, Down: sp.Down})
 		}
 		pool := upstream.NewPool(name, servers, opts)
-		g.addHealthCheck(pool, uc.HealthCheck)
+		g.addHealthCheck(pool, uc.HealthCheck, ut)
 		return pool
 	}
 	pool := upstream.NewPool(name, nil, opts)
 	g.discoveries = append(g.discoveries,
 		upstream.NewDiscovery(pool, specs, resolver, uc.ResolveInterval.Std(), g.errorf))
-	g.addHealthCheck(pool, uc.HealthCheck)
+	g.addHealthCheck(pool, uc.HealthCheck, ut)
 	return pool
 }
 
 // addHealthCheck arranges for pool's health check to run from Start.
-func (g *Gateway) addHealthCheck(pool *upstream.Pool, hc *config.HealthCheck) {
+func (g *Gateway) addHealthCheck(pool *upstream.Pool, hc *config.HealthCheck, ut *upstreamTLS) {
 	if hc == nil {
 		return
 	}
-	probe := httpProbe(hc.Path, hc.ExpectStatus)
+	probe := httpProbe(hc.Path, hc.ExpectStatus, ut)
 	if hc.WebSocket {
-		probe = websocketProbe(hc.Path)
+		probe = websocketProbe(hc.Path, ut)
 	}
 	cc := upstream.CheckConfig{Interval: hc.Interval.Std(), Timeout: hc.Timeout.Std(), Healthy: hc.Healthy, Unhealthy: hc.Unhealthy}
 	g.background = append(g.background, func(ctx context.Context) { pool.StartChecks(ctx, cc, probe, g.errorf) })
@@ -193,15 +200,17 @@ func isIPAddress(addr string) bool {
 	return err == nil && (host == "" || net.ParseIP(host) != nil)
 }
 
-// clientFor returns the HTTP client of srv, made on first use: servers
-// come and go with discovery.
-func (g *Gateway) clientFor(srv *upstream.Server) *fasthttp.HostClient {
+// clientFor returns the HTTP client of rt's server srv, made on first use:
+// servers come and go with discovery. Clients are per upstream, not per
+// address alone: two upstreams may reach one address, one over TLS.
+func (g *Gateway) clientFor(rt *Route, srv *upstream.Server) *fasthttp.HostClient {
+	key := rt.Pool.Name + " " + srv.Address
 	g.clientsMu.Lock()
 	defer g.clientsMu.Unlock()
-	hc, ok := g.clients[srv.Address]
+	hc, ok := g.clients[key]
 	if !ok {
-		hc = g.newHostClient(srv)
-		g.clients[srv.Address] = hc
+		hc = g.newHostClient(srv, rt.tls)
+		g.clients[key] = hc
 	}
 	return hc
 }

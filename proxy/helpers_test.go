@@ -68,10 +68,23 @@ func (l testLog) Write(p []byte) (int, error) {
 // serveHTTP runs handler on a fresh 127.0.0.1 port until the test ends.
 func serveHTTP(t testing.TB, handler http.Handler) string {
 	t.Helper()
+	return serveOn(t, listenLocal(t), handler)
+}
+
+// listenLocal listens on a fresh 127.0.0.1 port until the test ends.
+func listenLocal(t testing.TB) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// serveOn runs handler on ln until the test ends and returns its address.
+func serveOn(t testing.TB, ln net.Listener, handler http.Handler) string {
+	t.Helper()
 	srv := &http.Server{Handler: handler}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -82,7 +95,12 @@ func serveHTTP(t testing.TB, handler http.Handler) string {
 // type; it answers pings with pongs (the library default) and echoes the
 // close code and reason it receives.
 func echoUpstream(t testing.TB, up websocket.Upgrader) string {
-	return serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveHTTP(t, echoHandler(up))
+}
+
+// echoHandler is echoUpstream's handler, for servers on other listeners.
+func echoHandler(up websocket.Upgrader) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -103,7 +121,7 @@ func echoUpstream(t testing.TB, up websocket.Upgrader) string {
 				return
 			}
 		}
-	}))
+	})
 }
 
 // dial opens a WebSocket through the gateway at addr.

@@ -23,7 +23,9 @@ const upstreamKeepAlive = 4 * time.Second
 // the request may go to another server whatever its method.
 type dialError struct{ err error }
 
-func (e *dialError) Error() string { return "dial: " + e.err.Error() }
+// Error is the cause alone: it names the step already ("dial tcp ...",
+// "tls handshake: ...").
+func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 // idleConn arms a fresh read deadline before every read, so an upstream
@@ -53,15 +55,33 @@ func (c *idleConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// newHostClient returns the HTTP client for one upstream server.
-func (g *Gateway) newHostClient(srv *upstream.Server) *fasthttp.HostClient {
+// tlsIdleConn is an idleConn over a TLS conn whose handshake is done. Its
+// Handshake method is how fasthttp recognizes a conn that is TLS already;
+// without it a HostClient with IsTLS would wrap the conn in TLS again.
+type tlsIdleConn struct{ *idleConn }
+
+func (tlsIdleConn) Handshake() error { return nil }
+
+// newHostClient returns the HTTP client for one upstream server, speaking
+// TLS to it when ut is not nil.
+//
+// The TLS handshake happens in Dial rather than in fasthttp: with no
+// WriteTimeout (which would cut streamed uploads) fasthttp defers the
+// handshake to the first write, bounded by nothing but the idle deadline,
+// and reports its failure as a failed request instead of a server that
+// could not be reached, so the next server would not be tried.
+func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp.HostClient {
 	connect, idle := g.timeouts.connect, g.timeouts.idle
 	return &fasthttp.HostClient{
-		Addr: srv.Address,
+		Addr:  srv.Address,
+		IsTLS: ut != nil,
 		Dial: func(addr string) (net.Conn, error) {
-			c, err := net.DialTimeout("tcp", addr, connect)
+			c, err := dialTimeout(addr, ut, connect)
 			if err != nil {
 				return nil, &dialError{err}
+			}
+			if ut != nil {
+				return tlsIdleConn{newIdleConn(c, idle)}, nil
 			}
 			return newIdleConn(c, idle), nil
 		},
@@ -96,23 +116,23 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	// before prepareHTTPRequest strips the header.
 	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
 	prepareHTTPRequest(&ctx.Request, f)
+	// A HostClient refuses a request whose scheme is not its own. The
+	// scheme fasthttp parsed is the client's (https on a TLS listener);
+	// what matters here is the upstream's.
+	if rt.tls != nil {
+		ctx.Request.URI().SetScheme("https")
+	} else {
+		ctx.Request.URI().SetScheme("http")
+	}
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
-		hc := g.clientFor(srv)
-		// A request that came over TLS carries the https scheme, and a
-		// HostClient refuses a request whose scheme is not its own.
-		if hc.IsTLS {
-			ctx.Request.URI().SetScheme("https")
-		} else {
-			ctx.Request.URI().SetScheme("http")
-		}
-		err := hc.Do(&ctx.Request, resp)
+		err := g.clientFor(rt, srv).Do(&ctx.Request, resp)
 		if err != nil {
 			fasthttp.ReleaseResponse(resp)
 			var de *dialError
 			if errors.As(err, &de) {
 				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-				return &tryFailure{fasthttp.StatusBadGateway, "no upstream server of " + rt.Pool.Name + " could be reached"}
+				return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
 			}
 			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
 			if replayable(&ctx.Request) && isConnectionLost(err) {

@@ -27,16 +27,16 @@ const probeUserAgent = "wsgate-health-check"
 const maxProbeResponse = 16 << 10
 
 // httpProbe returns a probe that sends GET path to the server over a fresh
-// TCP connection and judges the status line alone: expectStatus, or any
-// 2xx/3xx when expectStatus is 0. A fresh connection per probe checks what
-// a new client would meet (accept queue, TLS-less listener, routing), not a
-// warm keep-alive connection.
-func httpProbe(path string, expectStatus int) upstream.Probe {
+// connection (TLS when ut is not nil) and judges the status line alone:
+// expectStatus, or any 2xx/3xx when expectStatus is 0. A fresh connection
+// per probe checks what a new client would meet (accept queue, TLS
+// handshake and certificate, routing), not a warm keep-alive connection.
+func httpProbe(path string, expectStatus int, ut *upstreamTLS) upstream.Probe {
 	if path == "" {
 		path = "/"
 	}
 	return func(ctx context.Context, address string) error {
-		conn, err := probeDial(ctx, address)
+		conn, err := probeDial(ctx, address, ut)
 		if err != nil {
 			return err
 		}
@@ -67,7 +67,8 @@ func httpProbe(path string, expectStatus int) upstream.Probe {
 // matches a fresh random key, which a plain HTTP server, or one that
 // answers the upgrade from a cache, cannot do. The probe then says goodbye
 // with a Close frame (1000) so the server sees a clean end, not an error.
-func websocketProbe(path string) upstream.Probe {
+// It speaks TLS when ut is not nil.
+func websocketProbe(path string, ut *upstreamTLS) upstream.Probe {
 	if path == "" {
 		path = "/"
 	}
@@ -75,7 +76,7 @@ func websocketProbe(path string) upstream.Probe {
 		var nonce [16]byte
 		rand.Read(nonce[:])
 		key := base64.StdEncoding.EncodeToString(nonce[:])
-		conn, err := probeDial(ctx, address)
+		conn, err := probeDial(ctx, address, ut)
 		if err != nil {
 			return err
 		}
@@ -124,12 +125,12 @@ func closeFrame() []byte {
 	return f
 }
 
-// probeDial connects to address within ctx and puts ctx's deadline on the
-// connection, so a server that accepts and then says nothing fails the
-// probe at its timeout; a cancelled ctx unblocks it at once.
-func probeDial(ctx context.Context, address string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", address)
+// probeDial connects to address within ctx (TLS handshake included when ut
+// is not nil) and puts ctx's deadline on the connection, so a server that
+// accepts and then says nothing fails the probe at its timeout; a
+// cancelled ctx unblocks it at once.
+func probeDial(ctx context.Context, address string, ut *upstreamTLS) (net.Conn, error) {
+	conn, err := dialServer(ctx, address, ut)
 	if err != nil {
 		return nil, err
 	}

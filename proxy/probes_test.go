@@ -46,7 +46,7 @@ func TestProbeHTTPStatus(t *testing.T) {
 		{"/ok", 204, false},
 		{"/fail", 500, true},
 	} {
-		err := probeWithin(httpProbe(tc.path, tc.expect), addr, 2*time.Second)
+		err := probeWithin(httpProbe(tc.path, tc.expect, nil), addr, 2*time.Second)
 		if (err == nil) != tc.ok {
 			t.Errorf("GET %s expecting %d: err %v, want ok %v", tc.path, tc.expect, err, tc.ok)
 		}
@@ -64,10 +64,10 @@ func TestProbeHTTPRefused(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	if err := probeWithin(httpProbe("/", 0), addr, 2*time.Second); err == nil {
+	if err := probeWithin(httpProbe("/", 0, nil), addr, 2*time.Second); err == nil {
 		t.Fatal("probe of a closed port passed")
 	}
-	if err := probeWithin(websocketProbe("/"), addr, 2*time.Second); err == nil {
+	if err := probeWithin(websocketProbe("/", nil), addr, 2*time.Second); err == nil {
 		t.Fatal("WebSocket probe of a closed port passed")
 	}
 }
@@ -95,7 +95,7 @@ func TestProbeTimeout(t *testing.T) {
 	addr := silentServer(t)
 	const timeout = 200 * time.Millisecond
 	for name, probe := range map[string]func(context.Context, string) error{
-		"http": httpProbe("/", 0), "websocket": websocketProbe("/"),
+		"http": httpProbe("/", 0, nil), "websocket": websocketProbe("/", nil),
 	} {
 		start := time.Now()
 		err := probeWithin(probe, addr, timeout)
@@ -114,7 +114,7 @@ func TestProbeCancel(t *testing.T) {
 	addr := silentServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- httpProbe("/", 0)(ctx, addr) }()
+	go func() { done <- httpProbe("/", 0, nil)(ctx, addr) }()
 	cancel()
 	select {
 	case err := <-done:
@@ -145,7 +145,7 @@ func TestProbeWebSocket(t *testing.T) {
 		_, _, err = c.ReadMessage()
 		closes <- err
 	}))
-	if err := probeWithin(websocketProbe("/ws"), addr, 2*time.Second); err != nil {
+	if err := probeWithin(websocketProbe("/ws", nil), addr, 2*time.Second); err != nil {
 		t.Fatalf("probe of a WebSocket server: %v", err)
 	}
 	if ua := <-agents; ua != "wsgate-health-check" {
@@ -155,7 +155,7 @@ func TestProbeWebSocket(t *testing.T) {
 	if err := <-closes; !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
 		t.Errorf("server read %v, want a Close frame with 1000", err)
 	}
-	if err := probeWithin(websocketProbe("/other"), addr, 2*time.Second); err == nil || !strings.Contains(err.Error(), "404") {
+	if err := probeWithin(websocketProbe("/other", nil), addr, 2*time.Second); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Errorf("probe of a 404 path: %v, want a status error", err)
 	}
 }
@@ -164,7 +164,7 @@ func TestProbeWebSocketPlainHTTP(t *testing.T) {
 	addr := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("hello"))
 	}))
-	err := probeWithin(websocketProbe("/"), addr, 2*time.Second)
+	err := probeWithin(websocketProbe("/", nil), addr, 2*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "status 200, want 101") {
 		t.Fatalf("probe of a plain HTTP server: %v, want a status error", err)
 	}
@@ -200,7 +200,7 @@ func TestProbeWebSocketWrongAccept(t *testing.T) {
 			}()
 		}
 	}()
-	err = probeWithin(websocketProbe("/"), ln.Addr().String(), 2*time.Second)
+	err = probeWithin(websocketProbe("/", nil), ln.Addr().String(), 2*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "Sec-WebSocket-Accept") {
 		t.Fatalf("probe of a server with a wrong Accept: %v", err)
 	}

@@ -18,6 +18,9 @@ type Route struct {
 	// RawTunnel: upgraded connections are copied as bytes, without
 	// following WebSocket frames.
 	RawTunnel bool
+	// tls is how to speak TLS to Pool's servers; nil means plain TCP.
+	// Routes to one upstream share it.
+	tls *upstreamTLS
 }
 
 // Router finds the route of a request: the most specific host group that

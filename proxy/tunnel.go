@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -128,12 +129,20 @@ func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
 	if srcTCP != nil {
 		raw, _ = srcTCP.SyscallConn()
 	}
+	srcTLS, _ := src.(*tls.Conn)
+	var srcPoll *pollConn
+	if srcTLS != nil {
+		srcPoll, _ = srcTLS.NetConn().(*pollConn)
+	}
 	for {
 		var n int
 		var err error
-		if raw != nil {
+		switch {
+		case raw != nil:
 			n, err = t.waitAndRelay(raw, dst)
-		} else {
+		case srcPoll != nil:
+			n, err = t.tlsWaitAndRelay(srcTLS, srcPoll, dst)
+		default:
 			n, err = t.readAndRelay(src, dst)
 		}
 		if n > 0 {
@@ -223,8 +232,47 @@ func (t *tunnel) waitAndRelay(src syscall.RawConn, dst net.Conn) (int, error) {
 	return writeAll(dst, (*buf)[:n])
 }
 
+// tlsWaitAndRelay is waitAndRelay for a TLS conn the gateway dialed.
+// crypto/tls reads and decrypts a whole record into buffers of its own
+// whatever the size of the caller's, so a 1-byte read parks holding no
+// buffer of the tunnel's. Once it returns, the rest of that record and
+// whatever else has already arrived are read without waiting into a
+// borrowed buffer. An idle TLS tunnel would otherwise hold a relay buffer
+// for its whole life.
+func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc *pollConn, dst net.Conn) (int, error) {
+	var first [1]byte
+	n, err := src.Read(first[:])
+	if n == 0 {
+		return 0, err
+	}
+	buf := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(buf)
+	b := *buf
+	b[0] = first[0]
+	if err == nil {
+		pc.noWait = true
+		for n < len(b) {
+			var m int
+			m, err = src.Read(b[n:])
+			n += m
+			if err != nil {
+				break
+			}
+		}
+		pc.noWait = false
+		if err == errWouldBlock {
+			err = nil
+		}
+	}
+	if _, werr := writeAll(dst, b[:n]); werr != nil {
+		return n, werr
+	}
+	return n, err
+}
+
 // readAndRelay is the path for conns without a file descriptor of their
-// own (TLS): the buffer is held during the read, as crypto/tls needs one.
+// own (TLS conns the gateway did not dial): the buffer is held during the
+// read, as crypto/tls needs one.
 func (t *tunnel) readAndRelay(src, dst net.Conn) (int, error) {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)

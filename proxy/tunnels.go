@@ -83,23 +83,12 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	g.tunnels[live] = struct{}{}
 	g.mu.Unlock()
 
-	// Counts are of bytes after the handshake, in both directions.
-	upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
 	if carried != nil {
-		go func() {
-			if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
-				carried.abort(closer)
-				g.endTunnel(live, info, tunnelCounts{}, closer)
-				return
-			}
-			carried.up.Add(upBytes)
-			carried.down.Add(downBytes)
-			carried.run()
-			closer, _ := carried.closer.Load().(Closer)
-			g.endTunnel(live, info, tunnelCounts{up: carried.up.Load(), down: carried.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
-		}()
+		go g.runCarried(carried, info, toClient, toUpstream)
 		return
 	}
+	// Counts are of bytes after the handshake, in both directions.
+	upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
 	// The relay path writes the switch bytes on the caller's goroutine
 	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
 	// socket do not block, and a goroutine per handshake is saved.
@@ -123,6 +112,24 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		return
 	}
 	relayed.started(h)
+}
+
+// runCarried writes the bytes due at the switch and runs a goroutine
+// tunnel until it ends. It is a method rather than a closure so that the
+// switch bytes (the 101 head's 4 KiB read buffer, at least) are garbage
+// once written: a closure would keep them for the tunnel's life.
+func (g *Gateway) runCarried(t *tunnel, info tunnelInfo, toClient, toUpstream []byte) {
+	if closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+		t.abort(closer)
+		g.endTunnel(t, info, tunnelCounts{}, closer)
+		return
+	}
+	// Counts are of bytes after the handshake, in both directions.
+	t.up.Add(int64(len(toUpstream)))
+	t.down.Add(int64(len(toClient) - info.headLen))
+	t.run()
+	closer, _ := t.closer.Load().(Closer)
+	g.endTunnel(t, info, tunnelCounts{up: t.up.Load(), down: t.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
 }
 
 // writeSwitchBytes writes the bytes due at the switch, within the handshake

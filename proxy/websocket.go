@@ -35,10 +35,10 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, f)
 
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
-		conn, err := net.DialTimeout("tcp", srv.Address, g.timeouts.connect)
+		conn, err := dialTimeout(srv.Address, rt.tls, g.timeouts.connect)
 		if err != nil {
-			g.errorf("upstream %s server %s: dial: %v", rt.Pool.Name, srv.Address, err)
-			return &tryFailure{fasthttp.StatusBadGateway, "no upstream server of " + rt.Pool.Name + " could be reached"}
+			g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
+			return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
 		}
 		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key)
 	})

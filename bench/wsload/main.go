@@ -5,6 +5,7 @@
 // line by line without parsing prose.
 //
 //	wsload -mode server -listen 127.0.0.1:9001                  echo server; also GET /hello -> "hello"
+//	wsload -mode server -listen 127.0.0.1:9443 -tls-ca ca.pem   the same over TLS; writes the CA that signs its certificate
 //	wsload -mode echo -url ws://H/ -conns 64 -size 64 -duration 3s       round trips/s, p50, p99
 //	wsload -mode bulk -url ws://H/ -conns 4 -size 1048576 -duration 3s   MB/s each way
 //	wsload -mode handshake -url ws://H/ -conns 16 -duration 3s           open, one echo, close; per second
@@ -19,11 +20,19 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +56,7 @@ type labels struct {
 func main() {
 	mode := flag.String("mode", "echo", "server | echo | bulk | handshake | hold | wait | ports")
 	listen := flag.String("listen", "127.0.0.1:9001", "server: listen address")
+	tlsCA := flag.String("tls-ca", "", "server: speak TLS with a certificate for 127.0.0.1 made now, and write its CA (PEM) to this file")
 	url := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL to measure")
 	conns := flag.Int("conns", 64, "echo, bulk: connections; handshake: workers; hold: tunnels")
 	size := flag.Int("size", 64, "echo, bulk, hold: message size in bytes")
@@ -70,7 +80,7 @@ func main() {
 	var err error
 	switch *mode {
 	case "server":
-		err = serve(*listen)
+		err = serve(*listen, *tlsCA)
 	case "echo":
 		res, err = echo(*url, *conns, *size, *duration)
 	case "bulk":
@@ -104,8 +114,9 @@ func main() {
 }
 
 // serve echoes every WebSocket message back and answers any other GET with
-// "hello" (5 bytes), so the same upstreams serve the plain HTTP test.
-func serve(addr string) error {
+// "hello" (5 bytes), so the same upstreams serve the plain HTTP test. With
+// caFile it speaks TLS (a wss:// and https:// upstream).
+func serve(addr, caFile string) error {
 	// The write buffer comes from a pool: the hold test parks thousands of
 	// connections here, and the echo server's memory is not what we measure.
 	up := websocket.Upgrader{
@@ -143,7 +154,57 @@ func serve(addr string) error {
 			}
 		}),
 	}
-	return srv.ListenAndServe()
+	if caFile == "" {
+		return srv.ListenAndServe()
+	}
+	cert, err := makeServerCert(caFile)
+	if err != nil {
+		return err
+	}
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	return srv.ListenAndServeTLS("", "")
+}
+
+// makeServerCert makes a CA, writes it to caFile, and returns a
+// certificate for 127.0.0.1 that it signs. Nothing is kept: every run has
+// its own.
+func makeServerCert(caFile string) (tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "wsload bench CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:   now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 // dialer returns a client dialer whose write buffer holds a whole message of
