@@ -326,19 +326,26 @@ func (l *clientListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clientConn{Conn: c, write: idleDeadline{idle: l.idle}}, nil
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return c, nil // not from net.Listen("tcp"): nothing of ours applies
+	}
+	return &clientConn{pollConn: newPollConn(tcp), write: idleDeadline{idle: l.idle}}, nil
 }
 
+// clientConn is a client's TCP conn. Its reads can be told not to wait
+// (pollConn), so a wss:// tunnel idles without a relay buffer, as one to a
+// TLS upstream does.
 type clientConn struct {
-	net.Conn
+	*pollConn
 	write idleDeadline
 }
 
 func (c *clientConn) Write(p []byte) (int, error) {
-	if err := c.write.refresh(c.Conn.SetWriteDeadline); err != nil {
+	if err := c.write.refresh(c.TCPConn.SetWriteDeadline); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	return c.TCPConn.Write(p)
 }
 
 // fasthttpLogger sends fasthttp's own messages to the error log.

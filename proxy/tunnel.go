@@ -130,9 +130,9 @@ func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
 		raw, _ = srcTCP.SyscallConn()
 	}
 	srcTLS, _ := src.(*tls.Conn)
-	var srcPoll *pollConn
+	var srcPoll noWaitReader
 	if srcTLS != nil {
-		srcPoll, _ = srcTLS.NetConn().(*pollConn)
+		srcPoll, _ = srcTLS.NetConn().(noWaitReader)
 	}
 	for {
 		var n int
@@ -232,14 +232,15 @@ func (t *tunnel) waitAndRelay(src syscall.RawConn, dst net.Conn) (int, error) {
 	return writeAll(dst, (*buf)[:n])
 }
 
-// tlsWaitAndRelay is waitAndRelay for a TLS conn the gateway dialed.
+// tlsWaitAndRelay is waitAndRelay for a TLS conn: dialed by the gateway,
+// or a client's on a TLS listener.
 // crypto/tls reads and decrypts a whole record into buffers of its own
 // whatever the size of the caller's, so a 1-byte read parks holding no
 // buffer of the tunnel's. Once it returns, the rest of that record and
 // whatever else has already arrived are read without waiting into a
 // borrowed buffer. An idle TLS tunnel would otherwise hold a relay buffer
 // for its whole life.
-func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc *pollConn, dst net.Conn) (int, error) {
+func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc noWaitReader, dst net.Conn) (int, error) {
 	var first [1]byte
 	n, err := src.Read(first[:])
 	if n == 0 {
@@ -250,7 +251,7 @@ func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc *pollConn, dst net.Conn) (int
 	b := *buf
 	b[0] = first[0]
 	if err == nil {
-		pc.noWait = true
+		pc.setNoWait(true)
 		for n < len(b) {
 			var m int
 			m, err = src.Read(b[n:])
@@ -259,7 +260,7 @@ func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc *pollConn, dst net.Conn) (int
 				break
 			}
 		}
-		pc.noWait = false
+		pc.setNoWait(false)
 		if err == errWouldBlock {
 			err = nil
 		}

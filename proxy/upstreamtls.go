@@ -155,6 +155,12 @@ func (wouldBlock) Error() string   { return "read would block" }
 func (wouldBlock) Timeout() bool   { return false }
 func (wouldBlock) Temporary() bool { return true }
 
+// noWaitReader is a conn under a TLS conn whose reads can be told not to
+// wait: a pollConn, or a clientConn built on one.
+type noWaitReader interface{ setNoWait(bool) }
+
+func (c *pollConn) setNoWait(on bool) { c.noWait = on }
+
 func (c *pollConn) Read(p []byte) (int, error) {
 	if !c.noWait || c.raw == nil {
 		return c.TCPConn.Read(p)

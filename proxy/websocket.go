@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/tlsterm"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -214,9 +215,14 @@ func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 		}
 	}
 	raw := u.UnsafeConn()
-	if cc, ok := raw.(*clientConn); ok {
+	switch cc := raw.(type) {
+	case *clientConn:
 		// The tunnel works on the TCP conn itself: its idle logic covers
 		// writes, and only a *net.TCPConn can wait without a buffer or splice.
+		raw = cc.TCPConn
+	case *tlsterm.Conn:
+		// The *tls.Conn, whose NetConn is a clientConn: the tunnel then
+		// waits for a record without holding a buffer (tlsWaitAndRelay).
 		raw = cc.Conn
 	}
 	if err := raw.SetReadDeadline(time.Time{}); err != nil {

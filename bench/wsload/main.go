@@ -58,6 +58,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9001", "server: listen address")
 	tlsCA := flag.String("tls-ca", "", "server: speak TLS with a certificate for 127.0.0.1 made now, and write its CA (PEM) to this file")
 	url := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL to measure")
+	clientCA := flag.String("ca", "", "clients of a wss:// URL: trust the CA certificate (PEM) in this file")
 	conns := flag.Int("conns", 64, "echo, bulk: connections; handshake: workers; hold: tunnels")
 	size := flag.Int("size", 64, "echo, bulk, hold: message size in bytes")
 	duration := flag.Duration("duration", 3*time.Second, "echo, bulk, handshake: how long to measure")
@@ -71,6 +72,17 @@ func main() {
 	workload := flag.String("workload", "", "label: workload name (default: the mode)")
 	run := flag.Int("run", 0, "label: repetition number")
 	flag.Parse()
+	if *clientCA != "" {
+		pem, err := os.ReadFile(*clientCA)
+		clientRoots = x509.NewCertPool()
+		if err == nil && !clientRoots.AppendCertsFromPEM(pem) {
+			err = fmt.Errorf("%s holds no PEM certificate", *clientCA)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wsload: -ca:", err)
+			os.Exit(2)
+		}
+	}
 
 	l := labels{target: *target, workload: *workload, run: *run}
 	if l.workload == "" {
@@ -207,12 +219,16 @@ func makeServerCert(caFile string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
+// clientRoots, from -ca, are what wss:// clients trust (nil: the system's).
+var clientRoots *x509.CertPool
+
 // dialer returns a client dialer whose write buffer holds a whole message of
 // size bytes, so each message goes out as one frame (as browsers send them)
 // instead of being fragmented at the buffer size; the buffer is pooled so
 // idle connections do not keep it.
 func dialer(size int) *websocket.Dialer {
 	return &websocket.Dialer{
+		TLSClientConfig:  &tls.Config{RootCAs: clientRoots},
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   4096,
 		WriteBufferSize:  max(size+16, 4096),
@@ -585,7 +601,7 @@ func tryOnce(wsURL, httpURL string) error {
 	if _, got, err := c.ReadMessage(); err != nil || string(got) != "ready?" {
 		return fmt.Errorf("echo: %q, %v", got, err)
 	}
-	cl := http.Client{Timeout: 2 * time.Second}
+	cl := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: clientRoots}}}
 	resp, err := cl.Get(httpURL)
 	if err != nil {
 		return err
