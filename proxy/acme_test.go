@@ -285,6 +285,11 @@ func TestACMEGateway(t *testing.T) {
 	if !strings.Contains(accessLog.String(), "GET - /chat?x=1 upstream=- status=308") {
 		t.Errorf("the access log lacks the redirect of GET /chat:\n%s", accessLog.String())
 	}
+	// The refused handshakes are in the error log (above), not in the
+	// access log as requests that never were.
+	if strings.Contains(accessLog.String(), "status=400") {
+		t.Errorf("a refused TLS handshake is in the access log as a 400:\n%s", accessLog.String())
+	}
 	errLog2 := &logBuffer{t: t}
 	g2, _ := startStoppable(t, acmeConfig(t, upstream, acmeListener("127.0.0.1:0", ca, storage)), io.Discard, errLog2)
 	restarted := wssEcho(t, g2.Addrs()[0].String(), acmeDomain, ca.Roots)
