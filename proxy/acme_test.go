@@ -321,9 +321,9 @@ func TestACMEGatewayTLSALPN01(t *testing.T) {
 		TLSPort:  pebbletest.Port(t, tlsAddr),
 		DNSAddr:  dnsAddr,
 	})
-	errLog := &logBuffer{t: t}
+	accessLog, errLog := &logBuffer{t: t}, &logBuffer{t: t}
 	cfg := acmeConfig(t, echoUpstream(t, websocket.Upgrader{}), acmeListener(tlsAddr, ca, t.TempDir()))
-	startStoppable(t, cfg, io.Discard, errLog)
+	_, stop := startStoppable(t, cfg, accessLog, errLog)
 
 	start := time.Now()
 	chain := wssEcho(t, tlsAddr, acmeDomain, ca.Roots)
@@ -337,5 +337,14 @@ func TestACMEGatewayTLSALPN01(t *testing.T) {
 	errLog.waitFor("acme " + acmeDomain + ": certificate obtained from " + ca.DirURL)
 	if strings.Contains(errLog.String(), "could not validate") {
 		t.Errorf("a challenge failed:\n%s", errLog.String())
+	}
+	// The CA's challenge connection is no request: only the client's
+	// tunnel is in the access log, and the error log has nothing on it.
+	stop()
+	if lines := strings.Split(strings.TrimSpace(accessLog.String()), "\n"); len(lines) != 1 || !strings.Contains(lines[0], " status=101 ") {
+		t.Errorf("access log: %q; want the one tunnel", lines)
+	}
+	if strings.Contains(errLog.String(), "error when serving") {
+		t.Errorf("the challenge connection is in the error log:\n%s", errLog.String())
 	}
 }
