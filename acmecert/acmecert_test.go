@@ -1,13 +1,10 @@
 package acmecert
 
-// The tests run Let's Encrypt's pebble in this process (its ca, db, va and
-// wfe packages behind an httptest TLS server on 127.0.0.1) rather than as a
-// built binary: no `go build` step (tens of seconds on a cold CI cache), one
-// fresh CA per test with its own challenge ports and certificate lifetime,
-// and a counting handler in front of its WFE without a proxy process. The
-// VA does real validation: a small DNS server below answers A 127.0.0.1
-// for *.wsgate.test, and pebble connects to the test's TLS listener
-// (TLS-ALPN-01) or to a fasthttp server calling ServeHTTPChallenge (HTTP-01).
+// The tests run Let's Encrypt's pebble in this process (internal/pebbletest)
+// with real validation: pebble's VA connects to the test's TLS listener
+// (TLS-ALPN-01) or to a fasthttp server calling ServeHTTPChallenge
+// (HTTP-01), at 127.0.0.1 as pebbletest's DNS server answers for
+// *.wsgate.test.
 
 import (
 	"bytes"
@@ -17,31 +14,23 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"log"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/letsencrypt/pebble/v2/ca"
-	"github.com/letsencrypt/pebble/v2/db"
-	"github.com/letsencrypt/pebble/v2/va"
-	"github.com/letsencrypt/pebble/v2/wfe"
-	"github.com/miekg/dns"
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/pebbletest"
 )
 
 const (
@@ -79,146 +68,6 @@ func waitLog(t *testing.T, b *syncBuffer, want string, timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-type pebbleOptions struct {
-	httpPort, tlsPort int    // where the VA connects for HTTP-01 and TLS-ALPN-01
-	dnsAddr           string // the VA's resolver
-	alwaysValid       bool   // PEBBLE_VA_ALWAYS_VALID: no validation at all
-	validity          uint64 // certificate lifetime in seconds; 0 = pebble's 90 days
-}
-
-type pebble struct {
-	dirURL    string
-	caFile    string         // PEM of the directory's own HTTPS certificate
-	roots     *x509.CertPool // pebble's root, which issued certificates chain to
-	newOrders atomic.Int32
-	srv       *httptest.Server
-	log       syncBuffer
-}
-
-// startPebble runs an ACME CA on 127.0.0.1 until the test ends.
-func startPebble(t *testing.T, o pebbleOptions) *pebble {
-	t.Helper()
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no random 0-5 s sleep per validation
-	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no random badNonce
-	t.Setenv("PEBBLE_AUTHZREUSE", "0")      // every order validates anew
-	if o.alwaysValid {
-		t.Setenv("PEBBLE_VA_ALWAYS_VALID", "1")
-	}
-	p := &pebble{}
-	logger := log.New(&p.log, "pebble ", log.Lmicroseconds)
-	store := db.NewMemoryStore()
-	profiles := map[string]ca.Profile{"default": {Description: "test", ValidityPeriod: o.validity}}
-	authority := ca.New(logger, store, "", "ecdsa", 0, 1, profiles)
-	validator := va.New(logger, o.httpPort, o.tlsPort, false, o.dnsAddr, store)
-	front := wfe.New(logger, store, validator, authority, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
-	acmeAPI, management := front.Handler(), front.ManagementHandler()
-	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case strings.HasPrefix(r.URL.Path, wfe.RootCertPath):
-			management.ServeHTTP(w, r)
-		case r.Method == http.MethodPost && r.URL.Path == "/order-plz": // pebble's newOrder
-			p.newOrders.Add(1)
-			acmeAPI.ServeHTTP(w, r)
-		default:
-			acmeAPI.ServeHTTP(w, r)
-		}
-	}))
-	p.srv.Config.ErrorLog = log.New(&p.log, "pebble http ", 0)
-	p.srv.StartTLS()
-	t.Cleanup(p.srv.Close)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("pebble's log:\n%s", p.log.String())
-		}
-	})
-	p.dirURL = p.srv.URL + wfe.DirectoryPath
-	p.caFile = filepath.Join(t.TempDir(), "acme-server-root.pem")
-	if err := os.WriteFile(p.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.srv.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	// The root certificates chain to, from pebble's management endpoint,
-	// as one would fetch it from a pebble process.
-	client := p.srv.Client()
-	client.Timeout = 10 * time.Second
-	resp, err := client.Get(p.srv.URL + wfe.RootCertPath + "0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootPEM, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("pebble's root: status %d, %v", resp.StatusCode, err)
-	}
-	p.roots = x509.NewCertPool()
-	if !p.roots.AppendCertsFromPEM(rootPEM) {
-		t.Fatalf("pebble's root is not PEM: %q", rootPEM)
-	}
-	return p
-}
-
-// startDNS answers A 127.0.0.1 for every name under wsgate.test (and no
-// AAAA), over TCP as pebble's VA asks, on 127.0.0.1.
-func startDNS(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{Listener: ln, Net: "tcp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		for _, q := range r.Question {
-			if !strings.HasSuffix(q.Name, ".wsgate.test.") {
-				m.Rcode = dns.RcodeNameError
-				continue
-			}
-			if q.Qtype == dns.TypeA {
-				m.Answer = append(m.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1},
-					A:   net.IPv4(127, 0, 0, 1),
-				})
-			}
-		}
-		_ = w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	select {
-	case <-started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("DNS server did not start")
-	}
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return ln.Addr().String()
-}
-
-// closedPort returns a 127.0.0.1 port nothing listens on.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return port
-}
-
-func portOf(t *testing.T, addr string) int {
-	t.Helper()
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // tlsListener is a TLS listener on 127.0.0.1 wired as the gateway's will
@@ -287,15 +136,11 @@ func handshake(t *testing.T, addr, name string, roots *x509.CertPool) []*x509.Ce
 	return conn.ConnectionState().PeerCertificates
 }
 
-// verifyChain checks that chain is for name and chains to roots.
-func verifyChain(t *testing.T, chain []*x509.Certificate, name string, roots *x509.CertPool) {
+// verifyChain checks that chain is for name and chains to p's root.
+func verifyChain(t *testing.T, p *pebbletest.CA, chain []*x509.Certificate, name string) {
 	t.Helper()
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter}); err != nil {
-		t.Fatalf("certificate for %s does not verify against pebble's root: %v", name, err)
+	if err := p.VerifyChain(chain, name); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -334,30 +179,30 @@ func newManager(t *testing.T, cfg *config.ACME, logs io.Writer) *Manager {
 // again without an order, leaves other names to the listener, and after a
 // restart serves the stored certificate without an order.
 func TestTLSALPN01(t *testing.T) {
-	dnsAddr := startDNS(t)
+	dnsAddr := pebbletest.StartDNS(t)
 	l := startTLSListener(t)
 	addr := l.ln.Addr().String()
-	p := startPebble(t, pebbleOptions{httpPort: closedPort(t), tlsPort: portOf(t, addr), dnsAddr: dnsAddr})
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.ClosedPort(t), TLSPort: pebbletest.Port(t, addr), DNSAddr: dnsAddr})
 	cfg := &config.ACME{
 		Email:        "ops@wsgate.test",
-		DirectoryURL: p.dirURL,
-		CAFile:       p.caFile,
+		DirectoryURL: p.DirURL,
+		CAFile:       p.CAFile,
 		Domains:      []string{testDomain},
 		StorageDir:   filepath.Join(t.TempDir(), "acme"),
 	}
 	var logs syncBuffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
-	if n := p.newOrders.Load(); n != 0 {
+	if n := p.NewOrders(); n != 0 {
 		t.Fatalf("New ordered %d certificates; want none before a handshake", n)
 	}
 
 	start := time.Now()
-	chain := handshake(t, addr, testDomain, p.roots)
+	chain := handshake(t, addr, testDomain, p.Roots)
 	t.Logf("first handshake, with issuance: %s", time.Since(start).Round(time.Millisecond))
-	verifyChain(t, chain, testDomain, p.roots)
+	verifyChain(t, p, chain, testDomain)
 	serial := chain[0].SerialNumber
-	if n := p.newOrders.Load(); n != 1 {
+	if n := p.NewOrders(); n != 1 {
 		t.Fatalf("%d orders for the first handshake; want 1", n)
 	}
 	if l.challenges.Load() == 0 {
@@ -365,8 +210,8 @@ func TestTLSALPN01(t *testing.T) {
 	}
 	waitLog(t, &logs, "wsgate: ", time.Second)
 	for _, want := range []string{
-		"acme " + testDomain + ": ordering a certificate from " + p.dirURL,
-		"acme " + testDomain + ": certificate obtained from " + p.dirURL,
+		"acme " + testDomain + ": ordering a certificate from " + p.DirURL,
+		"acme " + testDomain + ": certificate obtained from " + p.DirURL,
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs.String())
@@ -374,7 +219,7 @@ func TestTLSALPN01(t *testing.T) {
 	}
 
 	// The same name again: the held certificate, no order.
-	if again := handshake(t, addr, strings.ToUpper(testDomain), p.roots); again[0].SerialNumber.Cmp(serial) != 0 {
+	if again := handshake(t, addr, strings.ToUpper(testDomain), p.Roots); again[0].SerialNumber.Cmp(serial) != 0 {
 		t.Errorf("second handshake got serial %x; want %x", again[0].SerialNumber, serial)
 	}
 
@@ -393,7 +238,7 @@ func TestTLSALPN01(t *testing.T) {
 	if cert, err := m.GetCertificate(&tls.ClientHelloInfo{ServerName: "other.wsgate.test", SupportedProtos: []string{"acme-tls/1"}}); cert != nil || err == nil {
 		t.Errorf("challenge hello for another name = %v, %v; want an error", cert, err)
 	}
-	if n := p.newOrders.Load(); n != 1 {
+	if n := p.NewOrders(); n != 1 {
 		t.Fatalf("%d orders after the other names; want 1", n)
 	}
 
@@ -407,12 +252,12 @@ func TestTLSALPN01(t *testing.T) {
 	var logs2 syncBuffer
 	m2 := newManager(t, cfg, &logs2)
 	l.mgr.Store(m2)
-	restarted := handshake(t, addr, testDomain, p.roots)
-	verifyChain(t, restarted, testDomain, p.roots)
+	restarted := handshake(t, addr, testDomain, p.Roots)
+	verifyChain(t, p, restarted, testDomain)
 	if restarted[0].SerialNumber.Cmp(serial) != 0 {
 		t.Errorf("after the restart: serial %x; want the stored %x", restarted[0].SerialNumber, serial)
 	}
-	if n := p.newOrders.Load(); n != 1 {
+	if n := p.NewOrders(); n != 1 {
 		t.Errorf("%d orders after the restart; want still 1", n)
 	}
 	waitLog(t, &logs2, "acme "+testDomain+": using the stored certificate", time.Second)
@@ -467,7 +312,7 @@ func checkStorage(t *testing.T, dir string, want []string) {
 // back to HTTP-01, which pebble validates through ServeHTTPChallenge on a
 // fasthttp server. The failure is logged with the CA's reason.
 func TestHTTP01(t *testing.T) {
-	dnsAddr := startDNS(t)
+	dnsAddr := pebbletest.StartDNS(t)
 	var mgr atomic.Pointer[Manager]
 	var answered, passed atomic.Int32
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
@@ -491,8 +336,8 @@ func TestHTTP01(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Shutdown() })
 
 	l := startTLSListener(t)
-	p := startPebble(t, pebbleOptions{httpPort: portOf(t, plain.Addr().String()), tlsPort: closedPort(t), dnsAddr: dnsAddr})
-	cfg := &config.ACME{DirectoryURL: p.dirURL, CAFile: p.caFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.Port(t, plain.Addr().String()), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
+	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
 	var logs syncBuffer
 	m := newManager(t, cfg, &logs)
 	mgr.Store(m)
@@ -524,13 +369,13 @@ func TestHTTP01(t *testing.T) {
 	answered.Store(0)
 
 	start := time.Now()
-	chain := handshake(t, l.ln.Addr().String(), testDomain, p.roots)
+	chain := handshake(t, l.ln.Addr().String(), testDomain, p.Roots)
 	t.Logf("handshake with issuance (TLS-ALPN-01 failed, HTTP-01 passed): %s", time.Since(start).Round(time.Millisecond))
-	verifyChain(t, chain, testDomain, p.roots)
+	verifyChain(t, p, chain, testDomain)
 	if n := answered.Load(); n == 0 {
 		t.Error("the CA got no HTTP-01 answer from ServeHTTPChallenge")
 	}
-	if n := p.newOrders.Load(); n != 2 {
+	if n := p.NewOrders(); n != 2 {
 		t.Errorf("%d orders; want 2 (TLS-ALPN-01, then HTTP-01)", n)
 	}
 	waitLog(t, &logs, "acme "+testDomain+": certificate obtained", time.Second)
@@ -545,28 +390,28 @@ func TestHTTP01(t *testing.T) {
 // logged with its reason.
 func TestRenewal(t *testing.T) {
 	l := startTLSListener(t)
-	p := startPebble(t, pebbleOptions{alwaysValid: true, validity: 6})
-	cfg := &config.ACME{DirectoryURL: p.dirURL, CAFile: p.caFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
+	p := pebbletest.Start(t, pebbletest.Options{AlwaysValid: true, Validity: 6})
+	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
 	var logs syncBuffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
 	addr := l.ln.Addr().String()
 
-	first := handshake(t, addr, testDomain, p.roots)
-	verifyChain(t, first, testDomain, p.roots)
+	first := handshake(t, addr, testDomain, p.Roots)
+	verifyChain(t, p, first, testDomain)
 	waitLog(t, &logs, "acme "+testDomain+": renewing the certificate valid until", 15*time.Second)
 	waitLog(t, &logs, "acme "+testDomain+": certificate renewed", 15*time.Second)
-	renewed := handshake(t, addr, testDomain, p.roots)
-	verifyChain(t, renewed, testDomain, p.roots)
+	renewed := handshake(t, addr, testDomain, p.Roots)
+	verifyChain(t, p, renewed, testDomain)
 	if renewed[0].SerialNumber.Cmp(first[0].SerialNumber) == 0 {
 		t.Errorf("after the renewal the same certificate %x is served", first[0].SerialNumber)
 	}
-	if n := p.newOrders.Load(); n < 2 {
+	if n := p.NewOrders(); n < 2 {
 		t.Errorf("%d orders; want at least 2", n)
 	}
 
 	// The CA goes away: the next renewal fails, and the log says why.
-	p.srv.Close()
+	p.Close()
 	waitLog(t, &logs, "connection refused", 15*time.Second)
 }
 
@@ -575,17 +420,17 @@ func TestRenewal(t *testing.T) {
 // from the CA and the error once, and handshakes during autocert's one
 // minute back-off fail at once without an order or a repeated log line.
 func TestIssuanceFailure(t *testing.T) {
-	dnsAddr := startDNS(t)
+	dnsAddr := pebbletest.StartDNS(t)
 	l := startTLSListener(t)
-	p := startPebble(t, pebbleOptions{httpPort: closedPort(t), tlsPort: closedPort(t), dnsAddr: dnsAddr})
-	cfg := &config.ACME{DirectoryURL: p.dirURL, CAFile: p.caFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.ClosedPort(t), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
+	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
 	var logs syncBuffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
 
 	hello := func() error {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: issueTimeout}, "tcp", l.ln.Addr().String(),
-			&tls.Config{ServerName: testDomain, RootCAs: p.roots})
+			&tls.Config{ServerName: testDomain, RootCAs: p.Roots})
 		if err == nil {
 			conn.Close()
 		}
@@ -602,7 +447,7 @@ func TestIssuanceFailure(t *testing.T) {
 	} {
 		waitLog(t, &logs, want, time.Second)
 	}
-	orders := p.newOrders.Load()
+	orders := p.NewOrders()
 	start := time.Now()
 	if err := hello(); err == nil {
 		t.Fatal("second handshake succeeded")
@@ -610,7 +455,7 @@ func TestIssuanceFailure(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("second handshake took %s; want a fast failure", d)
 	}
-	if n := p.newOrders.Load(); n != orders {
+	if n := p.NewOrders(); n != orders {
 		t.Errorf("%d orders after the second handshake; want %d", n, orders)
 	}
 	if n := strings.Count(logs.String(), "no certificate:"); n != 1 {

@@ -128,6 +128,14 @@ upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
         domains: [ws.example.com]
         directory_url: http://127.0.0.1:14000/dir
 `, ":6: listeners[0].tls.acme.directory_url: \"http://127.0.0.1:14000/dir\" is not an https:// URL"},
+		{"acme name in two storage dirs", `  - address: 127.0.0.1:8443
+    tls: {acme: {domains: [ws.example.com], storage_dir: acme-a}}
+  - address: 127.0.0.1:9443
+    tls:
+      acme:
+        storage_dir: acme-b
+        domains: [api.example.com, WS.example.com]
+`, ":8: listeners[1].tls.acme.domains[1]: \"WS.example.com\" is also in listeners[0].tls.acme, whose storage_dir is \"acme-a\", not \"acme-b\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeFile(t, dir, "wsgate.yaml", "listeners:\n"+tc.listeners+tail)
@@ -173,5 +181,22 @@ upstreams:
 				t.Fatalf("error %v\nwant it to contain %q", err, path+tc.want)
 			}
 		})
+	}
+}
+
+// Listeners may share acme names when they share the storage_dir (here
+// the default), where each finds the other's challenge answers.
+func TestACMENameSharedWithOneStorage(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, "wsgate.yaml", `listeners:
+  - address: 127.0.0.1:8443
+    tls: {acme: {domains: [ws.example.com]}}
+  - address: 127.0.0.1:9443
+    tls: {acme: {domains: [ws.example.com]}}
+routes: [{path: /, upstream: u}]
+upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
+`)
+	if _, err := Load(path); err != nil {
+		t.Fatal(err)
 	}
 }

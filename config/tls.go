@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -159,6 +160,37 @@ func (v *validator) acme(p keyPath, a *ACME) {
 	}
 	if fi, err := os.Stat(a.StorageDir); err == nil && !fi.IsDir() {
 		v.add(p.key("storage_dir"), "%q is not a directory", a.StorageDir)
+	}
+}
+
+// acmeStorage checks that a name listed in the acme blocks of several
+// listeners has one storage_dir. Each listener's manager answers the CA's
+// challenges for its names (HTTP-01 on a plain listener goes to the first
+// one with the name, TLS-ALPN-01 to whichever listener the CA reaches) and
+// finds another manager's challenge answers only in a shared storage_dir.
+func (v *validator) acmeStorage(ls []Listener) {
+	type first struct {
+		listener int
+		storage  string
+	}
+	seen := map[string]first{}
+	for i, l := range ls {
+		if l.TLS == nil || l.TLS.ACME == nil {
+			continue
+		}
+		storage := filepath.Clean(l.TLS.ACME.StorageDir)
+		for j, d := range l.TLS.ACME.Domains {
+			name := strings.TrimSuffix(strings.ToLower(d), ".")
+			f, dup := seen[name]
+			switch {
+			case !dup:
+				seen[name] = first{i, storage}
+			case f.storage != storage:
+				v.add(keyPath{"listeners"}.index(i).key("tls").key("acme").key("domains").index(j),
+					"%q is also in listeners[%d].tls.acme, whose storage_dir is %q, not %q: listeners sharing a name must share its storage_dir, where each finds the other's answers to the CA's challenges",
+					d, f.listener, ls[f.listener].TLS.ACME.StorageDir, l.TLS.ACME.StorageDir)
+			}
+		}
 	}
 }
 

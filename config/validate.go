@@ -239,6 +239,7 @@ func (v *validator) listeners(ls []Listener) {
 		v.tls(p.key("tls"), l.TLS)
 	}
 	v.redirects(ls)
+	v.acmeStorage(ls)
 }
 
 // readable reports a file name that is empty or names no readable file,

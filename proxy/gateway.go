@@ -377,6 +377,14 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 
 // handleParseError answers requests fasthttp could not parse.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.Handshake() != nil {
+		// A failed TLS handshake (a name with no certificate, a hello
+		// without SNI on an acme-only listener, plain HTTP on the TLS port)
+		// carries no request: there is nothing to answer on it (the 400
+		// for plain HTTP is already written) and no request to log.
+		// fasthttp's line in the error log says why.
+		return
+	}
 	var tooBig *fasthttp.ErrSmallBuffer
 	var handshake *tlsterm.HandshakeError
 	switch {

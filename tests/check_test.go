@@ -79,6 +79,58 @@ func TestCheckInvalid(t *testing.T) {
 	}
 }
 
+// acmeConfig has a plain listener redirecting to a TLS listener whose
+// certificates come from ACME only; domain is line 10.
+func acmeConfig(domain, storageDir string) string {
+	return fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:8080
+    redirect_https: true
+  - address: 127.0.0.1:8443
+    tls:
+      acme:
+        email: ops@example.com
+        storage_dir: %s
+        domains:
+          - %s
+routes:
+  - host: ws.repo
+    upstream: ws_server
+upstreams:
+  ws_server:
+    servers:
+      - address: 127.0.0.1:3000
+`, storageDir, domain)
+}
+
+// -check accepts a TLS listener with acme and no certificates, and
+// neither creates storage_dir nor contacts the CA.
+func TestCheckACME(t *testing.T) {
+	t.Parallel()
+	storage := filepath.Join(t.TempDir(), "acme")
+	path := writeConfig(t, acmeConfig("ws.example.com", storage))
+	code, stdout, stderr := runWsgate(t, "", "-check", "-config", path)
+	if code != 0 || strings.TrimSpace(stdout) != "ok" {
+		t.Fatalf("-check with acme: exit %d, stdout %q, stderr %q; want 0 and \"ok\"", code, stdout, stderr)
+	}
+	if _, err := os.Stat(storage); !os.IsNotExist(err) {
+		t.Errorf("-check touched storage_dir %s: %v", storage, err)
+	}
+}
+
+// A bad acme key is reported as file:line: key: message.
+func TestCheckACMEInvalid(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, acmeConfig("localhost", filepath.Join(t.TempDir(), "acme")))
+	code, stdout, stderr := runWsgate(t, "", "-check", "-config", path)
+	if code != 1 || strings.Contains(stdout, "ok") {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and no \"ok\"", code, stdout, stderr)
+	}
+	want := path + `:10: listeners[1].tls.acme.domains[0]: "localhost" is not a DNS name with a dot`
+	if line := lineContaining(stderr, path+":"); !strings.HasPrefix(line, want) {
+		t.Errorf("stderr line %q; want it to start with %q (all of stderr:\n%s)", line, want, stderr)
+	}
+}
+
 func TestCheckMissingFile(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "absent.yaml")
