@@ -377,20 +377,15 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 
 // handleParseError answers requests fasthttp could not parse.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
-	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.Handshake() != nil {
-		// A failed TLS handshake (a name with no certificate, a hello
-		// without SNI on an acme-only listener, plain HTTP on the TLS port)
-		// carries no request: there is nothing to answer on it (the 400
-		// for plain HTTP is already written) and no request to log.
-		// fasthttp's line in the error log says why.
-		return
-	}
 	var tooBig *fasthttp.ErrSmallBuffer
 	var handshake *tlsterm.HandshakeError
 	switch {
 	case errors.As(err, &handshake):
-		// Not a request: nothing can be written to the connection, and
-		// fasthttp's error log already has the reason.
+		// A failed TLS handshake (a name with no certificate, a hello
+		// without SNI on an acme-only listener, plain HTTP on the TLS
+		// port) carries no request: nothing to answer on it (the 400 for
+		// plain HTTP is already written) and no request to log.
+		// fasthttp's line in the error log says why.
 	case errors.As(err, &tooBig):
 		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
 	default:
@@ -493,6 +488,11 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	}
 	if rt != nil {
 		l.pool = rt.Pool.Name
+	}
+	if l.start.IsZero() {
+		// fasthttp sets the time only once a request head is read: an
+		// unparsable head, or none before the timeout, has none.
+		l.start = time.Now()
 	}
 	return l
 }
