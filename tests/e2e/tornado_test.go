@@ -17,12 +17,15 @@ type tornadoMsg struct {
 	T      float64 `json:"t"`
 }
 
-// startTornado runs apps/tornado/server.py on a free port under name and
-// returns the port.
+// startTornado returns the port of apps/tornado/server.py running under
+// name, started once per test binary: the tests keep their clients apart
+// by Id, and a server pushes to each of its clients on its own.
 func startTornado(t *testing.T, name string) int {
 	t.Helper()
-	port := freePort(t)
-	startPython(t, port, "apps/tornado/server.py", "--port", fmt.Sprint(port), "--name", name)
+	_, port := sharedPeer(t, "tornado "+name, systemPython, func(port int) []string {
+		// -u: unbuffered, so the peer's log is complete when a test fails.
+		return []string{"-u", "apps/tornado/server.py", "--port", fmt.Sprint(port), "--name", name}
+	})
 	return port
 }
 

@@ -12,6 +12,18 @@ import (
 	"time"
 )
 
+// startWSServer returns the port of apps/ws/server.js, started once per
+// test binary (it keeps no state between connections). It stands for the
+// nginx example's 127.0.0.1:3000, on a free port so that the tests do not
+// depend on 3000 being unused.
+func startWSServer(t *testing.T) int {
+	t.Helper()
+	_, port := sharedPeer(t, "ws-server", "node", func(port int) []string {
+		return []string{"apps/ws/server.js", "--port", fmt.Sprint(port)}
+	})
+	return port
+}
+
 // TestWSHostRoute is the classic nginx setup (`server_name ws.repo;`
 // proxying to a node ws server) as a wsgate host route. Chromium resolves
 // ws.repo to 127.0.0.1 and runs new WebSocket('ws://ws.repo:PORT/'): the
@@ -22,10 +34,7 @@ func TestWSHostRoute(t *testing.T) {
 	// a time (GOMAXPROCS on CI) keeps the package well inside its budget.
 	t.Parallel()
 	requirePeers(t)
-	// The nginx example's 127.0.0.1:3000, on a free port so that the test
-	// does not depend on 3000 being unused.
-	up := freePort(t)
-	startNode(t, up, "apps/ws/server.js", "--port", fmt.Sprint(up))
+	up := startWSServer(t)
 	gw := freePort(t)
 	startWsgate(t, gw, fmt.Sprintf(`
 listeners:
