@@ -386,6 +386,16 @@ func startNode(t *testing.T, port int, script string, args ...string) *proc {
 // same limit inside (E2E_BROWSER_TIMEOUT_MS) and this is the backstop.
 const browserTimeout = 60 * time.Second
 
+// browserOpts are runBrowserOpts's settings; the zero value is runBrowser's.
+type browserOpts struct {
+	// Timeout is the overall limit; 0 is browserTimeout.
+	Timeout time.Duration
+	// TrustSPKI are base64 SHA-256 hashes of the SubjectPublicKeyInfo of
+	// the test certificates Chromium is to accept (testCert.SPKIHash),
+	// passed to browser.js as --trust-spki.
+	TrustSPKI []string
+}
+
 // runBrowser runs `node browser.js script args...` in tests/e2e: headless
 // /usr/bin/chromium loads the scenario module script (a path relative to
 // tests/e2e, exporting `async (page, args) => result`) and the scenario's
@@ -393,16 +403,26 @@ const browserTimeout = 60 * time.Second
 // scenario fails the test with the browser's log.
 func runBrowser(t *testing.T, script string, args ...string) string {
 	t.Helper()
-	return runBrowserTimeout(t, browserTimeout, script, args...)
+	return runBrowserOpts(t, browserOpts{}, script, args...)
 }
 
-// runBrowserTimeout is runBrowser with an overall limit other than 60 s.
-func runBrowserTimeout(t *testing.T, limit time.Duration, script string, args ...string) string {
+// runBrowserOpts is runBrowser with a limit other than 60 s or with test
+// certificates to trust.
+func runBrowserOpts(t *testing.T, o browserOpts, script string, args ...string) string {
 	t.Helper()
 	requirePeers(t)
+	limit := o.Timeout
+	if limit == 0 {
+		limit = browserTimeout
+	}
 	start := time.Now()
 	env := []string{fmt.Sprintf("E2E_BROWSER_TIMEOUT_MS=%d", limit.Milliseconds())}
-	p := startProcEnv(t, env, e2eDir, "node", append([]string{"browser.js", script}, args...)...)
+	argv := []string{"browser.js"}
+	for _, h := range o.TrustSPKI {
+		argv = append(argv, "--trust-spki="+h)
+	}
+	argv = append(append(argv, script), args...)
+	p := startProcEnv(t, env, e2eDir, "node", argv...)
 	select {
 	case <-p.done:
 	case <-time.After(limit + 10*time.Second):
