@@ -1,7 +1,12 @@
 #!/usr/bin/env node
 // browser.js drives headless Chromium for wsgate's end-to-end tests.
 //
-//   node browser.js SCENARIO.js [ARGS...]
+//   node browser.js [--trust-spki=HASH]... SCENARIO.js [ARGS...]
+//
+// --trust-spki=HASH (base64 of the SHA-256 of a certificate's
+// SubjectPublicKeyInfo, 44 characters) makes Chromium accept TLS server
+// certificates with that public key, such as a test's own; without it, no
+// certificate but a publicly trusted one is accepted. See chromiumArgs.
 //
 // SCENARIO.js (resolved from the working directory) is a CommonJS module
 // exporting `async (page, args) => result`: it gets a fresh Playwright page
@@ -25,8 +30,10 @@ const timeoutMs = Number(process.env.E2E_BROWSER_TIMEOUT_MS) || 60000;
 // outside network: the background services it would start (updates, sync,
 // QUIC probes...) only fail noisily, so they are turned off. ws.repo is the
 // host name of the nginx-style host route test; it resolves to the loopback
-// so the Host header the gateway sees is ws.repo. --no-proxy-server keeps an
-// http_proxy of the environment from sending 127.0.0.1 traffic elsewhere.
+// so the Host header the gateway sees is ws.repo; untrusted.repo too, for
+// the wss:// test's certificate that must be refused. --no-proxy-server
+// keeps an http_proxy of the environment from sending 127.0.0.1 traffic
+// elsewhere.
 const chromiumArgs = [
   '--no-sandbox',
   '--disable-gpu',
@@ -37,17 +44,42 @@ const chromiumArgs = [
   '--disable-sync',
   '--disable-dev-shm-usage',
   '--no-proxy-server',
-  '--host-resolver-rules=MAP ws.repo 127.0.0.1',
+  '--host-resolver-rules=MAP ws.repo 127.0.0.1, MAP untrusted.repo 127.0.0.1',
 ];
+
+// trustArgs turns the --trust-spki hashes into Chromium's flag. The wss://
+// tests' certificates come from a CA made by the test, which Chromium does
+// not know. --ignore-certificate-errors-spki-list=H1,H2 accepts a chain
+// only if one of its certificates has one of those public keys: the test
+// server's key is trusted and any other certificate is still refused, so
+// a test still fails on a certificate the gateway should not have served.
+// --ignore-certificate-errors (or Playwright's ignoreHTTPSErrors) would
+// accept any certificate at all, and so prove nothing about TLS. Chromium
+// honours the SPKI list only with --user-data-dir, which Playwright's
+// launch() always passes (its temporary profile).
+function trustArgs(hashes) {
+  for (const h of hashes) {
+    if (!/^[A-Za-z0-9+/]{43}=$/.test(h)) {
+      throw new Error(`--trust-spki=${h}: want base64 of a SHA-256 (44 characters)`);
+    }
+  }
+  return hashes.length ? ['--ignore-certificate-errors-spki-list=' + hashes.join(',')] : [];
+}
 
 function log(...parts) {
   process.stderr.write(parts.join(' ') + '\n');
 }
 
 async function main() {
-  const [scenarioPath, ...args] = process.argv.slice(2);
-  if (!scenarioPath) {
-    throw new Error('usage: node browser.js SCENARIO.js [ARGS...]');
+  let argv = process.argv.slice(2);
+  const spki = [];
+  while (argv.length && argv[0].startsWith('--trust-spki=')) {
+    spki.push(argv[0].slice('--trust-spki='.length));
+    argv = argv.slice(1);
+  }
+  const [scenarioPath, ...args] = argv;
+  if (!scenarioPath || scenarioPath.startsWith('--')) {
+    throw new Error('usage: node browser.js [--trust-spki=HASH]... SCENARIO.js [ARGS...]');
   }
   const scenario = require(path.resolve(scenarioPath));
   if (typeof scenario !== 'function') {
@@ -59,7 +91,7 @@ async function main() {
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
-    args: chromiumArgs,
+    args: chromiumArgs.concat(trustArgs(spki)),
     timeout: 30000,
   });
   try {

@@ -87,6 +87,7 @@ func buildAndRun(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/wsgate: %v\n%s", err, out)
 		return 1
 	}
+	defer stopSharedPeers()
 	return m.Run()
 }
 
@@ -166,6 +167,24 @@ func startProc(t *testing.T, dir, name string, args ...string) *proc {
 // environment.
 func startProcEnv(t *testing.T, env []string, dir, name string, args ...string) *proc {
 	t.Helper()
+	p, err := newProc(env, dir, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Kill(t)
+		if t.Failed() {
+			t.Logf("%s\n--- stdout:\n%s--- stderr:\n%s", p.name, p.stdout, p.stderr)
+		}
+	})
+	return p
+}
+
+// newProc starts name with args in dir, with env (KEY=VALUE) added to the
+// test's own environment, in a process group of its own. Nothing ends it:
+// that is the caller's job (startProcEnv ties it to a test, sharedPeer to
+// the test binary).
+func newProc(env []string, dir, name string, args ...string) (*proc, error) {
 	p := &proc{
 		name:   filepath.Base(name) + " " + strings.Join(args, " "),
 		cmd:    exec.Command(name, args...),
@@ -181,36 +200,38 @@ func startProcEnv(t *testing.T, env []string, dir, name string, args ...string) 
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", p.name, err)
+		return nil, fmt.Errorf("start %s: %v", p.name, err)
 	}
 	go func() {
 		p.waitErr = p.cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		p.Kill(t)
-		if t.Failed() {
-			t.Logf("%s\n--- stdout:\n%s--- stderr:\n%s", p.name, p.stdout, p.stderr)
-		}
-	})
-	return p
+	return p, nil
 }
 
 // Kill ends the process and its process group with SIGKILL and waits for
 // it; killing an already finished process is a no-op.
 func (p *proc) Kill(t *testing.T) {
 	t.Helper()
+	if err := p.kill(); err != nil {
+		t.Error(err)
+	}
+}
+
+// kill is Kill without a test, for the peers shared by the whole binary.
+func (p *proc) kill() error {
 	select {
 	case <-p.done:
-		return
+		return nil
 	default:
 	}
-	// A negative pid names the process group set up by startProc.
+	// A negative pid names the process group set up by newProc.
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	select {
 	case <-p.done:
+		return nil
 	case <-time.After(5 * time.Second):
-		t.Errorf("%s (pid %d) did not die after SIGKILL", p.name, p.cmd.Process.Pid)
+		return fmt.Errorf("%s (pid %d) did not die after SIGKILL", p.name, p.cmd.Process.Pid)
 	}
 }
 
@@ -221,6 +242,78 @@ func (p *proc) Exited() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// sharedPeers are the peers started once per test binary by sharedPeer,
+// by key, and killed by TestMain after the last test.
+var (
+	sharedMu    sync.Mutex
+	sharedPeers = map[string]*sharedProc{}
+)
+
+type sharedProc struct {
+	once sync.Once
+	p    *proc
+	port int
+	err  error
+}
+
+// sharedPeer returns the peer known as key and its port, starting it on
+// first use: `name args(port)...` run in tests/e2e on a free 127.0.0.1
+// port, up once it accepts there. Tests that can share a peer (its state
+// kept apart by what they send it, such as distinct Tornado Ids) do, so
+// that each peer starts once per test binary. The peer outlives the test
+// that started it; its output is logged by every test using it that fails.
+func sharedPeer(t *testing.T, key, name string, args func(port int) []string) (*proc, int) {
+	t.Helper()
+	sharedMu.Lock()
+	sp := sharedPeers[key]
+	if sp == nil {
+		sp = &sharedProc{}
+		sharedPeers[key] = sp
+	}
+	sharedMu.Unlock()
+	sp.once.Do(func() {
+		// No t.Fatal in here: a Goexit inside Do would leave the peer
+		// "started" with no process for every later test.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			sp.err = err
+			return
+		}
+		sp.port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		sp.p, sp.err = newProc(nil, e2eDir, name, args(sp.port)...)
+		if sp.err == nil {
+			sp.err = waitPortErr(sp.p, sp.port, 15*time.Second)
+		}
+	})
+	if sp.err != nil {
+		t.Fatalf("shared peer %s: %v", key, sp.err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("shared peer %s\n--- stdout:\n%s--- stderr:\n%s", sp.p.name, sp.p.stdout, sp.p.stderr)
+		}
+	})
+	if sp.p.Exited() {
+		t.Fatalf("shared peer %s exited: %v", sp.p.name, sp.p.waitErr)
+	}
+	return sp.p, sp.port
+}
+
+// stopSharedPeers kills the peers sharedPeer started.
+func stopSharedPeers() {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	for key, sp := range sharedPeers {
+		if sp.p == nil {
+			continue
+		}
+		if err := sp.p.kill(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: shared peer %s: %v\n", key, err)
+		}
 	}
 }
 
@@ -242,19 +335,26 @@ func freePort(t *testing.T) int {
 // peer that crashed at startup will never listen.
 func waitPort(t *testing.T, p *proc, port int, d time.Duration) {
 	t.Helper()
+	if err := waitPortErr(p, port, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitPortErr is waitPort returning its failure.
+func waitPortErr(p *proc, port int, d time.Duration) error {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(d)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		if p != nil && p.Exited() {
-			t.Fatalf("%s exited before listening on %s: %v\n--- stdout:\n%s--- stderr:\n%s", p.name, addr, p.waitErr, p.stdout, p.stderr)
+			return fmt.Errorf("%s exited before listening on %s: %v\n--- stdout:\n%s--- stderr:\n%s", p.name, addr, p.waitErr, p.stdout, p.stderr)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s after %v: %v", addr, d, err)
+			return fmt.Errorf("nothing listens on %s after %v: %v", addr, d, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -282,19 +382,19 @@ func startNode(t *testing.T, port int, script string, args ...string) *proc {
 	return p
 }
 
-// startPython runs `/usr/bin/python3 script args...` from tests/e2e and
-// waits until it accepts on port.
-func startPython(t *testing.T, port int, script string, args ...string) *proc {
-	t.Helper()
-	// -u: unbuffered, so the peer's log is complete when a test fails.
-	p := startProc(t, e2eDir, systemPython, append([]string{"-u", script}, args...)...)
-	waitPort(t, p, port, 15*time.Second)
-	return p
-}
-
 // browserTimeout is the longest one runBrowser may take; browser.js has the
 // same limit inside (E2E_BROWSER_TIMEOUT_MS) and this is the backstop.
 const browserTimeout = 60 * time.Second
+
+// browserOpts are runBrowserOpts's settings; the zero value is runBrowser's.
+type browserOpts struct {
+	// Timeout is the overall limit; 0 is browserTimeout.
+	Timeout time.Duration
+	// TrustSPKI are base64 SHA-256 hashes of the SubjectPublicKeyInfo of
+	// the test certificates Chromium is to accept (testCert.SPKIHash),
+	// passed to browser.js as --trust-spki.
+	TrustSPKI []string
+}
 
 // runBrowser runs `node browser.js script args...` in tests/e2e: headless
 // /usr/bin/chromium loads the scenario module script (a path relative to
@@ -303,16 +403,26 @@ const browserTimeout = 60 * time.Second
 // scenario fails the test with the browser's log.
 func runBrowser(t *testing.T, script string, args ...string) string {
 	t.Helper()
-	return runBrowserTimeout(t, browserTimeout, script, args...)
+	return runBrowserOpts(t, browserOpts{}, script, args...)
 }
 
-// runBrowserTimeout is runBrowser with an overall limit other than 60 s.
-func runBrowserTimeout(t *testing.T, limit time.Duration, script string, args ...string) string {
+// runBrowserOpts is runBrowser with a limit other than 60 s or with test
+// certificates to trust.
+func runBrowserOpts(t *testing.T, o browserOpts, script string, args ...string) string {
 	t.Helper()
 	requirePeers(t)
+	limit := o.Timeout
+	if limit == 0 {
+		limit = browserTimeout
+	}
 	start := time.Now()
 	env := []string{fmt.Sprintf("E2E_BROWSER_TIMEOUT_MS=%d", limit.Milliseconds())}
-	p := startProcEnv(t, env, e2eDir, "node", append([]string{"browser.js", script}, args...)...)
+	argv := []string{"browser.js"}
+	for _, h := range o.TrustSPKI {
+		argv = append(argv, "--trust-spki="+h)
+	}
+	argv = append(append(argv, script), args...)
+	p := startProcEnv(t, env, e2eDir, "node", argv...)
 	select {
 	case <-p.done:
 	case <-time.After(limit + 10*time.Second):

@@ -56,6 +56,10 @@ class PushHandler(tornado.websocket.WebSocketHandler):
             "type": "hello",
             "server": self.application.settings["server_name"],
             "id": self.client_id,
+            # What the gateway says the browser used: "https" for wss://
+            # on a TLS listener. (self.request.protocol stays "http"
+            # without xheaders=True.)
+            "proto": self.request.headers.get("X-Forwarded-Proto"),
         }))
 
     def on_message(self, message):

@@ -3,8 +3,8 @@
 // (`server_name ws.repo;` proxying to 127.0.0.1:3000) done with wsgate.
 //
 // A WebSocket client is greeted with a JSON hello naming this server and the
-// Host and X-Forwarded-For it saw (so you can check what the gateway
-// passes on), and every message it sends is echoed back. A plain GET /
+// Host, X-Forwarded-For and X-Forwarded-Proto it saw (so you can check what
+// the gateway passes on; proto is "https" when the browser came over wss://), and every message it sends is echoed back. A plain GET /
 // serves a page that connects back to the host that served it.
 //
 // Run it behind wsgate (from tests/e2e, after `bash tests/e2e/setup.sh`):
@@ -69,6 +69,7 @@ wss.on('connection', (ws, req) => {
     server: name,
     host: req.headers.host,
     xff: req.headers['x-forwarded-for'] || null,
+    proto: req.headers['x-forwarded-proto'] || null,
   }));
   ws.on('message', (data, isBinary) => {
     // Echo as received: text stays text, binary stays binary.
