@@ -73,6 +73,7 @@ type Gateway struct {
 	pending int
 	stopped bool       // drain is over: a late tunnel is closed at once
 	idle    *sync.Cond // signalled when the last tunnel ends
+	memory  memoryReleaser
 
 	accessLog   *accessLog
 	errorLog    *log.Logger

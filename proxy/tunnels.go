@@ -81,6 +81,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		return
 	}
 	g.tunnels[live] = struct{}{}
+	g.memory.tunnelsNow(len(g.tunnels))
 	g.mu.Unlock()
 
 	if carried != nil {
@@ -162,6 +163,7 @@ func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, close
 	info.server.Release()
 	g.mu.Lock()
 	delete(g.tunnels, t)
+	g.memory.tunnelsNow(len(g.tunnels))
 	g.tunnelsChanged()
 	g.mu.Unlock()
 	g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).
