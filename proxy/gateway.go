@@ -51,7 +51,7 @@ type Gateway struct {
 	timeouts       timeouts
 	maxHeaderBytes int
 	clientsMu      sync.Mutex
-	clients        map[string]*fasthttp.HostClient // by upstream name and server address
+	clients        map[*upstream.Server]*fasthttp.HostClient // a server belongs to one pool
 
 	discoveries    []*upstream.Discovery       // pools that follow DNS
 	background     []func(ctx context.Context) // health checks, started by Start
@@ -99,7 +99,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		},
 		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
 		certPoll:        opts.CertPollInterval,
-		clients:         map[string]*fasthttp.HostClient{},
+		clients:         map[*upstream.Server]*fasthttp.HostClient{},
 		listenerConfigs: cfg.Listeners,
 		tunnels:         map[liveTunnel]struct{}{},
 		accessLog:       newAccessLog(opts.AccessLog),
@@ -205,13 +205,20 @@ func isIPAddress(addr string) bool {
 // servers come and go with discovery. Clients are per upstream, not per
 // address alone: two upstreams may reach one address, one over TLS.
 func (g *Gateway) clientFor(rt *Route, srv *upstream.Server) *fasthttp.HostClient {
-	key := rt.Pool.Name + " " + srv.Address
 	g.clientsMu.Lock()
 	defer g.clientsMu.Unlock()
-	hc, ok := g.clients[key]
+	hc, ok := g.clients[srv]
 	if !ok {
+		// A new server: forget the clients of servers that left their
+		// pool and have nothing in flight, or a discovery that churns
+		// (pods come and go) would grow the map for ever.
+		for s := range g.clients {
+			if s.Removed() && s.Active() == 0 {
+				delete(g.clients, s)
+			}
+		}
 		hc = g.newHostClient(srv, rt.tls)
-		g.clients[key] = hc
+		g.clients[srv] = hc
 	}
 	return hc
 }

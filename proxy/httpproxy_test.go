@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // httpClient is a net/http client of its own, so idle conns of one test
@@ -715,5 +716,39 @@ func TestDeadServerStaleConnsFailOver(t *testing.T) {
 		if resp.StatusCode != 200 || string(body) != "alive" {
 			t.Fatalf("request %d after the server died: %d %q", i, resp.StatusCode, body)
 		}
+	}
+}
+
+// The HTTP clients of servers that left their pool (DNS churn) are
+// forgotten once nothing is in flight on them; live servers keep theirs.
+func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
+	g, err := New(configFor("127.0.0.1:1"), Options{AccessLog: io.Discard, ErrorLog: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &upstream.Server{Address: "127.0.0.1:1001", Weight: 1}
+	b := &upstream.Server{Address: "127.0.0.1:1002", Weight: 1}
+	pool := upstream.NewPool("p", []*upstream.Server{a, b}, upstream.Options{})
+	rt := &Route{Pool: pool}
+	hcA := g.clientFor(rt, a)
+	g.clientFor(rt, b)
+	if g.clientFor(rt, a) != hcA {
+		t.Fatal("a server got a second client")
+	}
+	b.Acquire() // a request in flight on b
+	pool.SetServers([]*upstream.Server{{Address: "127.0.0.1:1003", Weight: 1}})
+	c := pool.Servers()[0]
+	g.clientFor(rt, c)
+	if _, ok := g.clients[a]; ok {
+		t.Error("the client of a removed idle server is kept")
+	}
+	if _, ok := g.clients[b]; !ok {
+		t.Error("the client of a removed server with a request in flight was dropped")
+	}
+	b.Release()
+	pool.SetServers([]*upstream.Server{{Address: "127.0.0.1:1004", Weight: 1}})
+	g.clientFor(rt, pool.Servers()[0])
+	if len(g.clients) != 1 {
+		t.Errorf("%d clients left, want 1", len(g.clients))
 	}
 }

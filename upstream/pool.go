@@ -69,6 +69,10 @@ func (s *Server) Acquire() bool {
 // Release ends a lease taken with Acquire.
 func (s *Server) Release() { s.active.Add(-1) }
 
+// Removed reports whether s left its pool (gone from DNS); a server that
+// returns later is a new Server.
+func (s *Server) Removed() bool { return s.removed.Load() }
+
 // Token is the opaque sticky-cookie value that names s within its pool.
 func (s *Server) Token() string { return s.token }
 
