@@ -7,7 +7,6 @@ package acmecert
 // *.wsgate.test.
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +29,7 @@ import (
 
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/pebbletest"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 const (
@@ -39,27 +38,8 @@ const (
 	issueTimeout = time.Minute
 )
 
-// syncBuffer is an io.Writer safe for the goroutines of autocert, pebble
-// and the servers, which may still write after a test's last check.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // waitLog waits until the log holds want.
-func waitLog(t *testing.T, b *syncBuffer, want string, timeout time.Duration) {
+func waitLog(t *testing.T, b *syncbuf.Buffer, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(b.String(), want) {
@@ -190,7 +170,7 @@ func TestTLSALPN01(t *testing.T) {
 		Domains:      []string{testDomain},
 		StorageDir:   filepath.Join(t.TempDir(), "acme"),
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
 	if n := p.NewOrders(); n != 0 {
@@ -249,7 +229,7 @@ func TestTLSALPN01(t *testing.T) {
 	// Restart: a new Manager on the same storage_dir serves the stored
 	// certificate without an order.
 	m.Close()
-	var logs2 syncBuffer
+	var logs2 syncbuf.Buffer
 	m2 := newManager(t, cfg, &logs2)
 	l.mgr.Store(m2)
 	restarted := handshake(t, addr, testDomain, p.Roots)
@@ -338,7 +318,7 @@ func TestHTTP01(t *testing.T) {
 	l := startTLSListener(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.Port(t, plain.Addr().String()), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
 	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)
 	mgr.Store(m)
 	l.mgr.Store(m)
@@ -392,7 +372,7 @@ func TestRenewal(t *testing.T) {
 	l := startTLSListener(t)
 	p := pebbletest.Start(t, pebbletest.Options{AlwaysValid: true, Validity: 6})
 	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
 	addr := l.ln.Addr().String()
@@ -424,7 +404,7 @@ func TestIssuanceFailure(t *testing.T) {
 	l := startTLSListener(t)
 	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.ClosedPort(t), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
 	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)
 	l.mgr.Store(m)
 
@@ -467,7 +447,7 @@ func TestIssuanceFailure(t *testing.T) {
 // TestBackoff: after a failure a name waits 1 minute, then twice as long
 // after each further failure, up to an hour; a certificate clears it.
 func TestBackoff(t *testing.T) {
-	var out syncBuffer
+	var out syncbuf.Buffer
 	l := newEventLog(&out, "https://ca.test/dir", t.TempDir())
 	fail := errors.New("boom")
 	for _, want := range []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute,

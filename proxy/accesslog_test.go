@@ -1,32 +1,13 @@
 package proxy
 
 import (
-	"bytes"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the gateway's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // The access log line of a tunnel names the upstream, the bytes each way
 // and who closed it.
@@ -49,7 +30,7 @@ func TestAccessLogNamesWhoClosed(t *testing.T) {
 			}
 		}
 	}))
-	var log syncBuffer
+	var log syncbuf.Buffer
 	cfg := configFor(closer)
 	cfg.Timeouts.Idle = 5e8 // 500ms
 	g, err := New(cfg, Options{AccessLog: &log, ErrorLog: testLog{t}})

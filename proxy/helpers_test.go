@@ -39,10 +39,17 @@ func startGateway(t testing.TB, cfg *config.Config) *Gateway {
 // startGatewayLogging starts a gateway whose access log goes to accessLog.
 func startGatewayLogging(t testing.TB, cfg *config.Config, accessLog io.Writer) *Gateway {
 	t.Helper()
+	return startGatewayOpts(t, cfg, Options{AccessLog: accessLog, ErrorLog: testLog{t}})
+}
+
+// startGatewayOpts starts a gateway with opts and shuts it down when the
+// test ends.
+func startGatewayOpts(t testing.TB, cfg *config.Config, opts Options) *Gateway {
+	t.Helper()
 	if cfg.Limits.MaxHeaderBytes == 0 {
 		cfg.Limits.MaxHeaderBytes = 16384
 	}
-	g, err := New(cfg, Options{AccessLog: accessLog, ErrorLog: testLog{t}})
+	g, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

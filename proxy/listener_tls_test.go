@@ -3,116 +3,21 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
-
-// testPKI is a CA made for one test, issuing server and client
-// certificates into dir.
-type testPKI struct {
-	t     testing.TB
-	dir   string
-	key   *ecdsa.PrivateKey
-	cert  *x509.Certificate
-	roots *x509.CertPool
-	// CAFile is the CA certificate in PEM.
-	CAFile string
-}
-
-func newTestPKI(t testing.TB) *testPKI {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "wsgate test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	p := &testPKI{t: t, dir: t.TempDir(), key: key, cert: cert, roots: x509.NewCertPool()}
-	p.roots.AddCert(cert)
-	p.CAFile = p.write("ca.crt", "CERTIFICATE", der)
-	return p
-}
-
-func (p *testPKI) write(name, typ string, der []byte) string {
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		p.t.Fatal(err)
-	}
-	return path
-}
-
-// issue writes a certificate signed by the CA, for the subject and DNS
-// names given, and its key; file names start with base.
-func (p *testPKI) issue(base string, serial int64, subject pkix.Name, usage x509.ExtKeyUsage, names ...string) (certFile, keyFile string) {
-	p.t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      subject,
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return p.write(base+".crt", "CERTIFICATE", der), p.write(base+".key", "EC PRIVATE KEY", keyDER)
-}
-
-func (p *testPKI) server(base string, serial int64, names ...string) config.Certificate {
-	c, k := p.issue(base, serial, pkix.Name{CommonName: names[0]}, x509.ExtKeyUsageServerAuth, names...)
-	return config.Certificate{CertFile: c, KeyFile: k}
-}
-
-// clientCert is a client certificate for mutual TLS.
-func (p *testPKI) clientCert(base string, subject pkix.Name) tls.Certificate {
-	c, k := p.issue(base, 100, subject, x509.ExtKeyUsageClientAuth)
-	pair, err := tls.LoadX509KeyPair(c, k)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return pair
-}
 
 // startTLSGateway starts a gateway whose one listener speaks TLS with tc,
 // in front of upstream; the error log goes to errLog when it is not nil.
@@ -124,19 +29,7 @@ func startTLSGateway(t *testing.T, upstream string, tc *config.TLS, errLog io.Wr
 	if errLog == nil {
 		errLog = testLog{t}
 	}
-	g, err := New(cfg, Options{AccessLog: io.Discard, ErrorLog: errLog, CertPollInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-	})
-	return g
+	return startGatewayOpts(t, cfg, Options{AccessLog: io.Discard, ErrorLog: errLog, CertPollInterval: 50 * time.Millisecond})
 }
 
 // servedCert opens a TLS connection with the given SNI name (none when
@@ -160,24 +53,24 @@ func servedCert(t *testing.T, addr, sni string, roots *x509.CertPool) *x509.Cert
 // that names it (exact first, then wildcard), no SNI or an unknown name
 // gets the first one, and a wss client that verifies chain and name works.
 func TestTLSCertificatesBySNI(t *testing.T) {
-	pki := newTestPKI(t)
+	ca := newTestCA(t, "wsgate test CA")
 	tc := &config.TLS{Certificates: []config.Certificate{
-		pki.server("default", 10, "default.test"),
-		pki.server("a", 11, "a.test"),
-		pki.server("wild", 12, "*.b.test"),
-		pki.server("exact", 13, "x.b.test"),
+		ca.server(t, "default", 10, "default.test"),
+		ca.server(t, "a", 11, "a.test"),
+		ca.server(t, "wild", 12, "*.b.test"),
+		ca.server(t, "exact", 13, "x.b.test"),
 	}}
 	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), tc, nil)
 	addr := g.Addrs()[0].String()
 	for sni, serial := range map[string]int64{
 		"": 10, "unknown.test": 10, "a.test": 11, "A.TEST": 11, "y.b.test": 12, "x.b.test": 13, "deep.y.b.test": 10,
 	} {
-		if got := servedCert(t, addr, sni, pki.roots); got.SerialNumber.Int64() != serial {
+		if got := servedCert(t, addr, sni, ca.pool); got.SerialNumber.Int64() != serial {
 			t.Errorf("SNI %q got serial %d, want %d", sni, got.SerialNumber, serial)
 		}
 	}
 
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "y.b.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "y.b.test"}}
 	c, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -200,19 +93,19 @@ func echoOnce(t *testing.T, c *websocket.Conn, msg string) {
 // Old TLS versions are refused; min_version 1.3 refuses 1.2; a client that
 // offers h2 and http/1.1 gets http/1.1 and its request is served.
 func TestTLSVersionsAndALPN(t *testing.T) {
-	pki := newTestPKI(t)
+	ca := newTestCA(t, "wsgate test CA")
 	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
-	g := startTLSGateway(t, up, &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}, nil)
+	g := startTLSGateway(t, up, &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}, nil)
 	addr := g.Addrs()[0].String()
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pki.roots, ServerName: "s.test", MinVersion: v, MaxVersion: v})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", MinVersion: v, MaxVersion: v})
 		if err == nil {
 			c.Close()
 			t.Fatalf("a TLS %s client was accepted", tls.VersionName(v))
 		}
 	}
 
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pki.roots, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,8 +123,8 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 		t.Fatalf("over http/1.1 ALPN: %d %q", resp.StatusCode, body)
 	}
 
-	g13 := startTLSGateway(t, up, &config.TLS{MinVersion: "1.3", Certificates: []config.Certificate{pki.server("s13", 3, "s.test")}}, io.Discard)
-	if c, err := tls.Dial("tcp", g13.Addrs()[0].String(), &tls.Config{RootCAs: pki.roots, ServerName: "s.test", MaxVersion: tls.VersionTLS12}); err == nil {
+	g13 := startTLSGateway(t, up, &config.TLS{MinVersion: "1.3", Certificates: []config.Certificate{ca.server(t, "s13", 3, "s.test")}}, io.Discard)
+	if c, err := tls.Dial("tcp", g13.Addrs()[0].String(), &tls.Config{RootCAs: ca.pool, ServerName: "s.test", MaxVersion: tls.VersionTLS12}); err == nil {
 		c.Close()
 		t.Fatal("min_version 1.3 accepted a TLS 1.2 client")
 	}
@@ -240,10 +133,10 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 // Plain HTTP on the TLS port gets a 400 that says to use TLS; garbage gets
 // a close; a tunnel that was open meanwhile is not disturbed.
 func TestTLSPortRefusesPlainHTTPAndGarbage(t *testing.T) {
-	pki := newTestPKI(t)
-	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}, io.Discard)
+	ca := newTestCA(t, "wsgate test CA")
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}, io.Discard)
 	addr := g.Addrs()[0].String()
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}}
 	live, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -281,12 +174,12 @@ func TestTLSPortRefusesPlainHTTPAndGarbage(t *testing.T) {
 // refused with a log line and the certificate in use stays; SIGHUP's
 // reload does the same on demand.
 func TestTLSCertificateReload(t *testing.T) {
-	pki := newTestPKI(t)
-	errLog := &syncBuffer{}
-	cert := pki.server("live", 1, "s.test")
+	ca := newTestCA(t, "wsgate test CA")
+	errLog := &syncbuf.Buffer{}
+	cert := ca.server(t, "live", 1, "s.test")
 	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
 	addr := g.Addrs()[0].String()
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}}
 	before, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -294,11 +187,11 @@ func TestTLSCertificateReload(t *testing.T) {
 	defer before.Close()
 
 	// Renewal as certbot does it: new files moved into place.
-	renewed := pki.server("renewed", 2, "s.test")
+	renewed := ca.server(t, "renewed", 2, "s.test")
 	os.Rename(renewed.CertFile, cert.CertFile)
 	os.Rename(renewed.KeyFile, cert.KeyFile)
 	waitFor(t, "the renewed certificate", func() bool {
-		return servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64() == 2
+		return servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64() == 2
 	})
 	echoOnce(t, before, "opened before the renewal")
 
@@ -306,20 +199,20 @@ func TestTLSCertificateReload(t *testing.T) {
 	waitFor(t, "the refused reload in the log", func() bool {
 		return strings.Contains(errLog.String(), "certificate reload refused, the certificates in use stay")
 	})
-	if got := servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64(); got != 2 {
+	if got := servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64(); got != 2 {
 		t.Fatalf("after a corrupt replacement the gateway serves serial %d", got)
 	}
 	if err := g.ReloadCertificates(); err == nil {
 		t.Fatal("ReloadCertificates accepted a corrupt certificate")
 	}
 
-	third := pki.server("third", 3, "s.test")
+	third := ca.server(t, "third", 3, "s.test")
 	os.Rename(third.CertFile, cert.CertFile)
 	os.Rename(third.KeyFile, cert.KeyFile)
 	if err := g.ReloadCertificates(); err != nil {
 		t.Fatal(err)
 	}
-	if got := servedCert(t, addr, "s.test", pki.roots).SerialNumber.Int64(); got != 3 {
+	if got := servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64(); got != 3 {
 		t.Fatalf("after ReloadCertificates: serial %d", got)
 	}
 	echoOnce(t, before, "still open after two reloads")
@@ -330,7 +223,7 @@ func TestTLSCertificateReload(t *testing.T) {
 // a copy of that header sent by the client never reaches the upstream
 // (WebSocket and plain HTTP paths alike).
 func TestMutualTLS(t *testing.T) {
-	pki := newTestPKI(t)
+	ca := newTestCA(t, "wsgate test CA")
 	seen := make(chan http.Header, 4)
 	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen <- r.Header.Clone()
@@ -345,15 +238,15 @@ func TestMutualTLS(t *testing.T) {
 	for _, auth := range []string{config.ClientAuthRequire, config.ClientAuthVerifyIfGiven} {
 		t.Run(auth, func(t *testing.T) {
 			tc := &config.TLS{
-				Certificates: []config.Certificate{pki.server("s-"+auth, 2, "s.test")},
-				ClientCAFile: pki.CAFile, ClientAuth: auth, ClientCertHeader: "X-Client-DN",
+				Certificates: []config.Certificate{ca.server(t, "s-"+auth, 2, "s.test")},
+				ClientCAFile: ca.file, ClientAuth: auth, ClientCertHeader: "X-Client-DN",
 			}
 			g := startTLSGateway(t, up, tc, io.Discard)
 			addr := g.Addrs()[0].String()
 			forged := http.Header{"x-client-dn": {"CN=admin"}}
 
 			// No certificate.
-			d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pki.roots, ServerName: "s.test"}, HandshakeTimeout: 5 * time.Second}
+			d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}, HandshakeTimeout: 5 * time.Second}
 			c, _, err := d.Dial("wss://"+addr+"/", forged)
 			if auth == config.ClientAuthRequire {
 				if err == nil {
@@ -371,7 +264,7 @@ func TestMutualTLS(t *testing.T) {
 			}
 
 			// A certificate from the CA, plus a forged header.
-			alice := pki.clientCert("alice-"+auth, pkix.Name{CommonName: "alice", Organization: []string{"Example"}})
+			alice := ca.client(t, "alice-"+auth, pkix.Name{CommonName: "alice", Organization: []string{"Example"}})
 			d.TLSClientConfig.Certificates = []tls.Certificate{alice}
 			c, _, err = d.Dial("wss://"+addr+"/", forged)
 			if err != nil {
@@ -416,11 +309,11 @@ func recvHeader(t *testing.T, seen <-chan http.Header) http.Header {
 // redirect_https: requests get a 308 to the https port with the same host,
 // path and query; an upgrade gets a 400 naming the wss URL.
 func TestRedirectHTTPS(t *testing.T) {
-	pki := newTestPKI(t)
+	ca := newTestCA(t, "wsgate test CA")
 	cfg := configFor(echoUpstream(t, websocket.Upgrader{}))
 	cfg.Listeners = []config.Listener{
 		{Address: "127.0.0.1:0", RedirectHTTPS: true},
-		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{pki.server("s", 2, "s.test")}}},
+		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}},
 	}
 	cfg.ApplyDefaults()
 	g := startGateway(t, cfg)
@@ -448,5 +341,55 @@ func TestRedirectHTTPS(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if want := "wss://s.test:" + tlsPort + "/chat"; !strings.Contains(string(body), want) {
 		t.Fatalf("400 body %q does not name %s", body, want)
+	}
+}
+
+// wss:// through a TLS listener: the client verifies the gateway's
+// certificate, the tunnel runs over crypto/tls on the client side, and the
+// upstream learns the original scheme.
+func TestWSSEcho(t *testing.T) {
+	protos := make(chan string, 1)
+	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case protos <- r.Header.Get("X-Forwarded-Proto"):
+		default:
+		}
+		u := websocket.Upgrader{}
+		c, err := u.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadLimit(8 << 20)
+		for {
+			mt, msg, err := c.ReadMessage()
+			if err != nil || c.WriteMessage(mt, msg) != nil {
+				return
+			}
+		}
+	}))
+	ca := newTestCA(t, "wsgate test CA")
+	cfg := configFor(up)
+	cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "ws", 2, "ws.test")}}
+	g := startGateway(t, cfg)
+
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "ws.test"}}
+	c, _, err := d.Dial("wss://"+g.Addrs()[0].String()+"/secure", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadLimit(8 << 20)
+	if p := <-protos; p != "https" {
+		t.Fatalf("X-Forwarded-Proto %q, want https", p)
+	}
+	for _, size := range []int{0, 125, 65536, 1 << 20} {
+		msg := bytes.Repeat([]byte{byte(size)}, size)
+		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := c.ReadMessage(); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("size %d: %d bytes back, %v", size, len(got), err)
+		}
 	}
 }

@@ -4,19 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -25,98 +18,8 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
-
-// testCA is a certificate authority made for one test. selfSigned (the
-// listener tests' helper) makes a certificate that is its own root; the
-// backends here need a CA that signs server and client certificates.
-type testCA struct {
-	dir  string
-	file string // the CA certificate, PEM: a ca_file
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t testing.TB, name string) *testCA {
-	t.Helper()
-	ca := &testCA{dir: t.TempDir()}
-	ca.key = newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &ca.key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ca.cert, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	ca.pool = x509.NewCertPool()
-	ca.pool.AddCert(ca.cert)
-	ca.file = writePEM(t, ca.dir, name+".crt", "CERTIFICATE", der)
-	return ca
-}
-
-// issue makes a certificate for name (and 127.0.0.1) signed by the CA,
-// for a server or, with client set, for a client. It returns the files and
-// the loaded pair.
-func (ca *testCA) issue(t testing.TB, name string, client bool) (certFile, keyFile string, pair tls.Certificate) {
-	t.Helper()
-	key := newKey(t)
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = writePEM(t, ca.dir, name+".crt", "CERTIFICATE", der)
-	keyFile = writePEM(t, ca.dir, name+".key", "EC PRIVATE KEY", keyDER)
-	if pair, err = tls.LoadX509KeyPair(certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, pair
-}
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // tlsBackend is a listener on 127.0.0.1 serving a certificate for name
 // signed by ca; clientCAs, when not nil, makes it require a client
@@ -133,25 +36,10 @@ func tlsBackend(t testing.TB, ca *testCA, name string, clientCAs *x509.CertPool)
 }
 
 // startGatewayErrors starts a gateway whose error log the test can read.
-func startGatewayErrors(t testing.TB, cfg *config.Config) (*Gateway, *syncBuffer) {
+func startGatewayErrors(t testing.TB, cfg *config.Config) (*Gateway, *syncbuf.Buffer) {
 	t.Helper()
-	var errs syncBuffer
-	if cfg.Limits.MaxHeaderBytes == 0 {
-		cfg.Limits.MaxHeaderBytes = 16384
-	}
-	g, err := New(cfg, Options{AccessLog: io.Discard, ErrorLog: io.MultiWriter(&errs, testLog{t})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-	})
-	return g, &errs
+	var errs syncbuf.Buffer
+	return startGatewayOpts(t, cfg, Options{AccessLog: io.Discard, ErrorLog: io.MultiWriter(&errs, testLog{t})}), &errs
 }
 
 // tlsConfigFor is configFor with tls on the upstream.
@@ -419,14 +307,14 @@ func TestUpstreamTLSHTTP(t *testing.T) {
 func TestUpstreamTLSSchemeIsTheUpstreams(t *testing.T) {
 	ca := newTestCA(t, "backend CA")
 	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })
-	certFile, keyFile, roots := selfSigned(t, t.TempDir(), "ws.test")
-	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "ws.test"}}}
+	listenerCert := ca.server(t, "listener", 2, "ws.test")
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "ws.test"}}}
 	for name, cfg := range map[string]*config.Config{
 		"plain upstream": configFor(serveHTTP(t, hello)),
 		"TLS upstream": tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"},
 			serveOn(t, tlsBackend(t, ca, "backend.test", nil), hello)),
 	} {
-		cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{{CertFile: certFile, KeyFile: keyFile}}}
+		cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{listenerCert}}
 		resp, err := cl.Get("https://" + startGateway(t, cfg).Addrs()[0].String() + "/")
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 func TestAcceptKey(t *testing.T) {
@@ -165,7 +166,7 @@ func TestUpstreamFrameIn101Write(t *testing.T) {
 
 func TestSubprotocolAndDeflateEndToEnd(t *testing.T) {
 	up := echoUpstream(t, websocket.Upgrader{Subprotocols: []string{"chat.v2"}, EnableCompression: true})
-	var log syncBuffer
+	var log syncbuf.Buffer
 	g := startGatewayLogging(t, configFor(up), &log)
 	d := websocket.Dialer{Subprotocols: []string{"chat.v1", "chat.v2"}, EnableCompression: true}
 	c, resp, err := d.Dial("ws://"+g.Addrs()[0].String()+"/", nil)

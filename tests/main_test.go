@@ -16,12 +16,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 var (
@@ -78,29 +78,10 @@ func buildAndRun(m *testing.M) int {
 	return m.Run()
 }
 
-// syncBuffer collects a subprocess's output; the exec package's copying
-// goroutine writes while the test polls.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running wsgate subprocess.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	done           chan struct{} // closed when the process has exited
 	waitErr        error         // cmd.Wait's result, set before done closes
 }
@@ -112,8 +93,8 @@ func startWsgate(t *testing.T, dir string, args ...string) *proc {
 	t.Helper()
 	p := &proc{
 		cmd:    exec.Command(binary, args...),
-		stdout: &syncBuffer{},
-		stderr: &syncBuffer{},
+		stdout: &syncbuf.Buffer{},
+		stderr: &syncbuf.Buffer{},
 		done:   make(chan struct{}),
 	}
 	p.cmd.Dir = dir
@@ -188,7 +169,7 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 
 // waitOutput polls buf until it contains want; a process that exits
 // without writing it fails at once rather than at the deadline.
-func (p *proc) waitOutput(t *testing.T, buf *syncBuffer, want string, d time.Duration) {
+func (p *proc) waitOutput(t *testing.T, buf *syncbuf.Buffer, want string, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !strings.Contains(buf.String(), want) {

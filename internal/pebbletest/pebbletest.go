@@ -13,7 +13,6 @@
 package pebbletest
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -26,7 +25,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,6 +34,7 @@ import (
 	"github.com/letsencrypt/pebble/v2/va"
 	"github.com/letsencrypt/pebble/v2/wfe"
 	"github.com/miekg/dns"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 // Zone is the DNS zone StartDNS answers: every name under it is 127.0.0.1.
@@ -68,7 +67,7 @@ type CA struct {
 
 	srv       *httptest.Server
 	newOrders atomic.Int32
-	log       syncBuffer
+	log       syncbuf.Buffer
 }
 
 // Start runs a CA on 127.0.0.1 until the test ends. It sets environment
@@ -226,23 +225,4 @@ func Port(t testing.TB, addr string) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-// syncBuffer is pebble's log: its goroutines may still write after a
-// test's last check.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

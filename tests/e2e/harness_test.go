@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 var (
@@ -126,30 +127,11 @@ func checkPeers() string {
 	return strings.Join(missing, "; ")
 }
 
-// syncBuffer collects a subprocess's output; the exec package's copying
-// goroutine writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running subprocess: wsgate or a peer.
 type proc struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	done           chan struct{} // closed when the process has exited
 	waitErr        error         // cmd.Wait's result, set before done closes
 }
@@ -188,8 +170,8 @@ func newProc(env []string, dir, name string, args ...string) (*proc, error) {
 	p := &proc{
 		name:   filepath.Base(name) + " " + strings.Join(args, " "),
 		cmd:    exec.Command(name, args...),
-		stdout: &syncBuffer{},
-		stderr: &syncBuffer{},
+		stdout: &syncbuf.Buffer{},
+		stderr: &syncbuf.Buffer{},
 		done:   make(chan struct{}),
 	}
 	p.cmd.Dir = dir
