@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"runtime"
 	"runtime/debug"
 	"time"
 )
@@ -39,6 +40,15 @@ func (m *memoryReleaser) tunnelsNow(live int) {
 	if m.peak-live < releaseMinDrop || live > m.peak/2 || time.Since(m.last) < releaseEvery {
 		return
 	}
-	time.AfterFunc(releaseDelay, debug.FreeOSMemory)
+	time.AfterFunc(releaseDelay, releaseMemory)
 	m.peak, m.last = live, time.Now()
+}
+
+// releaseMemory collects twice, as objects in sync.Pools (fasthttp's
+// request contexts and buffers, the relay's pending buffers) survive one
+// collection in the pools' victim caches, then returns free memory to the
+// OS.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
