@@ -35,7 +35,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
@@ -63,7 +62,7 @@ var errClosed = errors.New("acmecert: manager closed")
 type Manager struct {
 	ac      *autocert.Manager
 	domains map[string]bool
-	http    fasthttp.RequestHandler
+	http    http.Handler // autocert's HTTP-01 answers
 	log     *eventLog
 }
 
@@ -129,7 +128,7 @@ func New(cfg *config.ACME, errorLog io.Writer) (*Manager, error) {
 	}
 	// HTTPHandler also turns HTTP-01 on: autocert tries TLS-ALPN-01 first,
 	// then HTTP-01 on a new order if the CA could not validate that.
-	m.http = fasthttpadaptor.NewFastHTTPHandler(m.ac.HTTPHandler(http.NotFoundHandler()))
+	m.http = m.ac.HTTPHandler(http.NotFoundHandler())
 	return m, nil
 }
 
@@ -184,8 +183,47 @@ func (m *Manager) ServeHTTPChallenge(ctx *fasthttp.RequestCtx) bool {
 	if !m.domains[normalize(hostOnly(string(ctx.Host())))] {
 		return false
 	}
-	m.http(ctx)
+	// The request autocert sees is built here, not with fasthttpadaptor:
+	// the adaptor makes the fasthttp RequestCtx the request's context, and
+	// autocert derives a timeout context from it, whose watcher goroutine
+	// reads the server's shutdown state unsynchronized (a data race with
+	// Server.Shutdown in fasthttp v1.74.0). An answer is a token lookup.
+	req, err := http.NewRequestWithContext(context.Background(), string(ctx.Method()), "http://"+string(ctx.Host())+string(ctx.Path()), nil)
+	if err != nil {
+		ctx.Error("bad challenge request", fasthttp.StatusBadRequest)
+		return true
+	}
+	w := &challengeWriter{ctx: ctx, header: http.Header{}}
+	m.http.ServeHTTP(w, req)
 	return true
+}
+
+// challengeWriter is the http.ResponseWriter of one HTTP-01 answer,
+// written into the fasthttp response.
+type challengeWriter struct {
+	ctx         *fasthttp.RequestCtx
+	header      http.Header
+	wroteHeader bool
+}
+
+func (w *challengeWriter) Header() http.Header { return w.header }
+
+func (w *challengeWriter) WriteHeader(status int) {
+	if w.wroteHeader {
+		return
+	}
+	w.wroteHeader = true
+	for k, vs := range w.header {
+		for _, v := range vs {
+			w.ctx.Response.Header.Add(k, v)
+		}
+	}
+	w.ctx.SetStatusCode(status)
+}
+
+func (w *challengeWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.ctx.Write(b)
 }
 
 // Close stops the manager's traffic to the CA and its logging, for a
