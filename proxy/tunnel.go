@@ -271,9 +271,9 @@ func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc noWaitReader, dst net.Conn) (
 	return n, err
 }
 
-// readAndRelay is the path for conns without a file descriptor of their
-// own (TLS conns the gateway did not dial): the buffer is held during the
-// read, as crypto/tls needs one.
+// readAndRelay is the path for any other conn (neither TCP nor TLS over a
+// conn of the gateway's own listeners or dialer): the buffer is held
+// during the read.
 func (t *tunnel) readAndRelay(src, dst net.Conn) (int, error) {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
