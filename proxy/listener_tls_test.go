@@ -91,7 +91,8 @@ func echoOnce(t *testing.T, c *websocket.Conn, msg string) {
 }
 
 // Old TLS versions are refused; min_version 1.3 refuses 1.2; a client that
-// offers h2 and http/1.1 gets http/1.1 and its request is served.
+// offers h2 and http/1.1 gets http/1.1 and its request is served, one that
+// offers only h2 is refused.
 func TestTLSVersionsAndALPN(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
@@ -105,6 +106,10 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 		}
 	}
 
+	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", NextProtos: []string{"h2"}}); err == nil {
+		c.Close()
+		t.Fatal("a client offering only h2 was accepted; wsgate speaks no HTTP/2")
+	}
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
