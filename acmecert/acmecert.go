@@ -84,7 +84,7 @@ func New(cfg *config.ACME, errorLog io.Writer) (*Manager, error) {
 	}
 	storage := cfg.StorageDir
 	if storage == "" {
-		storage = "acme"
+		storage = config.DefaultACMEStorage
 	}
 	if err := os.MkdirAll(storage, 0o700); err != nil {
 		return nil, fmt.Errorf("acmecert: storage_dir: %w", err)

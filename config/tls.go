@@ -18,7 +18,9 @@ const (
 	DefaultClientCertHeader = "X-Client-Cert-Subject"
 	// DefaultACMEDirectory is Let's Encrypt's production directory.
 	DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
-	defaultACMEStorage   = "acme"
+	// DefaultACMEStorage is where ACME keeps its account and certificates
+	// when storage_dir is not written.
+	DefaultACMEStorage = "acme"
 	// expiryWarning: a certificate that expires sooner than this is
 	// accepted with a warning.
 	expiryWarning = 14 * 24 * time.Hour
@@ -42,7 +44,7 @@ func (t *TLS) applyDefaults() {
 			a.DirectoryURL = DefaultACMEDirectory
 		}
 		if a.StorageDir == "" {
-			a.StorageDir = defaultACMEStorage
+			a.StorageDir = DefaultACMEStorage
 		}
 	}
 }

@@ -57,12 +57,11 @@ type Gateway struct {
 	background     []func(ctx context.Context) // health checks, started by Start
 	stopBackground context.CancelFunc
 
-	listenerConfigs []config.Listener
-	listenerInfos   []*listenerInfo
-	certPoll        time.Duration
-	listeners       []net.Listener
-	servers         []*fasthttp.Server
-	wg              sync.WaitGroup // Serve loops
+	listenerInfos []*listenerInfo
+	certPoll      time.Duration
+	listeners     []net.Listener
+	servers       []*fasthttp.Server
+	wg            sync.WaitGroup // Serve loops
 
 	mu      sync.Mutex
 	tunnels map[liveTunnel]struct{}
@@ -97,14 +96,13 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			idle:      cfg.Timeouts.Idle.Std(),
 			drain:     cfg.Timeouts.Drain.Std(),
 		},
-		maxHeaderBytes:  cfg.Limits.MaxHeaderBytes,
-		certPoll:        opts.CertPollInterval,
-		clients:         map[*upstream.Server]*fasthttp.HostClient{},
-		listenerConfigs: cfg.Listeners,
-		tunnels:         map[liveTunnel]struct{}{},
-		accessLog:       newAccessLog(opts.AccessLog),
-		errorLog:        log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
-		errorWriter:     opts.ErrorLog,
+		maxHeaderBytes: cfg.Limits.MaxHeaderBytes,
+		certPoll:       opts.CertPollInterval,
+		clients:        map[*upstream.Server]*fasthttp.HostClient{},
+		tunnels:        map[liveTunnel]struct{}{},
+		accessLog:      newAccessLog(opts.AccessLog),
+		errorLog:       log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
+		errorWriter:    opts.ErrorLog,
 	}
 	g.idle = sync.NewCond(&g.mu)
 	if g.certPoll <= 0 {
@@ -226,14 +224,14 @@ func (g *Gateway) clientFor(rt *Route, srv *upstream.Server) *fasthttp.HostClien
 // Start binds every listener and serves them in the background. If one
 // address cannot be bound, none stays bound.
 func (g *Gateway) Start() error {
-	for i, lc := range g.listenerConfigs {
-		tcp, err := net.Listen("tcp", lc.Address)
+	for _, li := range g.listenerInfos {
+		tcp, err := net.Listen("tcp", li.address)
 		if err != nil {
 			g.closeListeners()
-			return fmt.Errorf("listen %s: %w", lc.Address, err)
+			return fmt.Errorf("listen %s: %w", li.address, err)
 		}
 		var ln net.Listener = &clientListener{Listener: tcp, idle: g.timeouts.idle}
-		if term := g.listenerInfos[i].tls; term != nil {
+		if term := li.tls; term != nil {
 			ln = term.Listener(ln)
 		}
 		g.listeners = append(g.listeners, ln)
@@ -376,11 +374,12 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 		g.refuse(ctx, fasthttp.StatusNotFound, "no route for host "+string(ctx.Host())+" and path "+string(ctx.Path()))
 		return
 	}
+	f := newForwarded(ctx, li)
 	if isUpgrade(&ctx.Request.Header) {
-		g.serveWebSocket(ctx, rt, newForwarded(ctx, li))
+		g.serveWebSocket(ctx, rt, f)
 		return
 	}
-	g.serveHTTP(ctx, rt, newForwarded(ctx, li))
+	g.serveHTTP(ctx, rt, f)
 }
 
 // handleParseError answers requests fasthttp could not parse.

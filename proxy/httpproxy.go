@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -101,8 +100,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 		// streamed request body (fasthttp itself refuses).
 		MaxIdemponentCallAttempts: 2,
 		RetryIfErr: func(req *fasthttp.Request, _ int, err error) (bool, bool) {
-			idempotent := req.Header.IsGet() || req.Header.IsHead() || req.Header.IsOptions()
-			return false, idempotent && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
+			return false, idempotent(&req.Header) && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
 		},
 	}
 }
@@ -223,12 +221,16 @@ func (b *upstreamBody) Close() error {
 // a failure: an idempotent method without a body (a streamed body has been
 // consumed by the first try).
 func replayable(req *fasthttp.Request) bool {
-	m := req.Header.Method()
-	idempotent := bytes.Equal(m, []byte("GET")) || bytes.Equal(m, []byte("HEAD")) || bytes.Equal(m, []byte("OPTIONS"))
 	// -2: neither Content-Length nor Transfer-Encoding, which in a request
 	// means no body (RFC 9112 section 6.3).
 	cl := req.Header.ContentLength()
-	return idempotent && (cl == 0 || cl == -2)
+	return idempotent(&req.Header) && (cl == 0 || cl == -2)
+}
+
+// idempotent reports the methods a request may be sent again with: those
+// that read (GET, HEAD, OPTIONS).
+func idempotent(h *fasthttp.RequestHeader) bool {
+	return h.IsGet() || h.IsHead() || h.IsOptions()
 }
 
 // isConnectionLost reports errors of a connection that broke before the

@@ -11,10 +11,11 @@ import (
 	"github.com/wsgate/wsgate/tlsterm"
 )
 
-// listenerInfo is what handling a request needs to know about the
-// listener it arrived on.
+// listenerInfo is one configured listener: its address, and what handling
+// a request needs to know about the listener it arrived on.
 type listenerInfo struct {
-	tls *tlsterm.Terminator // nil on a plain listener
+	address string              // as configured
+	tls     *tlsterm.Terminator // nil on a plain listener
 	// clientCertHeader is stripped from every request on this listener;
 	// with clientCerts, the verified subject is sent under it.
 	clientCertHeader []byte
@@ -25,6 +26,7 @@ type listenerInfo struct {
 
 func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
 	li := &listenerInfo{
+		address:          lc.Address,
 		clientCertHeader: []byte(config.DefaultClientCertHeader),
 		redirectHTTPS:    lc.RedirectHTTPS,
 	}

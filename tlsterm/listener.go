@@ -16,6 +16,9 @@ import (
 const plainHTTPAnswer = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" +
 	"This port speaks TLS: use https:// or wss://.\n"
 
+// errPlainHTTP is a handshake that began with an HTTP request.
+var errPlainHTTP = errors.New("plain HTTP request on a TLS port")
+
 // Listener wraps inner so every accepted connection speaks TLS with t's
 // configuration. The handshake runs on the first Read or Write, bounded by
 // the handshake timeout; a client that sends plain HTTP gets a 400 saying

@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -180,6 +179,3 @@ func ClientSubject(state *tls.ConnectionState) string {
 	}
 	return state.VerifiedChains[0][0].Subject.String()
 }
-
-// errPlainHTTP is a handshake that began with an HTTP request.
-var errPlainHTTP = errors.New("plain HTTP request on a TLS port")
