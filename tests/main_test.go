@@ -6,7 +6,6 @@ package tests
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/wsgatebin"
 )
 
 var (
@@ -40,41 +40,13 @@ func TestMain(m *testing.M) {
 // deferred removal of the build directory runs before os.Exit.
 func buildAndRun(m *testing.M) int {
 	// go test runs a package's tests in the package's directory.
-	root, err := filepath.Abs("..")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tests: cannot find the module root:", err)
-		return 1
-	}
-	moduleRoot = root
-
-	dir, err := os.MkdirTemp("", "wsgate-e2e-")
+	root, bin, cleanup, err := wsgatebin.Build(".")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tests:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "wsgate")
-
-	// A cold build cache can take a while; a hung toolchain must not hang
-	// the test run forever.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	args := []string{"build", "-o", binary}
-	if os.Getenv("WSGATE_E2E_RACE") != "" {
-		// The race detector inside the gateway itself: a race makes the
-		// binary print a report and exit 66, which the exit-code checks
-		// catch. Off by default because it slows the build.
-		args = append(args, "-race")
-	}
-	build := exec.CommandContext(ctx, "go", append(args, "./cmd/wsgate")...)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "tests: go build ./cmd/wsgate: %v\n%s", err, out)
-		return 1
-	}
+	defer cleanup()
+	moduleRoot, binary = root, bin
 	return m.Run()
 }
 

@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -20,13 +19,12 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/wsgatebin"
 )
 
 var (
 	// binary is the wsgate built once by TestMain.
 	binary string
-	// moduleRoot is the directory holding go.mod.
-	moduleRoot string
 	// e2eDir is tests/e2e, the test's working directory: browser.js,
 	// apps/ and node_modules/ are found from here.
 	e2eDir string
@@ -53,41 +51,13 @@ func buildAndRun(m *testing.M) int {
 		return 1
 	}
 	e2eDir = dir
-	// go test runs a package's tests in the package's directory.
-	root, err := filepath.Abs(filepath.Join(dir, "..", ".."))
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: cannot find the module root:", err)
-		return 1
-	}
-	moduleRoot = root
-
-	tmp, err := os.MkdirTemp("", "wsgate-e2e-")
+	_, bin, cleanup, err := wsgatebin.Build(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
-	binary = filepath.Join(tmp, "wsgate")
-
-	// A cold build cache can take a while; a hung toolchain must not hang
-	// the test run forever.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	args := []string{"build", "-o", binary}
-	if os.Getenv("WSGATE_E2E_RACE") != "" {
-		// The race detector inside the gateway itself; off by default
-		// because it slows the build and the relay.
-		args = append(args, "-race")
-	}
-	build := exec.CommandContext(ctx, "go", append(args, "./cmd/wsgate")...)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/wsgate: %v\n%s", err, out)
-		return 1
-	}
+	defer cleanup()
+	binary = bin
 	defer stopSharedPeers()
 	return m.Run()
 }

@@ -135,18 +135,9 @@ func TestSocketIOSticky(t *testing.T) {
 	}
 	var got struct {
 		First, Second phase
-		ReconnectMs   int `json:"reconnectMs"`
-		Responses     []struct {
-			Method string `json:"method"`
-			Status int    `json:"status"`
-			URL    string `json:"url"`
-		} `json:"responses"`
-		State struct {
-			Transports    []string `json:"transports"`
-			Connects      int      `json:"connects"`
-			Disconnects   []string `json:"disconnects"`
-			ConnectErrors []string `json:"connectErrors"`
-		} `json:"state"`
+		ReconnectMs   int          `json:"reconnectMs"`
+		Responses     []ioResponse `json:"responses"`
+		State         ioPageState  `json:"state"`
 	}
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("browser result %q: %v", out, err)
@@ -229,6 +220,23 @@ func TestSocketIOSticky(t *testing.T) {
 		dead, got.First.Cookie, dead, alive, got.Second.Cookie, got.ReconnectMs, polls, got.State.Disconnects, got.State.ConnectErrors)
 }
 
+// ioResponse is one polling request the page made, as the scenario
+// recorded it (body only where the scenario keeps it).
+type ioResponse struct {
+	Method string `json:"method"`
+	Status int    `json:"status"`
+	URL    string `json:"url"`
+	Body   string `json:"body"`
+}
+
+// ioPageState is what the page's Socket.IO client went through.
+type ioPageState struct {
+	Transports    []string `json:"transports"`
+	Connects      int      `json:"connects"`
+	Disconnects   []string `json:"disconnects"`
+	ConnectErrors []string `json:"connectErrors"`
+}
+
 // TestSocketIOWithoutSticky is the same setup without sticky_cookie, to
 // show what the README's advice prevents: Socket.IO's polling requests are
 // spread over both servers, and the server that did not make the session
@@ -242,19 +250,9 @@ func TestSocketIOWithoutSticky(t *testing.T) {
 
 	out := runBrowser(t, "scenarios/socketio_nosticky.js", fmt.Sprintf("http://127.0.0.1:%d/", gw))
 	var got struct {
-		ElapsedMs int `json:"elapsedMs"`
-		Responses []struct {
-			Method string `json:"method"`
-			Status int    `json:"status"`
-			URL    string `json:"url"`
-			Body   string `json:"body"`
-		} `json:"responses"`
-		State struct {
-			Transports    []string `json:"transports"`
-			Connects      int      `json:"connects"`
-			Disconnects   []string `json:"disconnects"`
-			ConnectErrors []string `json:"connectErrors"`
-		} `json:"state"`
+		ElapsedMs int          `json:"elapsedMs"`
+		Responses []ioResponse `json:"responses"`
+		State     ioPageState  `json:"state"`
 	}
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("browser result %q: %v", out, err)
