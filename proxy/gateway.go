@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/wsgate/wsgate/acmecert"
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/shrinkset"
 	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/tlsterm"
 	"github.com/wsgate/wsgate/upstream"
@@ -64,7 +65,7 @@ type Gateway struct {
 	wg            sync.WaitGroup // Serve loops
 
 	mu      sync.Mutex
-	tunnels map[liveTunnel]struct{}
+	tunnels *shrinkset.Set[liveTunnel]
 	relay   *relay.Relay // event loops for plain TCP tunnels
 	// pending counts 101s relayed whose hijack handler has not registered
 	// the tunnel yet; fasthttp runs it on a goroutine of its own after the
@@ -99,7 +100,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		maxHeaderBytes: cfg.Limits.MaxHeaderBytes,
 		certPoll:       opts.CertPollInterval,
 		clients:        map[*upstream.Server]*fasthttp.HostClient{},
-		tunnels:        map[liveTunnel]struct{}{},
+		tunnels:        shrinkset.New[liveTunnel](),
 		accessLog:      newAccessLog(opts.AccessLog),
 		errorLog:       log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
 		errorWriter:    opts.ErrorLog,
@@ -315,6 +316,11 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 			return fasthttp.RequestConfig{ReadTimeout: g.timeouts.idle}
 		},
 		Logger: fasthttpLogger{g},
+		// A worker goroutine keeps the stack its last connection grew
+		// (tens of KiB after a handshake) while it waits for the next
+		// one; the default 10 s would keep a burst's stacks long after
+		// it, past the memory release that follows a mass disconnect.
+		MaxIdleWorkerDuration: time.Second,
 	}
 }
 
@@ -404,7 +410,7 @@ func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 func (g *Gateway) ActiveTunnels() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.tunnels)
+	return g.tunnels.Len()
 }
 
 // Addrs returns the bound address of every listener, in config order.
@@ -442,12 +448,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	})
 	defer stop()
 	g.mu.Lock()
-	for (len(g.tunnels) > 0 || g.pending > 0) && ctx.Err() == nil {
+	for (g.tunnels.Len() > 0 || g.pending > 0) && ctx.Err() == nil {
 		g.idle.Wait()
 	}
 	g.stopped = true
-	left := make([]liveTunnel, 0, len(g.tunnels))
-	for t := range g.tunnels {
+	left := make([]liveTunnel, 0, g.tunnels.Len())
+	for t := range g.tunnels.All {
 		left = append(left, t)
 	}
 	g.mu.Unlock()
@@ -456,7 +462,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	// Aborted tunnels end at once; wait for their log lines.
 	g.mu.Lock()
-	for len(g.tunnels) > 0 {
+	for g.tunnels.Len() > 0 {
 		g.idle.Wait()
 	}
 	g.mu.Unlock()

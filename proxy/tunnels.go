@@ -80,8 +80,8 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		info.server.Release()
 		return
 	}
-	g.tunnels[live] = struct{}{}
-	g.memory.tunnelsNow(len(g.tunnels))
+	g.tunnels.Add(live)
+	g.memory.tunnelsNow(g.tunnels.Len())
 	g.mu.Unlock()
 
 	if carried != nil {
@@ -162,8 +162,8 @@ type tunnelCounts struct {
 func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, closer Closer) {
 	info.server.Release()
 	g.mu.Lock()
-	delete(g.tunnels, t)
-	g.memory.tunnelsNow(len(g.tunnels))
+	g.tunnels.Delete(t)
+	g.memory.tunnelsNow(g.tunnels.Len())
 	g.tunnelsChanged()
 	g.mu.Unlock()
 	g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).

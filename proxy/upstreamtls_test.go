@@ -78,7 +78,7 @@ func TestUpstreamTLSEcho(t *testing.T) {
 				}
 			}
 			g.mu.Lock()
-			for tn := range g.tunnels {
+			for tn := range g.tunnels.All {
 				if _, ok := tn.(*tunnel); !ok {
 					t.Errorf("tunnel is a %T, want *tunnel", tn)
 				}

@@ -206,7 +206,7 @@ func TestPlainTunnelsGoToTheRelay(t *testing.T) {
 	waitFor(t, "tunnel registered", func() bool { return g.ActiveTunnels() == 1 })
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for tn := range g.tunnels {
+	for tn := range g.tunnels.All {
 		if _, ok := tn.(*relayedTunnel); !ok {
 			t.Errorf("tunnel is a %T, want *relayedTunnel", tn)
 		}

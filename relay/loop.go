@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wsgate/wsgate/internal/shrinkset"
 	"github.com/wsgate/wsgate/wsframe"
 	"golang.org/x/sys/unix"
 )
@@ -36,7 +37,7 @@ type loop struct {
 
 	// Owned by the loop goroutine.
 	sides   []*side // by file descriptor
-	tunnels map[*tunnel]struct{}
+	tunnels *shrinkset.Set[*tunnel]
 	closing int // tunnels saying goodbye: the loop then scans often
 	buf     []byte
 	now     int64 // unix nanoseconds, read once per wakeup
@@ -59,7 +60,7 @@ func newLoop(idle time.Duration) (*loop, error) {
 	}
 	return &loop{
 		epfd: epfd, wakefd: wakefd, idle: idle,
-		tunnels: map[*tunnel]struct{}{},
+		tunnels: shrinkset.New[*tunnel](),
 		buf:     make([]byte, readBufferSize),
 	}, nil
 }
@@ -132,6 +133,7 @@ func (l *loop) run() {
 		}
 		if l.now >= nextScan {
 			l.closeIdle()
+			l.shrinkSides()
 			nextScan = l.now + int64(scanEvery)
 		}
 	}
@@ -166,12 +168,12 @@ func (l *loop) addTunnel(t *tunnel) {
 		l.sides[s.fd] = s
 		s.events, s.watched = unix.EPOLLIN|unix.EPOLLRDHUP, true
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
-			l.tunnels[t] = struct{}{}
+			l.tunnels.Add(t)
 			l.closeTunnel(t, ClosedByClient)
 			return
 		}
 	}
-	l.tunnels[t] = struct{}{}
+	l.tunnels.Add(t)
 }
 
 // handle reacts to the events of one side.
@@ -314,7 +316,7 @@ func (l *loop) setInterest(s *side) {
 // grace is over.
 func (l *loop) closeIdle() {
 	limit := l.now - int64(l.idle)
-	for t := range l.tunnels {
+	for t := range l.tunnels.All {
 		switch {
 		case t.closing && l.now >= t.closeAt:
 			l.closeTunnel(t, ClosedDrain)
@@ -322,6 +324,25 @@ func (l *loop) closeIdle() {
 			l.closeTunnel(t, ClosedIdle)
 		}
 	}
+}
+
+// shrinkSides gives back the descriptor table once the loop's tunnels use
+// a small part of it: after a mass disconnect it would otherwise stay sized
+// for the highest descriptor the process ever had.
+func (l *loop) shrinkSides() {
+	if len(l.sides) < 1024 || 8*l.tunnels.Len() > len(l.sides) {
+		return
+	}
+	top := -1
+	for t := range l.tunnels.All {
+		top = max(top, t.client.fd, t.upstream.fd)
+	}
+	if top+1 > len(l.sides)/2 {
+		return
+	}
+	sides := make([]*side, top+1+64)
+	copy(sides, l.sides)
+	l.sides = sides
 }
 
 // end ends a tunnel for reason: with ClosedDrain a goodbye if its frames
@@ -387,7 +408,7 @@ func (l *loop) unwatch(s *side) {
 
 // closeAll closes every tunnel at once (the relay is stopping).
 func (l *loop) closeAll(reason string) {
-	for t := range l.tunnels {
+	for t := range l.tunnels.All {
 		l.closeTunnel(t, reason)
 	}
 }
@@ -415,7 +436,7 @@ func (l *loop) closeTunnel(t *tunnel, reason string) {
 		unix.Close(s.fd)
 		s.releasePending()
 	}
-	delete(l.tunnels, t)
+	l.tunnels.Delete(t)
 	if t.done != nil {
 		st := t.stats()
 		go t.done(st)

@@ -121,7 +121,7 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, done func(Stats)
 func (r *Relay) CloseAll(reason string) {
 	for _, l := range r.loops {
 		l.do(func(l *loop) {
-			for t := range l.tunnels {
+			for t := range l.tunnels.All {
 				l.end(t, reason)
 			}
 		})
