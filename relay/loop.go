@@ -30,6 +30,7 @@ var pendingBuffers = sync.Pool{New: func() any { b := make([]byte, 0, readBuffer
 type loop struct {
 	epfd, wakefd int
 	idle         time.Duration
+	reports      *reporter // delivers the stats of ended tunnels
 
 	mu      sync.Mutex
 	queue   []func(*loop)
@@ -43,7 +44,7 @@ type loop struct {
 	now     int64 // unix nanoseconds, read once per wakeup
 }
 
-func newLoop(idle time.Duration) (*loop, error) {
+func newLoop(idle time.Duration, reports *reporter) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -59,7 +60,7 @@ func newLoop(idle time.Duration) (*loop, error) {
 		return nil, err
 	}
 	return &loop{
-		epfd: epfd, wakefd: wakefd, idle: idle,
+		epfd: epfd, wakefd: wakefd, idle: idle, reports: reports,
 		tunnels: shrinkset.New[*tunnel](),
 		buf:     make([]byte, readBufferSize),
 	}, nil
@@ -438,7 +439,6 @@ func (l *loop) closeTunnel(t *tunnel, reason string) {
 	}
 	l.tunnels.Delete(t)
 	if t.done != nil {
-		st := t.stats()
-		go t.done(st)
+		l.reports.add(t.done, t.stats())
 	}
 }

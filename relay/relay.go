@@ -48,9 +48,10 @@ type Options struct {
 
 // Relay is a set of event loops; tunnels are spread over them.
 type Relay struct {
-	loops []*loop
-	next  atomic.Uint32
-	wg    sync.WaitGroup
+	loops   []*loop
+	next    atomic.Uint32
+	wg      sync.WaitGroup
+	reports *reporter
 }
 
 // ErrClosed is returned by Add after Stop.
@@ -62,9 +63,9 @@ func New(opts Options) (*Relay, error) {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
-	r := &Relay{}
+	r := &Relay{reports: newReporter()}
 	for range n {
-		l, err := newLoop(opts.Idle)
+		l, err := newLoop(opts.Idle, r.reports)
 		if err != nil {
 			r.Stop()
 			return nil, err
@@ -91,8 +92,9 @@ func (h Tunnel) Close(reason string) {
 // Add hands a pair of connected TCP conns to the relay. The relay takes
 // their file descriptors and closes the Go conns; from then on the relay
 // owns the sockets and closes them when the tunnel ends. With frames, the
-// WebSocket frames of both directions are followed. done is called once,
-// on a goroutine of its own, with the tunnel's stats.
+// WebSocket frames of both directions are followed. done is called once
+// with the tunnel's stats, on the relay's one reporting goroutine: the
+// reports of other tunnels wait while it runs.
 func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, done func(Stats)) (Tunnel, error) {
 	cfd, err := takeFD(client)
 	if err != nil {
@@ -128,12 +130,14 @@ func (r *Relay) CloseAll(reason string) {
 	}
 }
 
-// Stop closes every tunnel and ends the loops.
+// Stop closes every tunnel and ends the loops. It returns once every
+// tunnel's done was called.
 func (r *Relay) Stop() {
 	for _, l := range r.loops {
 		l.stop()
 	}
 	r.wg.Wait()
+	r.reports.stop()
 }
 
 // takeFD duplicates the conn's descriptor and closes the conn. The

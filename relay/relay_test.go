@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -402,5 +403,50 @@ func TestRelayPathDoesNotAllocate(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if n := after.Mallocs - before.Mallocs; n > 50 {
 		t.Fatalf("%d allocations for 10,000 relayed frames", n)
+	}
+}
+
+// Ended tunnels are reported from one goroutine: a mass disconnect must
+// not start a goroutine per tunnel (Go keeps their descriptors and recent
+// stacks after the wave, memory that never comes back).
+func TestMassCloseStartsNoGoroutinePerTunnel(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	const n = 300
+	pairs := make([]*pair, n)
+	for i := range pairs {
+		pairs[i] = relayed(t, r)
+	}
+	created := func() uint64 {
+		s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	before := created()
+	r.CloseAll(ClosedDrain)
+	for _, p := range pairs {
+		p.stats(t)
+	}
+	if started := created() - before; started > n/10 {
+		t.Fatalf("closing %d tunnels started %d goroutines", n, started)
+	}
+}
+
+// Stop returns only after every tunnel it closed was reported.
+func TestStopReportsEveryTunnel(t *testing.T) {
+	r, err := New(Options{Loops: 2, Idle: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs := make([]*pair, 50)
+	for i := range pairs {
+		pairs[i] = relayed(t, r)
+	}
+	r.Stop()
+	for i, p := range pairs {
+		select {
+		case <-p.done:
+		default:
+			t.Fatalf("tunnel %d not reported when Stop returned", i)
+		}
 	}
 }
