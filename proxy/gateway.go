@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -305,9 +306,13 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		// ReadBufferSize is also the largest request head (431 beyond).
 		ReadBufferSize:    g.maxHeaderBytes,
 		StreamRequestBody: true,
-		// The tunnel owns hijacked conns; fasthttp must not close them when
-		// the hijack handler returns.
-		KeepHijackedConns: true,
+		// After a hijack handler returns, fasthttp closes the conn and
+		// takes back its read buffer (16 KiB by default) and request
+		// context for the next conn. The tunnel detached the conn first
+		// (unwrapHijacked), so that close leaves it open; keeping
+		// hijacked conns instead would leave a read buffer to the garbage
+		// collector at every handshake.
+		KeepHijackedConns: false,
 		ReadTimeout:       g.timeouts.handshake, // the request head must arrive within it
 		IdleTimeout:       clientKeepAlive,
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
@@ -351,6 +356,17 @@ func (l *clientListener) Accept() (net.Conn, error) {
 type clientConn struct {
 	*pollConn
 	write idleDeadline
+	// detached: a tunnel took the TCP conn over (unwrapHijacked), so the
+	// close fasthttp does after the hijack handler must leave it open.
+	detached atomic.Bool
+}
+
+// Close closes the conn unless a tunnel took it over.
+func (c *clientConn) Close() error {
+	if c.detached.Load() {
+		return nil
+	}
+	return c.TCPConn.Close()
 }
 
 func (c *clientConn) Write(p []byte) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -90,8 +91,9 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
-		// This runs on fasthttp's goroutine for the conn; it must return at
-		// once so the RequestCtx and its read buffer are released.
+		// This runs on a goroutine fasthttp started for it; it must return
+		// at once so the RequestCtx and its read buffer go back to their
+		// pools.
 		client, early, err := unwrapHijacked(c)
 		if err != nil {
 			conn.Close()
@@ -120,7 +122,10 @@ func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
 	if _, err := conn.Write(head); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 0, 4096)
+	// Read into a pooled buffer; the answer keeps a copy of its own size.
+	pooled := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(pooled)
+	buf := (*pooled)[:0]
 	for {
 		if len(buf) == cap(buf) {
 			if cap(buf) >= maxResponseHead {
@@ -131,7 +136,7 @@ func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
-			return parseResponseHead(buf, end+4)
+			return parseResponseHead(bytes.Clone(buf), end+4)
 		}
 		if err != nil {
 			if err == io.EOF {
@@ -200,30 +205,36 @@ func (g *Gateway) relayRefusal(ctx *fasthttp.RequestCtx, rt *Route, srv *upstrea
 func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 	u, ok := c.(interface{ UnsafeConn() net.Conn })
 	if !ok {
-		return c, nil, nil
+		return nil, nil, fmt.Errorf("cannot take over a %T", c)
 	}
 	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
 		return nil, nil, err
 	}
 	var early []byte
-	buf := make([]byte, 4096)
+	buf := relayBuffers.Get().(*[]byte)
 	for {
-		n, err := c.Read(buf)
-		early = append(early, buf[:n]...)
+		n, err := c.Read(*buf)
+		early = append(early, (*buf)[:n]...)
 		if err != nil {
 			break
 		}
 	}
+	relayBuffers.Put(buf)
 	raw := u.UnsafeConn()
 	switch cc := raw.(type) {
 	case *clientConn:
 		// The tunnel works on the TCP conn itself: its idle logic covers
 		// writes, and only a *net.TCPConn can wait without a buffer or splice.
+		cc.detached.Store(true)
 		raw = cc.TCPConn
 	case *tlsterm.Conn:
 		// The *tls.Conn, whose NetConn is a clientConn: the tunnel then
 		// waits for a record without holding a buffer (tlsWaitAndRelay).
+		cc.Detach()
 		raw = cc.Conn
+	default:
+		// fasthttp would close it when the hijack handler returns.
+		return nil, nil, fmt.Errorf("cannot take over a %T", raw)
 	}
 	if err := raw.SetReadDeadline(time.Time{}); err != nil {
 		return nil, nil, err

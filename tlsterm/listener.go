@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,9 +46,24 @@ func (l *listener) Accept() (net.Conn, error) {
 // a tunnel can CloseWrite it.
 type Conn struct {
 	*tls.Conn
-	t    *Terminator
-	once sync.Once
-	err  error
+	t        *Terminator
+	once     sync.Once
+	err      error
+	detached atomic.Bool
+}
+
+// Detach hands the *tls.Conn over to the caller, who closes it from now
+// on: Close no longer does. A hijacked conn's new owner (a WebSocket
+// tunnel) detaches it, so the HTTP server's cleanup after the hijack
+// leaves it open.
+func (c *Conn) Detach() { c.detached.Store(true) }
+
+// Close closes the connection unless it was detached.
+func (c *Conn) Close() error {
+	if c.detached.Load() {
+		return nil
+	}
+	return c.Conn.Close()
 }
 
 // Read completes the handshake first.
