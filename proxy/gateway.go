@@ -359,6 +359,29 @@ type clientConn struct {
 	// detached: a tunnel took the TCP conn over (unwrapHijacked), so the
 	// close fasthttp does after the hijack handler must leave it open.
 	detached atomic.Bool
+	// remoteIP and remoteAddr are the client's address as text, made on
+	// first use: every request on the conn needs them (X-Forwarded-For,
+	// balancing, the access log), and formatting costs allocations. The
+	// requests of a conn are served one at a time.
+	remoteIP, remoteAddr string
+}
+
+// clientAddress returns the client's IP and IP:port as text.
+func clientAddress(ctx *fasthttp.RequestCtx) (ip, addr string) {
+	var cc *clientConn
+	switch c := ctx.Conn().(type) {
+	case *clientConn:
+		cc = c
+	case *tlsterm.Conn:
+		cc, _ = c.NetConn().(*clientConn)
+	}
+	if cc == nil {
+		return remoteIP(ctx.RemoteAddr()), ctx.RemoteAddr().String()
+	}
+	if cc.remoteAddr == "" {
+		cc.remoteIP, cc.remoteAddr = remoteIP(cc.RemoteAddr()), cc.RemoteAddr().String()
+	}
+	return cc.remoteIP, cc.remoteAddr
 }
 
 // Close closes the conn unless a tunnel took it over.
@@ -511,8 +534,9 @@ type requestLog struct {
 }
 
 func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string) requestLog {
+	_, remote := clientAddress(ctx)
 	l := requestLog{
-		start: ctx.Time(), remote: ctx.RemoteAddr().String(), method: string(ctx.Method()),
+		start: ctx.Time(), remote: remote, method: string(ctx.Method()),
 		pool: "-", uri: string(ctx.RequestURI()), upstream: upstreamAddr, status: ctx.Response.StatusCode(),
 	}
 	if rt != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"iter"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -68,7 +69,8 @@ type forwarded struct {
 }
 
 func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo) forwarded {
-	f := forwarded{clientIP: remoteIP(ctx.RemoteAddr()), proto: "http", host: string(ctx.Host()),
+	clientIP, _ := clientAddress(ctx)
+	f := forwarded{clientIP: clientIP, proto: "http", host: string(ctx.Host()),
 		certHeader: li.clientCertHeader}
 	if ctx.IsTLS() {
 		f.proto = "https"
@@ -77,17 +79,19 @@ func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo) forwarded {
 		}
 	}
 	// Header names keep the client's spelling and fasthttp's Peek compares
-	// them byte for byte, so "x-forwarded-for" must be looked for by hand.
-	// Repeated fields are one list (RFC 9110 section 5.3), joined in order.
-	for k, v := range ctx.Request.Header.All() {
-		if !bytes.EqualFold(k, []byte("X-Forwarded-For")) || len(bytes.Trim(v, " \t")) == 0 {
-			continue
+	// them byte for byte, so "x-forwarded-for" must be looked for by hand,
+	// in the head as received (walking it allocates nothing; fasthttp's
+	// iterator does). Repeated fields are one list (RFC 9110 section 5.3),
+	// joined in order.
+	forEachRawHeader(ctx.Request.Header.RawHeaders(), func(name, value, _ []byte) {
+		if !bytes.EqualFold(name, []byte("X-Forwarded-For")) || len(value) == 0 {
+			return
 		}
 		if len(f.priorXFF) > 0 {
 			f.priorXFF = append(f.priorXFF, ", "...)
 		}
-		f.priorXFF = append(f.priorXFF, bytes.Trim(v, " \t")...)
-	}
+		f.priorXFF = append(f.priorXFF, value...)
+	})
 	return f
 }
 
@@ -187,32 +191,37 @@ type headerSet interface {
 	DelBytes(key []byte)
 }
 
-// delHeadersFunc deletes every header whose name (as spelled in h) match
-// accepts. The gateway's server and clients keep names as received
+// stripHeaders deletes the hop-by-hop headers of h and returns the tokens
+// of its Connection headers. drop says which names go: listed is true for
+// a name that a Connection header lists.
+//
+// The gateway's server and clients keep names as received
 // (DisableHeaderNamesNormalizing), and then fasthttp's Del compares names
 // byte for byte: Del("Keep-Alive") leaves a "keep-alive" line in place, so
-// names are matched case-insensitively here and deleted as spelled.
-func delHeadersFunc(h headerSet, match func(name []byte) bool) {
-	var doomed [][]byte
-	for k := range h.All() {
-		if match(k) {
-			doomed = append(doomed, append([]byte(nil), k...))
-		}
-	}
-	// Deleting while iterating is undefined in fasthttp; hence two passes.
-	for _, k := range doomed {
-		h.DelBytes(k)
-	}
-}
-
-// connectionTokensOf collects the tokens of every Connection header of h,
-// whatever its spelling.
-func connectionTokensOf(h headerSet) [][]byte {
-	var tokens [][]byte
+// names are matched case-insensitively here and deleted as spelled. One
+// pass over the headers usually does: a second is made only when a
+// Connection header lists a name that is not a standard hop-by-hop one
+// (fasthttp's iterators allocate, and this runs on every request).
+func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byte {
+	var tokens, doomed [][]byte
 	for k, v := range h.All() {
 		if bytes.EqualFold(k, []byte("Connection")) {
-			tokens = connectionTokens(tokens, append([]byte(nil), v...))
+			tokens = connectionTokens(tokens, bytes.Clone(v))
 		}
+		if drop(k, false) {
+			doomed = append(doomed, bytes.Clone(k))
+		}
+	}
+	if slices.ContainsFunc(tokens, func(t []byte) bool { return !isOneOf(t, hopByHop) }) {
+		for k := range h.All() {
+			if isOneOf(k, tokens) && !drop(k, false) && drop(k, true) {
+				doomed = append(doomed, bytes.Clone(k))
+			}
+		}
+	}
+	// Deleting while iterating is undefined in fasthttp; hence the list.
+	for _, k := range doomed {
+		h.DelBytes(k)
 	}
 	return tokens
 }
@@ -221,12 +230,12 @@ func connectionTokensOf(h headerSet) [][]byte {
 // the plain HTTP path: hop-by-hop headers removed, X-Forwarded-* set (the
 // client's own copies of them removed, whatever their spelling, so an
 // upstream never sees a forged X-Real-IP next to the gateway's), Host
-// untouched.
-func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
+// untouched. It reports whether the client asked to close its connection
+// after this request.
+func prepareHTTPRequest(req *fasthttp.Request, f forwarded) (clientClose bool) {
 	h := &req.Header
-	dropped := connectionTokensOf(h)
-	delHeadersFunc(h, func(name []byte) bool {
-		return isOneOf(name, hopByHop) || isOneOf(name, dropped) || isOneOf(name, forwardedNames) ||
+	tokens := stripHeaders(h, func(name []byte, listed bool) bool {
+		return listed || isOneOf(name, hopByHop) || isOneOf(name, forwardedNames) ||
 			bytes.EqualFold(name, f.certHeader)
 	})
 	// fasthttp tracks "Connection: close" as a flag, not a header; the
@@ -239,6 +248,10 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) {
 	if f.certSubject != "" {
 		h.SetBytesK(f.certHeader, f.certSubject)
 	}
+	// fasthttp ends the client's connection only when its Connection
+	// value is exactly "close"; RFC 9112 section 9.6 makes "close" a
+	// case-insensitive token of a list ("close, X-Hop", "Close").
+	return isOneOf([]byte("close"), tokens)
 }
 
 // headerSafe replaces control characters, which a certificate's subject
@@ -256,12 +269,11 @@ func headerSafe(s string) string {
 // before it is relayed to the client. Transfer-Encoding is left to
 // fasthttp, which frames the relayed body itself.
 func cleanHTTPResponse(h *fasthttp.ResponseHeader) {
-	dropped := connectionTokensOf(h)
-	delHeadersFunc(h, func(name []byte) bool {
+	stripHeaders(h, func(name []byte, listed bool) bool {
 		if bytes.EqualFold(name, []byte("Transfer-Encoding")) {
 			return false
 		}
-		return isOneOf(name, hopByHop) || isOneOf(name, dropped)
+		return listed || isOneOf(name, hopByHop)
 	})
 	h.ResetConnectionClose()
 }

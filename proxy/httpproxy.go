@@ -108,12 +108,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 // serveHTTP reverse-proxies a plain HTTP request to the route's pool,
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
-	// fasthttp ends the client's connection only when its Connection value
-	// is exactly "close"; RFC 9112 section 9.6 makes "close" a
-	// case-insensitive token of a list ("close, X-Hop", "Close"). Read it
-	// before prepareHTTPRequest strips the header.
-	clientClose := isOneOf([]byte("close"), connectionTokensOf(&ctx.Request.Header))
-	prepareHTTPRequest(&ctx.Request, f)
+	clientClose := prepareHTTPRequest(&ctx.Request, f)
 	// A HostClient refuses a request whose scheme is not its own. The
 	// scheme fasthttp parsed is the client's (https on a TLS listener);
 	// what matters here is the upstream's.

@@ -102,7 +102,8 @@ const maxLostRaces = 16
 // error answered).
 func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
 	start := time.Now()
-	pl := &placement{req: rt.Policy.request(ctx, remoteIP(ctx.RemoteAddr()))}
+	clientIP, _ := clientAddress(ctx)
+	pl := &placement{req: rt.Policy.request(ctx, clientIP)}
 	tries := rt.Policy.tries(len(rt.Pool.Servers()))
 	lostRaces := 0
 	for {

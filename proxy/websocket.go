@@ -88,7 +88,8 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	g.mu.Lock()
 	g.pending++
 	g.mu.Unlock()
-	info := tunnelInfo{route: rt, server: srv, clientAddr: ctx.RemoteAddr().String(), uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
+	_, clientAddr := clientAddress(ctx)
+	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		// This runs on a goroutine fasthttp started for it; it must return
