@@ -40,7 +40,7 @@ type Stats struct {
 
 // Options configure a Relay.
 type Options struct {
-	// Loops is the number of event loops; 0 means GOMAXPROCS.
+	// Loops is the number of event loops; 0 means DefaultLoops().
 	Loops int
 	// Idle closes a tunnel that moved no byte either way for this long.
 	Idle time.Duration
@@ -61,7 +61,7 @@ var ErrClosed = errors.New("relay stopped")
 func New(opts Options) (*Relay, error) {
 	n := opts.Loops
 	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = DefaultLoops()
 	}
 	r := &Relay{reports: newReporter()}
 	for range n {
@@ -76,6 +76,15 @@ func New(opts Options) (*Relay, error) {
 	}
 	return r, nil
 }
+
+// DefaultLoops is half of GOMAXPROCS, at least one. A loop waiting in
+// epoll_wait keeps its thread in a system call, and the Go runtime takes
+// that thread's P back for other goroutines only when its monitor notices
+// (every 20 µs at best), at the cost of a thread hand-off. With a loop per
+// P, every P could be parked in a loop while fasthttp's goroutines wait.
+// On 2 cores one loop moved as much as two (echo, bulk) with 6-10% less
+// CPU per handshake and per echo round trip.
+func DefaultLoops() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
 // Tunnel is a handle on a tunnel carried by the relay.
 type Tunnel struct {
