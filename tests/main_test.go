@@ -21,6 +21,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testport"
 	"github.com/wsgate/wsgate/internal/wsgatebin"
 )
 
@@ -167,19 +168,16 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// freeAddr returns a 127.0.0.1 address with a port nobody listens on right
-// now. The config rejects port 0, so the port is picked by the kernel and
-// released; another process could take it in between, which is unlikely
-// enough on a test machine.
+// freeAddr returns a 127.0.0.1 address for a gateway the test starts; the
+// config rejects port 0 (testport: outside the kernel's ephemeral range,
+// never handed out twice).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 // writeConfig writes text to a config file in a fresh temp dir.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testport"
 	"github.com/wsgate/wsgate/internal/wsgatebin"
 )
 
@@ -229,13 +230,10 @@ func sharedPeer(t *testing.T, key, name string, args func(port int) []string) (*
 	sp.once.Do(func() {
 		// No t.Fatal in here: a Goexit inside Do would leave the peer
 		// "started" with no process for every later test.
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			sp.err = err
+		sp.port, sp.err = testport.Free()
+		if sp.err != nil {
 			return
 		}
-		sp.port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
 		sp.p, sp.err = newProc(nil, e2eDir, name, args(sp.port)...)
 		if sp.err == nil {
 			sp.err = waitPortErr(sp.p, sp.port, 15*time.Second)
@@ -269,17 +267,15 @@ func stopSharedPeers() {
 	}
 }
 
-// freePort returns a 127.0.0.1 port that was free a moment ago. Another
-// process could take it before it is used; on a test machine that does not
-// happen in practice.
+// freePort returns a 127.0.0.1 port for a server the test starts
+// (testport: outside the kernel's ephemeral range, never handed out twice).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // waitPort waits until something accepts TCP connections on 127.0.0.1:port,
