@@ -221,25 +221,27 @@ func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 		}
 	}
 	relayBuffers.Put(buf)
-	raw := u.UnsafeConn()
-	switch cc := raw.(type) {
+	var raw net.Conn
+	var detach func()
+	switch cc := u.UnsafeConn().(type) {
 	case *clientConn:
 		// The tunnel works on the TCP conn itself: its idle logic covers
 		// writes, and only a *net.TCPConn can wait without a buffer or splice.
-		cc.detached.Store(true)
-		raw = cc.TCPConn
+		raw, detach = cc.TCPConn, func() { cc.detached.Store(true) }
 	case *tlsterm.Conn:
 		// The *tls.Conn, whose NetConn is a clientConn: the tunnel then
 		// waits for a record without holding a buffer (tlsWaitAndRelay).
-		cc.Detach()
-		raw = cc.Conn
+		raw, detach = cc.Conn, cc.Detach
 	default:
 		// fasthttp would close it when the hijack handler returns.
-		return nil, nil, fmt.Errorf("cannot take over a %T", raw)
+		return nil, nil, fmt.Errorf("cannot take over a %T", cc)
 	}
 	if err := raw.SetReadDeadline(time.Time{}); err != nil {
-		return nil, nil, err
+		return nil, nil, err // not detached: closing c closes it
 	}
+	// From here the tunnel owns the conn: fasthttp's close after the
+	// hijack handler leaves it open.
+	detach()
 	return raw, early, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,5 +107,44 @@ func TestReloadRefusesBrokenPairs(t *testing.T) {
 	}
 	if got := serialFor(t, term, "s.test"); got != 1 {
 		t.Fatalf("serving serial %d after a mismatched key", got)
+	}
+}
+
+// A detached Conn is the caller's: Close leaves the connection open, so an
+// HTTP server's cleanup after a hijack does not cut the tunnel that took it.
+func TestDetachedConnSurvivesClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	c := &Conn{Conn: tls.Server(server, &tls.Config{})}
+	c.Detach()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close of a detached conn: %v", err)
+	}
+	if _, err := server.Write([]byte("x")); err != nil {
+		t.Fatalf("the socket was closed: %v", err)
+	}
+	got := make([]byte, 1)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peer.Read(got); err != nil || got[0] != 'x' {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	// Not detached: Close closes.
+	c2 := &Conn{Conn: tls.Server(server, &tls.Config{})}
+	c2.Close()
+	if _, err := server.Write([]byte("y")); err == nil {
+		t.Fatal("Close of an attached conn left the socket open")
 	}
 }
