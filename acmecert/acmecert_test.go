@@ -7,12 +7,8 @@ package acmecert
 // *.wsgate.test.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"math/big"
@@ -30,6 +26,7 @@ import (
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/pebbletest"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
 const (
@@ -66,7 +63,7 @@ func startTLSListener(t *testing.T) *tlsListener {
 		t.Fatal(err)
 	}
 	l := &tlsListener{ln: ln}
-	own := selfSigned(t, "fallback.wsgate.test")
+	own := testpki.Pair(t, testpki.Options{Names: []string{"fallback.wsgate.test"}}).Pair
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -122,26 +119,6 @@ func verifyChain(t *testing.T, p *pebbletest.CA, chain []*x509.Certificate, name
 	if err := p.VerifyChain(chain, name); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func selfSigned(t *testing.T, name string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func newManager(t *testing.T, cfg *config.ACME, logs io.Writer) *Manager {

@@ -1,51 +1,27 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
-// writeCertPair writes a self-signed certificate for name and its key into
-// dir and returns their paths.
+// writeCertPair writes a certificate for name and its key into dir and
+// returns their paths.
 func writeCertPair(t *testing.T, dir, name string) (certFile, keyFile string) {
 	t.Helper()
-	return writeCertPairValid(t, dir, name, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	return writeCertPairValid(t, dir, name, time.Time{}, time.Time{})
 }
 
-// writeCertPairValid is writeCertPair with a chosen validity window.
+// writeCertPairValid is writeCertPair with a chosen validity window (zero:
+// testpki's default).
 func writeCertPairValid(t *testing.T, dir, name string, notBefore, notAfter time.Time) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = writeFile(t, dir, name+".crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	keyFile = writeFile(t, dir, name+".key", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})))
-	return certFile, keyFile
+	c := testpki.Pair(t, testpki.Options{Names: []string{name}, NotBefore: notBefore, NotAfter: notAfter, Dir: dir, File: name})
+	return c.CertFile, c.KeyFile
 }
 
 // -check parses each certificate with its key, as the proxy will at start.

@@ -65,12 +65,12 @@ func TestTLSCertificatesBySNI(t *testing.T) {
 	for sni, serial := range map[string]int64{
 		"": 10, "unknown.test": 10, "a.test": 11, "A.TEST": 11, "y.b.test": 12, "x.b.test": 13, "deep.y.b.test": 10,
 	} {
-		if got := servedCert(t, addr, sni, ca.pool); got.SerialNumber.Int64() != serial {
+		if got := servedCert(t, addr, sni, ca.Pool); got.SerialNumber.Int64() != serial {
 			t.Errorf("SNI %q got serial %d, want %d", sni, got.SerialNumber, serial)
 		}
 	}
 
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "y.b.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "y.b.test"}}
 	c, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -99,18 +99,18 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 	g := startTLSGateway(t, up, &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}, nil)
 	addr := g.Addrs()[0].String()
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", MinVersion: v, MaxVersion: v})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", MinVersion: v, MaxVersion: v})
 		if err == nil {
 			c.Close()
 			t.Fatalf("a TLS %s client was accepted", tls.VersionName(v))
 		}
 	}
 
-	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", NextProtos: []string{"h2"}}); err == nil {
+	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", NextProtos: []string{"h2"}}); err == nil {
 		c.Close()
 		t.Fatal("a client offering only h2 was accepted; wsgate speaks no HTTP/2")
 	}
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestTLSVersionsAndALPN(t *testing.T) {
 	}
 
 	g13 := startTLSGateway(t, up, &config.TLS{MinVersion: "1.3", Certificates: []config.Certificate{ca.server(t, "s13", 3, "s.test")}}, io.Discard)
-	if c, err := tls.Dial("tcp", g13.Addrs()[0].String(), &tls.Config{RootCAs: ca.pool, ServerName: "s.test", MaxVersion: tls.VersionTLS12}); err == nil {
+	if c, err := tls.Dial("tcp", g13.Addrs()[0].String(), &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", MaxVersion: tls.VersionTLS12}); err == nil {
 		c.Close()
 		t.Fatal("min_version 1.3 accepted a TLS 1.2 client")
 	}
@@ -141,7 +141,7 @@ func TestTLSPortRefusesPlainHTTPAndGarbage(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}, io.Discard)
 	addr := g.Addrs()[0].String()
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}}
 	live, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	cert := ca.server(t, "live", 1, "s.test")
 	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
 	addr := g.Addrs()[0].String()
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}}
 	before, _, err := d.Dial("wss://"+addr+"/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	os.Rename(renewed.CertFile, cert.CertFile)
 	os.Rename(renewed.KeyFile, cert.KeyFile)
 	waitFor(t, "the renewed certificate", func() bool {
-		return servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64() == 2
+		return servedCert(t, addr, "s.test", ca.Pool).SerialNumber.Int64() == 2
 	})
 	echoOnce(t, before, "opened before the renewal")
 
@@ -204,7 +204,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	waitFor(t, "the refused reload in the log", func() bool {
 		return strings.Contains(errLog.String(), "certificate reload refused, the certificates in use stay")
 	})
-	if got := servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64(); got != 2 {
+	if got := servedCert(t, addr, "s.test", ca.Pool).SerialNumber.Int64(); got != 2 {
 		t.Fatalf("after a corrupt replacement the gateway serves serial %d", got)
 	}
 	if err := g.ReloadCertificates(); err == nil {
@@ -217,7 +217,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	if err := g.ReloadCertificates(); err != nil {
 		t.Fatal(err)
 	}
-	if got := servedCert(t, addr, "s.test", ca.pool).SerialNumber.Int64(); got != 3 {
+	if got := servedCert(t, addr, "s.test", ca.Pool).SerialNumber.Int64(); got != 3 {
 		t.Fatalf("after ReloadCertificates: serial %d", got)
 	}
 	echoOnce(t, before, "still open after two reloads")
@@ -244,14 +244,14 @@ func TestMutualTLS(t *testing.T) {
 		t.Run(auth, func(t *testing.T) {
 			tc := &config.TLS{
 				Certificates: []config.Certificate{ca.server(t, "s-"+auth, 2, "s.test")},
-				ClientCAFile: ca.file, ClientAuth: auth, ClientCertHeader: "X-Client-DN",
+				ClientCAFile: ca.File, ClientAuth: auth, ClientCertHeader: "X-Client-DN",
 			}
 			g := startTLSGateway(t, up, tc, io.Discard)
 			addr := g.Addrs()[0].String()
 			forged := http.Header{"x-client-dn": {"CN=admin"}}
 
 			// No certificate.
-			d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "s.test"}, HandshakeTimeout: 5 * time.Second}
+			d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}, HandshakeTimeout: 5 * time.Second}
 			c, _, err := d.Dial("wss://"+addr+"/", forged)
 			if auth == config.ClientAuthRequire {
 				if err == nil {
@@ -378,7 +378,7 @@ func TestWSSEcho(t *testing.T) {
 	cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "ws", 2, "ws.test")}}
 	g := startGateway(t, cfg)
 
-	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "ws.test"}}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "ws.test"}}
 	c, _, err := d.Dial("wss://"+g.Addrs()[0].String()+"/secure", nil)
 	if err != nil {
 		t.Fatal(err)

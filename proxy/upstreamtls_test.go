@@ -59,10 +59,10 @@ func TestUpstreamTLSEcho(t *testing.T) {
 		name string
 		ut   *config.UpstreamTLS
 	}{
-		{"server_name", &config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}},
+		{"server_name", &config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}},
 		// No server_name: the certificate is checked against the host of
 		// the server's address, 127.0.0.1.
-		{"address", &config.UpstreamTLS{Enabled: true, CAFile: ca.file}},
+		{"address", &config.UpstreamTLS{Enabled: true, CAFile: ca.File}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGateway(t, tlsConfigFor(tc.ut, up))
@@ -117,7 +117,7 @@ func TestUpstreamTLSEarlyBytesAndHalfClose(t *testing.T) {
 		sawEOF <- err == io.EOF
 		c.Write(frame(opText, true, false, []byte("after your FIN")))
 	})
-	gw := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, up)).Addrs()[0].String()
+	gw := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)).Addrs()[0].String()
 	c, br, resp := rawClient(t, gw, frame(opText, true, true, []byte("client first")))
 	if resp.StatusCode != 101 {
 		t.Fatalf("status %d", resp.StatusCode)
@@ -144,7 +144,7 @@ func TestUpstreamTLSEarlyBytesAndHalfClose(t *testing.T) {
 func TestUpstreamTLSIdleAndDrain(t *testing.T) {
 	ca := newTestCA(t, "backend CA")
 	up := serveOn(t, tlsBackend(t, ca, "backend.test", nil), echoHandler(websocket.Upgrader{}))
-	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, up)
+	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)
 	cfg.Timeouts.Idle = config.Duration(time.Second)
 	g := startGateway(t, cfg)
 	c := dial(t, g.Addrs()[0].String(), "/", nil)
@@ -181,7 +181,7 @@ func TestUpstreamTLSFailures(t *testing.T) {
 	other := newTestCA(t, "some other CA")
 	gwCert, gwKey, _ := ca.issue(t, "wsgate-client", true)
 	up := serveOn(t, tlsBackend(t, ca, "backend.test", nil), echoHandler(websocket.Upgrader{}))
-	mtls := serveOn(t, tlsBackend(t, ca, "backend.test", ca.pool), echoHandler(websocket.Upgrader{}))
+	mtls := serveOn(t, tlsBackend(t, ca, "backend.test", ca.Pool), echoHandler(websocket.Upgrader{}))
 	plain := echoUpstream(t, websocket.Upgrader{})
 	handshake := "completed the TLS handshake"
 	for _, tc := range []struct {
@@ -189,17 +189,17 @@ func TestUpstreamTLSFailures(t *testing.T) {
 		ut                        *config.UpstreamTLS
 	}{
 		{"wrong CA", up, "certificate signed by unknown authority", handshake,
-			&config.UpstreamTLS{Enabled: true, CAFile: other.file, ServerName: "backend.test"}},
+			&config.UpstreamTLS{Enabled: true, CAFile: other.File, ServerName: "backend.test"}},
 		{"system roots", up, "certificate signed by unknown authority", handshake,
 			&config.UpstreamTLS{Enabled: true, ServerName: "backend.test"}},
 		{"wrong name", up, "certificate is valid for backend.test, not elsewhere.test", handshake,
-			&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "elsewhere.test"}},
+			&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "elsewhere.test"}},
 		// TLS 1.3: the client's handshake is over before the server
 		// checks its certificate, so the refusal comes as the answer.
 		{"no client certificate", mtls, "certificate required", "failed during the websocket handshake",
-			&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}},
+			&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}},
 		{"not TLS", plain, "does not look like a TLS handshake", handshake,
-			&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}},
+			&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tlsConfigFor(tc.ut, tc.server)
@@ -228,7 +228,7 @@ func TestUpstreamTLSFailures(t *testing.T) {
 		})
 	}
 	t.Run("client certificate", func(t *testing.T) {
-		g := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test",
+		g := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test",
 			CertFile: gwCert, KeyFile: gwKey}, mtls))
 		c := dial(t, g.Addrs()[0].String(), "/", nil)
 		if err := c.WriteMessage(websocket.TextMessage, []byte("mutual")); err != nil {
@@ -246,7 +246,7 @@ func TestUpstreamTLSFailureTriesNextServer(t *testing.T) {
 	ca, other := newTestCA(t, "backend CA"), newTestCA(t, "some other CA")
 	good := serveOn(t, tlsBackend(t, ca, "backend.test", nil), echoHandler(websocket.Upgrader{}))
 	bad := serveOn(t, tlsBackend(t, other, "backend.test", nil), echoHandler(websocket.Upgrader{}))
-	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, bad, good)
+	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, bad, good)
 	cfg.Upstreams["backend"].Balance = "round_robin"
 	g, errs := startGatewayErrors(t, cfg)
 	for i := range 4 {
@@ -278,7 +278,7 @@ func TestUpstreamTLSHTTP(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}))
-	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, up)
+	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)
 	gw := startGateway(t, cfg).Addrs()[0].String()
 	cl := httpClient(t)
 
@@ -308,10 +308,10 @@ func TestUpstreamTLSSchemeIsTheUpstreams(t *testing.T) {
 	ca := newTestCA(t, "backend CA")
 	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })
 	listenerCert := ca.server(t, "listener", 2, "ws.test")
-	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: "ws.test"}}}
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "ws.test"}}}
 	for name, cfg := range map[string]*config.Config{
 		"plain upstream": configFor(serveHTTP(t, hello)),
-		"TLS upstream": tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"},
+		"TLS upstream": tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"},
 			serveOn(t, tlsBackend(t, ca, "backend.test", nil), hello)),
 	} {
 		cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{listenerCert}}
@@ -340,7 +340,7 @@ func TestUpstreamTLSHealthCheck(t *testing.T) {
 		}
 		echoHandler(websocket.Upgrader{}).ServeHTTP(w, r)
 	}))
-	ut := &config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}
+	ut := &config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}
 	cfg := tlsConfigFor(ut, up)
 	cfg.Upstreams["backend"].HealthCheck = &config.HealthCheck{Path: "/health", Interval: config.Duration(50 * time.Millisecond),
 		Timeout: config.Duration(time.Second), Healthy: 1, Unhealthy: 1}
@@ -354,7 +354,7 @@ func TestUpstreamTLSHealthCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrong, err := newUpstreamTLS("backend", &config.UpstreamTLS{Enabled: true, CAFile: newTestCA(t, "other").file, ServerName: "backend.test"})
+	wrong, err := newUpstreamTLS("backend", &config.UpstreamTLS{Enabled: true, CAFile: newTestCA(t, "other").File, ServerName: "backend.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestUpstreamTLSLoadErrors(t *testing.T) {
 		{Enabled: true, CAFile: missing},
 		{Enabled: true, CAFile: key}, // a key, no certificate
 		{Enabled: true, CertFile: cert, KeyFile: missing},
-		{Enabled: true, CertFile: ca.file, KeyFile: key}, // not the key's certificate
+		{Enabled: true, CertFile: ca.File, KeyFile: key}, // not the key's certificate
 	} {
 		cfg := tlsConfigFor(ut, "127.0.0.1:1")
 		cfg.Limits.MaxHeaderBytes = 16384
@@ -413,7 +413,7 @@ func TestUpstreamTLSOneByteRecords(t *testing.T) {
 		}
 		readFrame(br)
 	})
-	gw := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.file, ServerName: "backend.test"}, up)).Addrs()[0].String()
+	gw := startGateway(t, tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)).Addrs()[0].String()
 	_, br, resp := rawClient(t, gw, nil)
 	if resp.StatusCode != 101 {
 		t.Fatalf("status %d", resp.StatusCode)

@@ -1,48 +1,23 @@
 package tlsterm
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/wsgate/wsgate/config"
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
-// writePair writes a self-signed certificate for names, valid until
-// notAfter, with the given serial.
+// writePair writes a certificate for names, valid until notAfter, with the
+// given serial.
 func writePair(t *testing.T, dir, base string, serial int64, notAfter time.Time, names ...string) config.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-48 * time.Hour),
-		NotAfter:     notAfter,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	c := config.Certificate{CertFile: filepath.Join(dir, base+".crt"), KeyFile: filepath.Join(dir, base+".key")}
-	os.WriteFile(c.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(c.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
-	return c
+	c := testpki.Pair(t, testpki.Options{Names: names, Serial: serial, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: notAfter, Dir: dir, File: base})
+	return config.Certificate{CertFile: c.CertFile, KeyFile: c.KeyFile}
 }
 
 func serialFor(t *testing.T, term *Terminator, sni string) int64 {

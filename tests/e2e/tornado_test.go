@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
 // tornadoMsg is one message of apps/tornado/server.py as the page shows it.
@@ -80,7 +82,7 @@ upstreams:
 	// valid for 127.0.0.1 under the CA.
 	ca.checkServed(t, gw, "127.0.0.1", cert)
 
-	sec := checkTornadoPush(t, browserOpts{TrustSPKI: []string{cert.SPKIHash}}, fmt.Sprintf("https://127.0.0.1:%d", gw), "e2e-push-wss", &cert)
+	sec := checkTornadoPush(t, browserOpts{TrustSPKI: []string{cert.SPKIHash()}}, fmt.Sprintf("https://127.0.0.1:%d", gw), "e2e-push-wss", &cert)
 	if !strings.HasPrefix(sec.Protocol, "TLS 1.") {
 		t.Errorf("page TLS protocol %q, want TLS 1.x", sec.Protocol)
 	}
@@ -102,7 +104,7 @@ type browserTLS struct {
 // apart reached the DOM. cert is the certificate the page must have been
 // served over https://, nil over http://. It returns the page's TLS
 // details (zero over http://).
-func checkTornadoPush(t *testing.T, o browserOpts, base, id string, cert *testCert) browserTLS {
+func checkTornadoPush(t *testing.T, o browserOpts, base, id string, cert *testpki.Cert) browserTLS {
 	t.Helper()
 	secure := strings.HasPrefix(base, "https://")
 	wsScheme, wantProto := "ws", "http"

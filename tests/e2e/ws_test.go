@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
 // startWSServer returns the port of apps/ws/server.js, started once per
@@ -93,14 +95,14 @@ upstreams:
 // gateway's TLS certificate for ws.repo) it is all over https:// and
 // wss://, Chromium trusting cert's key only, and it checks that a
 // certificate for untrusted.repo on the same listener is refused.
-func checkWSHostRoute(t *testing.T, gw int, ca *testCA, cert *testCert) {
+func checkWSHostRoute(t *testing.T, gw int, ca *testCA, cert *testpki.Cert) {
 	t.Helper()
 	scheme, wsScheme := "http", "ws"
 	var o browserOpts
 	args := []string{fmt.Sprintf("http://ws.repo:%d/", gw)}
 	if cert != nil {
 		scheme, wsScheme = "https", "wss"
-		o.TrustSPKI = []string{cert.SPKIHash}
+		o.TrustSPKI = []string{cert.SPKIHash()}
 		args = []string{fmt.Sprintf("https://ws.repo:%d/", gw), fmt.Sprintf("https://untrusted.repo:%d/", gw)}
 	}
 	out := runBrowserOpts(t, o, "scenarios/ws_host.js", args...)
