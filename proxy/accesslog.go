@@ -92,4 +92,12 @@ func (b logLine) count(key string, v int64) logLine {
 	return b.int(key, v)
 }
 
+// failed adds "failed=SIDE" when side is not empty.
+func (b logLine) failed(side string) logLine {
+	if side == "" {
+		return b
+	}
+	return b.str("failed", side)
+}
+
 func (b logLine) end() []byte { return append(b, '\n') }

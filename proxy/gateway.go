@@ -364,17 +364,27 @@ type clientConn struct {
 	// balancing, the access log), and formatting costs allocations. The
 	// requests of a conn are served one at a time.
 	remoteIP, remoteAddr string
+	// clientReadEOF tells a request body the client cut at a chunk
+	// boundary from a complete one (see writeRequest).
+	clientReadEOF
+}
+
+// clientConnOf returns the clientConn under the conn a request came on,
+// or nil.
+func clientConnOf(ctx *fasthttp.RequestCtx) *clientConn {
+	switch c := ctx.Conn().(type) {
+	case *clientConn:
+		return c
+	case *tlsterm.Conn:
+		cc, _ := c.NetConn().(*clientConn)
+		return cc
+	}
+	return nil
 }
 
 // clientAddress returns the client's IP and IP:port as text.
 func clientAddress(ctx *fasthttp.RequestCtx) (ip, addr string) {
-	var cc *clientConn
-	switch c := ctx.Conn().(type) {
-	case *clientConn:
-		cc = c
-	case *tlsterm.Conn:
-		cc, _ = c.NetConn().(*clientConn)
-	}
+	cc := clientConnOf(ctx)
 	if cc == nil {
 		return remoteIP(ctx.RemoteAddr()), ctx.RemoteAddr().String()
 	}
@@ -390,6 +400,12 @@ func (c *clientConn) Close() error {
 		return nil
 	}
 	return c.TCPConn.Close()
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	n, err := c.pollConn.Read(p)
+	c.note(err)
+	return n, err
 }
 
 func (c *clientConn) Write(p []byte) (int, error) {
@@ -531,6 +547,9 @@ type requestLog struct {
 	remote, method, pool, uri string
 	upstream                  string
 	status                    int
+	// failed names the side whose failure cut the exchange short after
+	// the status went out ("upstream"), or is empty.
+	failed string
 }
 
 func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string) requestLog {
@@ -554,7 +573,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 func (g *Gateway) writeRequestLog(l requestLog, size int64) {
 	g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
 		str("upstream", l.upstream).int("status", int64(l.status)).
-		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).end())
+		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).failed(l.failed).end())
 }
 
 func (g *Gateway) errorf(format string, args ...any) { g.errorLog.Printf(format, args...) }

@@ -91,6 +91,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 		ReadBufferSize:                g.maxHeaderBytes,
 		MaxConns:                      1 << 20, // long-polls hold conns; the OS limit is the real one
 		MaxIdleConnDuration:           upstreamKeepAlive,
+		Transport:                     upstreamTransport{},
 		// One retry of a GET/HEAD/OPTIONS whose conn closed before any
 		// response byte: the usual cause is a reused keep-alive conn the
 		// upstream closed as it went idle, so the request never reached a
@@ -117,31 +118,17 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	} else {
 		ctx.Request.URI().SetScheme("http")
 	}
+	if ctx.Request.IsBodyStream() {
+		if cc := clientConnOf(ctx); cc != nil {
+			ctx.Request.SetUserValue(clientReadEOFKey{}, clientEOF(cc))
+		}
+	}
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
 		err := g.clientFor(rt, srv).Do(&ctx.Request, resp)
 		if err != nil {
 			fasthttp.ReleaseResponse(resp)
-			var de *dialError
-			if errors.As(err, &de) {
-				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-				return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
-			}
-			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
-			if replayable(&ctx.Request) && isConnectionLost(err) {
-				// The server died with kept-alive conns in the pool: they
-				// all fail the same way, and fasthttp's own retry may take
-				// another of them. Nothing reached the client yet, and the
-				// request has no body to lose, so another server takes it.
-				return &tryFailure{fasthttp.StatusBadGateway, "upstream failed to answer"}
-			}
-			srv.Release()
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
-				g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
-			} else {
-				g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
-			}
-			return nil
+			return g.exchangeFailed(ctx, rt, srv, err)
 		}
 		rt.Pool.ReportSuccess(srv)
 		g.relayResponse(ctx, rt, resp, srv)
@@ -154,6 +141,53 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 		}
 		return nil
 	})
+}
+
+// exchangeFailed answers a request whose exchange with srv failed before
+// the upstream's answer began, or returns the failure for tryServers to
+// take to another server.
+func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstream.Server, err error) *tryFailure {
+	var de *dialError
+	if errors.As(err, &de) {
+		g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
+		return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
+	}
+	var cbe *clientBodyError
+	if errors.As(err, &cbe) {
+		// The client's side failed: the upstream did nothing wrong, and
+		// got the body without its end, so it cannot take it as whole.
+		srv.Release()
+		status, reason := fasthttp.StatusBadRequest, "request body cut short"
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout):
+			status, reason = fasthttp.StatusRequestTimeout, "request body not received in time"
+		case !errors.Is(err, io.ErrUnexpectedEOF):
+			reason = "malformed request body"
+		}
+		_, remote := clientAddress(ctx)
+		g.errorf("client %s: %s %s: %v (not sent whole to upstream %s server %s)", remote, ctx.Method(), ctx.RequestURI(), err, rt.Pool.Name, srv.Address)
+		g.fail(ctx, rt, srv.Address, status, reason)
+		return nil
+	}
+	g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
+	if replayable(&ctx.Request) && isConnectionLost(err) {
+		// The server died with kept-alive conns in the pool: they
+		// all fail the same way, and fasthttp's own retry may take
+		// another of them. Nothing reached the client yet, and the
+		// request has no body to lose, so another server takes it.
+		return &tryFailure{fasthttp.StatusBadGateway, "upstream failed to answer"}
+	}
+	srv.Release()
+	var ie errInterim
+	switch {
+	case errors.As(err, &ie):
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream sent an invalid response")
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout):
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
+	default:
+		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
+	}
+	return nil
 }
 
 // relayResponse copies the upstream's answer to the client. A streamed
@@ -184,19 +218,28 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 
 // upstreamBody is an upstream response body being relayed. fasthttp closes
 // it when the client response is done (or abandoned), which returns the
-// upstream conn to the pool and ends the server's lease.
+// upstream conn to the pool (or closes it) and ends the server's lease.
+//
+// A body that fails after its head went out (cut short, malformed, too
+// slow) makes fasthttp end the client's response without its end (no last
+// chunk, fewer bytes than Content-Length) and close the connection, so the
+// client sees the failure too; the logs name the upstream as its cause.
 type upstreamBody struct {
 	resp   *fasthttp.Response
 	srv    *upstream.Server
 	g      *Gateway
 	log    requestLog
 	n      int64 // body bytes relayed
+	err    error // the upstream body's failure
 	closed bool
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
 	n, err := b.resp.BodyStream().Read(p)
 	b.n += int64(n)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
 	return n, err
 }
 
@@ -208,6 +251,11 @@ func (b *upstreamBody) Close() error {
 	err := b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	b.srv.Release()
+	if b.err != nil {
+		b.log.failed = "upstream"
+		b.g.errorf("upstream %s server %s: %s %s: %v after %d body bytes; the client's response is cut short",
+			b.log.pool, b.srv.Address, b.log.method, b.log.uri, b.err, b.n)
+	}
 	b.g.writeRequestLog(b.log, b.n)
 	return err
 }
