@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -12,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
 func TestIdleTimeout(t *testing.T) {
@@ -193,4 +198,189 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// drainNow starts a graceful stop of g (what SIGTERM does) whose drain
+// timeout is already over, so live tunnels are sent Close 1001 at once. It
+// returns a function that waits for Shutdown to return; the test's cleanup
+// waits too, since a second Shutdown must not run alongside.
+func drainNow(t testing.TB, g *Gateway) (wait func()) {
+	t.Helper()
+	done := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	go func() { defer close(done); g.Shutdown(ctx) }()
+	wait = func() {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Shutdown did not return")
+		}
+	}
+	t.Cleanup(wait)
+	return wait
+}
+
+// closeGoingAwayToClient is Close 1001 as the gateway writes it to a
+// client: unmasked, status code only.
+var closeGoingAwayToClient = []byte{0x88, 0x02, 0x03, 0xE9}
+
+// checkMaskedGoingAway fails unless b is exactly a masked Close 1001, as
+// the gateway writes it to an upstream.
+func checkMaskedGoingAway(t testing.TB, b []byte) {
+	t.Helper()
+	if len(b) != 8 || b[0] != 0x88 || b[1] != 0x82 || b[6]^b[2] != 0x03 || b[7]^b[3] != 0xE9 {
+		t.Fatalf("upstream got % x, want a masked Close 1001 and nothing else", b)
+	}
+}
+
+// A client that sends the start of its first frame in the same write as
+// its handshake and the rest later: the frame reaches the upstream whole,
+// and a drain then puts Close 1001 after it, not inside it. The access log
+// counts that message.
+func TestDrainAfterClientFrameBegunInHandshakeWrite(t *testing.T) {
+	payload := bytes.Repeat([]byte{0}, 100)
+	whole := frame(opText, true, true, payload) // 6 header bytes + 100
+	gotFrame := make(chan wsFrame, 1)
+	afterFrame := make(chan []byte, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(switchingProtocols(req)))
+		f, _ := readFrame(br)
+		gotFrame <- f
+		rest, _ := io.ReadAll(br)
+		afterFrame <- rest
+	})
+	var log syncbuf.Buffer
+	cfg := configFor(up)
+	g := startGatewayLogging(t, cfg, &log)
+	c, br, resp := rawClient(t, g.Addrs()[0].String(), whole[:10])
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if _, err := c.Write(whole[10:]); err != nil {
+		t.Fatal(err)
+	}
+	if f := <-gotFrame; f.op != opText || !f.fin || !bytes.Equal(f.payload, payload) {
+		t.Fatalf("upstream got %+v, want the client's 100-byte text frame", f)
+	}
+
+	waitDrained := drainNow(t, g)
+	checkMaskedGoingAway(t, <-afterFrame)
+	if toClient, _ := io.ReadAll(br); !bytes.Equal(toClient, closeGoingAwayToClient) {
+		t.Fatalf("client got % x, want % x", toClient, closeGoingAwayToClient)
+	}
+	c.Close()
+	waitDrained()
+	if line := lineWith(log.String(), "status=101"); !strings.Contains(line, " msgs_up=1 msgs_down=0 ") {
+		t.Fatalf("access log %q, want msgs_up=1 msgs_down=0", line)
+	}
+}
+
+// A drain while the client's first frame, begun in its handshake write, is
+// still unfinished: no Close can be put in the middle of it, so the
+// upstream gets the frame's first bytes and then the end of the stream.
+func TestDrainInsideClientFrameBegunInHandshakeWrite(t *testing.T) {
+	part := frame(opText, true, true, bytes.Repeat([]byte{0}, 100))[:10]
+	gotPart := make(chan []byte, 1)
+	afterPart := make(chan []byte, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(switchingProtocols(req)))
+		b := make([]byte, len(part))
+		io.ReadFull(br, b)
+		gotPart <- b
+		rest, _ := io.ReadAll(br)
+		afterPart <- rest
+	})
+	g := startGateway(t, configFor(up))
+	c, br, resp := rawClient(t, g.Addrs()[0].String(), part)
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if b := <-gotPart; !bytes.Equal(b, part) {
+		t.Fatalf("upstream got % x, want % x", b, part)
+	}
+
+	waitDrained := drainNow(t, g)
+	if rest := <-afterPart; len(rest) != 0 {
+		t.Fatalf("upstream got % x inside the client's unfinished frame", rest)
+	}
+	// The other way the stream stands between frames: the client is told.
+	if toClient, _ := io.ReadAll(br); !bytes.Equal(toClient, closeGoingAwayToClient) {
+		t.Fatalf("client got % x, want % x", toClient, closeGoingAwayToClient)
+	}
+	c.Close()
+	waitDrained()
+}
+
+// An upstream that sends its 101 and a 40,000-byte frame in one write: the
+// gateway reads part of the frame with the 101 head and the rest in the
+// tunnel. Once each client has the whole frame, a drain gives every one
+// Close 1001, not a bare close (1006). The access log counts the frame.
+func TestDrainAfterUpstreamFrameIn101Write(t *testing.T) {
+	payload := bytes.Repeat([]byte("x"), 40000)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(append([]byte(switchingProtocols(req)), frame(opText, true, false, payload)...))
+		io.Copy(io.Discard, br) // until the gateway's Close and end of stream
+	})
+	var log syncbuf.Buffer
+	g := startGatewayLogging(t, configFor(up), &log)
+	const clients = 20
+	conns, readers := make([]net.Conn, clients), make([]*bufio.Reader, clients)
+	for i := range readers {
+		c, br, resp := rawClient(t, g.Addrs()[0].String(), nil)
+		if resp.StatusCode != 101 {
+			t.Fatalf("client %d: status %d", i, resp.StatusCode)
+		}
+		if f, err := readFrame(br); err != nil || f.op != opText || !bytes.Equal(f.payload, payload) {
+			t.Fatalf("client %d: first frame of %d bytes, %v", i, len(f.payload), err)
+		}
+		conns[i], readers[i] = c, br
+	}
+
+	waitDrained := drainNow(t, g)
+	for i, br := range readers {
+		if toClient, _ := io.ReadAll(br); !bytes.Equal(toClient, closeGoingAwayToClient) {
+			t.Errorf("client %d got % x after the frame, want % x", i, toClient, closeGoingAwayToClient)
+		}
+		conns[i].Close()
+	}
+	waitDrained()
+	if n := strings.Count(log.String(), " msgs_up=0 msgs_down=1 "); n != clients {
+		t.Fatalf("%d of %d tunnels logged msgs_down=1:\n%s", n, clients, log.String())
+	}
+}
+
+// A drain while the upstream's first frame, begun in its 101 write, is
+// still unfinished: the client gets the frame's first bytes and then the
+// end of the stream, no Close inside the frame.
+func TestDrainInsideUpstreamFrameBegunIn101Write(t *testing.T) {
+	part := frame(opText, true, false, bytes.Repeat([]byte("x"), 40000))[:1000]
+	afterHandshake := make(chan []byte, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(append([]byte(switchingProtocols(req)), part...))
+		rest, _ := io.ReadAll(br)
+		afterHandshake <- rest
+	})
+	g := startGateway(t, configFor(up))
+	c, br, resp := rawClient(t, g.Addrs()[0].String(), nil)
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	b := make([]byte, len(part))
+	if _, err := io.ReadFull(br, b); err != nil || !bytes.Equal(b, part) {
+		t.Fatalf("client got % x..., %v", b[:16], err)
+	}
+
+	waitDrained := drainNow(t, g)
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Fatalf("client got % x inside the upstream's unfinished frame", rest)
+	}
+	c.Close()
+	// The other way the stream stands between frames: the upstream is told.
+	checkMaskedGoingAway(t, <-afterHandshake)
+	waitDrained()
 }

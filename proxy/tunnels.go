@@ -88,8 +88,6 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		go g.runCarried(carried, info, toClient, toUpstream)
 		return
 	}
-	// Counts are of bytes after the handshake, in both directions.
-	upBytes, downBytes := int64(len(toUpstream)), int64(len(toClient)-info.headLen)
 	// The relay path writes the switch bytes on the caller's goroutine
 	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
 	// socket do not block, and a goroutine per handshake is saved.
@@ -99,8 +97,12 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		g.endTunnel(live, info, tunnelCounts{}, closer)
 		return
 	}
-	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, func(st relay.Stats) {
-		counts := tunnelCounts{up: upBytes + st.Up, down: downBytes + st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
+	// The frames after the heads belong to the tunnel: the relay follows
+	// and counts them as if it had relayed them. Counts are of bytes after
+	// the handshake, in both directions.
+	sent := relay.Sent{Up: toUpstream, Down: toClient[info.headLen:]}
+	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, func(st relay.Stats) {
+		counts := tunnelCounts{up: st.Up, down: st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
 		if info.route.RawTunnel {
 			counts.upMsgs, counts.downMsgs = -1, -1
 		}
@@ -109,7 +111,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	if err != nil {
 		clientTCP.Close()
 		upTCP.Close()
-		g.endTunnel(live, info, tunnelCounts{up: upBytes, down: downBytes}, ClosedDrain)
+		g.endTunnel(live, info, tunnelCounts{up: int64(len(sent.Up)), down: int64(len(sent.Down))}, ClosedDrain)
 		return
 	}
 	relayed.started(h)

@@ -33,7 +33,7 @@ const (
 
 // Stats is what a tunnel did, reported once when it ends.
 type Stats struct {
-	Up, Down                 int64 // bytes client→upstream, upstream→client
+	Up, Down                 int64 // bytes client→upstream, upstream→client, Sent included
 	UpMessages, DownMessages uint64
 	ClosedBy                 string
 }
@@ -98,13 +98,20 @@ func (h Tunnel) Close(reason string) {
 	h.l.do(func(l *loop) { l.end(h.t, reason) })
 }
 
+// Sent is what the caller relayed itself at the switch, before Add: the
+// client's bytes after its handshake head (Up) and the upstream's after its
+// 101 head (Down). They are the start of the tunnel's streams, so the frame
+// trackers begin with them (a frame may start there and end in the relay)
+// and Stats counts them.
+type Sent struct{ Up, Down []byte }
+
 // Add hands a pair of connected TCP conns to the relay. The relay takes
 // their file descriptors and closes the Go conns; from then on the relay
 // owns the sockets and closes them when the tunnel ends. With frames, the
-// WebSocket frames of both directions are followed. done is called once
-// with the tunnel's stats, on the relay's one reporting goroutine: the
-// reports of other tunnels wait while it runs.
-func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, done func(Stats)) (Tunnel, error) {
+// WebSocket frames of both directions are followed, from the start of
+// sent. done is called once with the tunnel's stats, on the relay's one
+// reporting goroutine: the reports of other tunnels wait while it runs.
+func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done func(Stats)) (Tunnel, error) {
 	cfd, err := takeFD(client)
 	if err != nil {
 		return Tunnel{}, err
@@ -115,7 +122,7 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, done func(Stats)
 		return Tunnel{}, err
 	}
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
-	t := newTunnel(cfd, ufd, frames, done)
+	t := newTunnel(cfd, ufd, frames, sent, done)
 	if !l.do(func(l *loop) { l.addTunnel(t) }) {
 		unix.Close(cfd)
 		unix.Close(ufd)

@@ -59,7 +59,7 @@ func relayed(t *testing.T, r *Relay) *pair {
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
 	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
-	h, err := r.Add(gwClient, gwUpstream, false, func(s Stats) { p.done <- s })
+	h, err := r.Add(gwClient, gwUpstream, false, Sent{}, func(s Stats) { p.done <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestHangUpWhileBackedUpLosesNothing(t *testing.T) {
 	gwUpstream.SetWriteBuffer(4096)
 	server.SetReadBuffer(4096)
 	done := make(chan Stats, 1)
-	if _, err := r.Add(gwClient, gwUpstream, false, func(s Stats) { done <- s }); err != nil {
+	if _, err := r.Add(gwClient, gwUpstream, false, Sent{}, func(s Stats) { done <- s }); err != nil {
 		t.Fatal(err)
 	}
 	server.CloseWrite()
@@ -261,7 +261,7 @@ func TestCloseAllAndStop(t *testing.T) {
 	r.Stop()
 	client, gw := connPair(t)
 	up, _ := connPair(t)
-	if _, err := r.Add(gw, up, false, nil); err != ErrClosed {
+	if _, err := r.Add(gw, up, false, Sent{}, nil); err != ErrClosed {
 		t.Fatalf("Add after Stop: %v", err)
 	}
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -295,10 +295,16 @@ func TestManyTunnelsKeepTheirBytes(t *testing.T) {
 // relayedFrames is relayed with frame tracking on.
 func relayedFrames(t *testing.T, r *Relay) *pair {
 	t.Helper()
+	return relayedFramesAfter(t, r, Sent{})
+}
+
+// relayedFramesAfter is relayedFrames, after sent went by at the switch.
+func relayedFramesAfter(t *testing.T, r *Relay, sent Sent) *pair {
+	t.Helper()
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
 	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
-	h, err := r.Add(gwClient, gwUpstream, true, func(s Stats) { p.done <- s })
+	h, err := r.Add(gwClient, gwUpstream, true, sent, func(s Stats) { p.done <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,6 +383,30 @@ func TestDrainMidFrame(t *testing.T) {
 	// Nobody closes: the grace does.
 	if st := p.stats(t); st.ClosedBy != ClosedDrain {
 		t.Fatalf("closed by %q", st.ClosedBy)
+	}
+}
+
+// The bytes relayed at the switch are where the tracked streams start: a
+// frame begun there and ended in the relay is followed, so a drain in its
+// middle sends no Close that way, and Stats counts it.
+func TestSentBytesStartTheStreams(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	whole := maskedText("0123456789")
+	p := relayedFramesAfter(t, r, Sent{Up: whole[:9], Down: []byte{0x81, 0x02, 'y', 'o'}})
+
+	r.CloseAll(ClosedDrain)
+	p.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, _ := io.ReadAll(p.server); len(rest) != 0 {
+		t.Fatalf("upstream got % x in the middle of a frame begun in Sent.Up", rest)
+	}
+	p.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if toClient, _ := io.ReadAll(p.client); !bytes.Equal(toClient, []byte{0x88, 0x02, 0x03, 0xE9}) {
+		t.Fatalf("client got % x, want 88 02 03 e9 after Sent.Down's frame", toClient)
+	}
+	p.client.Close()
+	p.server.Close()
+	if st := p.stats(t); st.Up != 9 || st.Down != 4 || st.UpMessages != 0 || st.DownMessages != 1 {
+		t.Fatalf("stats %+v, want up 9, down 4, messages up 0, down 1", st)
 	}
 }
 

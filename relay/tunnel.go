@@ -24,7 +24,7 @@ type side struct {
 
 	events     uint32  // what epoll watches now
 	watched    bool    // registered with epoll (see unwatch)
-	read       int64   // bytes read from this side
+	read       int64   // bytes read from this side, Sent included
 	readDone   bool    // EOF read from this side
 	pending    []byte  // bytes for this side that it could not take yet
 	pendingBuf *[]byte // the pooled buffer behind pending
@@ -35,13 +35,18 @@ type side struct {
 	tracking bool
 }
 
-func newTunnel(clientFD, upstreamFD int, frames bool, done func(Stats)) *tunnel {
+func newTunnel(clientFD, upstreamFD int, frames bool, sent Sent, done func(Stats)) *tunnel {
 	t := &tunnel{done: done}
-	t.client = side{fd: clientFD, name: ClosedByClient, t: t, peer: &t.upstream}
-	t.upstream = side{fd: upstreamFD, name: ClosedByUpstream, t: t, peer: &t.client}
+	t.client = side{fd: clientFD, name: ClosedByClient, t: t, peer: &t.upstream, read: int64(len(sent.Up))}
+	t.upstream = side{fd: upstreamFD, name: ClosedByUpstream, t: t, peer: &t.client, read: int64(len(sent.Down))}
 	if frames {
 		t.client.frames, t.client.tracking = wsframe.New(true, 0), true
 		t.upstream.frames, t.upstream.tracking = wsframe.New(false, 0), true
+		// The streams start with the bytes sent at the switch: trackers
+		// that skipped them would take the middle of a frame begun there
+		// for a boundary, and a drain would put its Close inside it.
+		t.client.track(sent.Up)
+		t.upstream.track(sent.Down)
 	}
 	return t
 }
