@@ -41,6 +41,10 @@ type Fixed struct {
 // NewFixed returns a reader of the n-byte body that starts at r.
 func NewFixed(r io.Reader, n int64) *Fixed { return &Fixed{r: r, left: n} }
 
+// Reset makes f a reader of the n-byte body that starts at r, so that a
+// Fixed can be kept in a pooled object.
+func (f *Fixed) Reset(r io.Reader, n int64) { *f = Fixed{r: r, left: n} }
+
 // Read reads body bytes; it returns io.EOF once all n were read, and
 // ErrTruncated if r ends before.
 func (f *Fixed) Read(p []byte) (int, error) {
@@ -88,6 +92,10 @@ type Chunked struct {
 
 // NewChunked returns a reader of the chunked body that starts at r.
 func NewChunked(r *bufio.Reader) *Chunked { return &Chunked{r: r} }
+
+// Reset makes c a reader of the chunked body that starts at r, so that a
+// Chunked can be kept in a pooled object.
+func (c *Chunked) Reset(r *bufio.Reader) { *c = Chunked{r: r} }
 
 // Read reads decoded body bytes. It returns io.EOF after the last chunk
 // and its trailer section, ErrTruncated if r ends before them, and

@@ -119,19 +119,19 @@ func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reques
 		release(keep && br.Buffered() == 0)
 		return false, nil
 	}
-	s := &upstreamStream{release: release, br: br, keep: keep}
+	s := upstreamStreams.Get().(*upstreamStream)
+	s.release, s.br, s.keep, s.eof = release, br, keep, false
 	switch {
 	case size > 0:
-		f := httpbody.NewFixed(br, int64(size))
-		s.r, s.complete = f, f.Complete
+		s.framing = framingFixed
+		s.fixed.Reset(br, int64(size))
 	case size == -1:
-		c := httpbody.NewChunked(br)
-		s.r, s.complete = c, c.Complete
+		s.framing = framingChunked
+		s.chunked.Reset(br)
 	default:
 		// Neither length nor chunked: the body ends with the connection,
 		// which therefore cannot be told from a cut and is never reused.
-		s.r, s.keep = br, false
-		s.complete = func() bool { return s.eof }
+		s.framing, s.keep = framingUntilClose, false
 	}
 	resp.SetBodyStream(s, size)
 	return false, nil
@@ -200,23 +200,41 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 	return nil
 }
 
+// How an upstream response body ends.
+const (
+	framingFixed      = iota // after Content-Length bytes
+	framingChunked           // after the last chunk and the trailer section
+	framingUntilClose        // with the connection
+)
+
 // upstreamStream is an upstream response body read by its framing. Its
 // Close hands the conn back to the pool only if the body was read to its
 // end, that end was where the framing said, and nothing followed it.
+// Streams are pooled: with the readers inside, a response costs no
+// allocation beyond the release closure.
 type upstreamStream struct {
-	r        io.Reader
-	complete func() bool
-	br       *bufio.Reader
-	keep     bool // the headers allow reuse and the framing can tell the end
-	eof      bool
-	release  func(reuse bool)
-	closed   bool
+	framing int
+	fixed   httpbody.Fixed
+	chunked httpbody.Chunked
+	br      *bufio.Reader
+	keep    bool // the headers allow reuse and the framing can tell the end
+	eof     bool
+	release func(reuse bool)
 }
+
+var upstreamStreams = sync.Pool{New: func() any { return new(upstreamStream) }}
 
 // Read reads the body. A body cut short or malformed fails with an
 // *upstreamBodyError.
-func (s *upstreamStream) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
+func (s *upstreamStream) Read(p []byte) (n int, err error) {
+	switch s.framing {
+	case framingFixed:
+		n, err = s.fixed.Read(p)
+	case framingChunked:
+		n, err = s.chunked.Read(p)
+	default:
+		n, err = s.br.Read(p)
+	}
 	if err == io.EOF {
 		s.eof = true
 	} else if err != nil {
@@ -225,12 +243,23 @@ func (s *upstreamStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close releases the conn: back to the pool, or closed.
-func (s *upstreamStream) Close() error {
-	if !s.closed {
-		s.closed = true
-		s.release(s.keep && s.eof && s.complete() && s.br.Buffered() == 0)
+// complete reports whether the body ended where its framing said.
+func (s *upstreamStream) complete() bool {
+	switch s.framing {
+	case framingFixed:
+		return s.fixed.Complete()
+	case framingChunked:
+		return s.chunked.Complete()
 	}
+	return s.eof
+}
+
+// Close releases the conn (back to the pool, or closed) and the stream.
+// fasthttp closes a response's body stream once, then forgets it.
+func (s *upstreamStream) Close() error {
+	s.release(s.keep && s.eof && s.complete() && s.br.Buffered() == 0)
+	*s = upstreamStream{}
+	upstreamStreams.Put(s)
 	return nil
 }
 
