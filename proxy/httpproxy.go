@@ -243,6 +243,39 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// SupportsBodyWriteTo tells fasthttp to relay the body with WriteTo.
+func (b *upstreamBody) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo relays the body into fasthttp's writer to the client. When the
+// upstream's body fails, what came before it is flushed to the client
+// first: fasthttp would close the conn with those bytes, and for a
+// Content-Length body the head too, still in its buffer, and the client
+// would see an empty answer instead of a cut one.
+func (b *upstreamBody) WriteTo(w io.Writer) (int64, error) {
+	buf := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(buf)
+	var written int64
+	for {
+		n, err := b.Read(*buf)
+		if n > 0 {
+			m, werr := w.Write((*buf)[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, werr
+			}
+		}
+		switch {
+		case err == io.EOF:
+			return written, nil
+		case err != nil:
+			if f, ok := w.(interface{ Flush() error }); ok {
+				f.Flush()
+			}
+			return written, err
+		}
+	}
+}
+
 func (b *upstreamBody) Close() error {
 	if b.closed {
 		return nil
