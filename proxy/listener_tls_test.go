@@ -230,16 +230,7 @@ func TestTLSCertificateReload(t *testing.T) {
 func TestMutualTLS(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	seen := make(chan http.Header, 4)
-	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen <- r.Header.Clone()
-		if websocket.IsWebSocketUpgrade(r) {
-			if c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil); err == nil {
-				c.Close()
-			}
-			return
-		}
-		io.WriteString(w, "ok")
-	}))
+	up := recordingUpstream(t, seen)
 	for _, auth := range []string{config.ClientAuthRequire, config.ClientAuthVerifyIfGiven} {
 		t.Run(auth, func(t *testing.T) {
 			tc := &config.TLS{
@@ -296,6 +287,112 @@ func TestMutualTLS(t *testing.T) {
 				t.Fatalf("http: upstream saw X-Client-DN %q, want only CN=alice,O=Example", got)
 			}
 		})
+	}
+}
+
+// recordingUpstream sends the headers of every request it gets to seen,
+// then answers "ok", or completes a WebSocket handshake and closes.
+func recordingUpstream(t *testing.T, seen chan<- http.Header) string {
+	return serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		if websocket.IsWebSocketUpgrade(r) {
+			if c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil); err == nil {
+				c.Close()
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+}
+
+// A client-certificate header is the gateway's word, whichever listener a
+// request comes through: every certificate header name the gateway knows
+// (each mTLS listener's and the default), in any case and in the
+// underscore spelling CGI, WSGI and PHP read as the same variable, is
+// removed on plain, TLS and mutual-TLS listeners alike, on the HTTP path
+// and the WebSocket handshake; an mTLS listener then sends its own header
+// with the verified subject, and only that.
+func TestForgedClientCertHeaderRemovedOnEveryListener(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	seen := make(chan http.Header, 4)
+	cfg := configFor(recordingUpstream(t, seen))
+	mtls := func(base, header string) *config.TLS {
+		return &config.TLS{Certificates: []config.Certificate{ca.server(t, base, 2, "s.test")},
+			ClientCAFile: ca.File, ClientCertHeader: header}
+	}
+	cfg.Listeners = []config.Listener{
+		{Address: "127.0.0.1:0"},
+		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{ca.server(t, "tls", 2, "s.test")}}},
+		{Address: "127.0.0.1:0", TLS: mtls("mtls-dn", "X-Client-DN")},
+		{Address: "127.0.0.1:0", TLS: mtls("mtls-peer", "X-Peer-Cert")},
+	}
+	cfg.ApplyDefaults()
+	g := startGateway(t, cfg)
+	addrs := g.Addrs()
+
+	certNames := []string{"X-Client-DN", "X-Peer-Cert", config.DefaultClientCertHeader}
+	// isCertName tells a certificate header whatever its spelling, as a
+	// CGI-style backend would read it.
+	isCertName := func(name string) bool {
+		for _, n := range certNames {
+			if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), n) {
+				return true
+			}
+		}
+		return false
+	}
+	forged := http.Header{}
+	for _, n := range certNames {
+		forged[strings.ToLower(n)] = []string{"CN=admin"}
+		forged[strings.ReplaceAll(n, "-", "_")] = []string{"CN=root"}
+	}
+
+	alice := ca.client(t, "alice", pkix.Name{CommonName: "alice", Organization: []string{"Example"}})
+	tlsConf := &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", Certificates: []tls.Certificate{alice}}
+	for _, l := range []struct {
+		name, scheme string
+		addr         net.Addr
+		certHeader   string // the header the listener sets, canonical
+	}{
+		{"plain", "http", addrs[0], ""},
+		{"tls", "https", addrs[1], ""},
+		{"mtls X-Client-DN", "https", addrs[2], "X-Client-Dn"},
+		{"mtls X-Peer-Cert", "https", addrs[3], "X-Peer-Cert"},
+	} {
+		check := func(path string, h http.Header) {
+			t.Helper()
+			for name, values := range h {
+				if isCertName(name) && (name != l.certHeader || len(values) != 1 || values[0] != "CN=alice,O=Example") {
+					t.Errorf("%s, %s: the upstream saw %s: %q", l.name, path, name, values)
+				}
+			}
+			if l.certHeader != "" && h.Get(l.certHeader) != "CN=alice,O=Example" {
+				t.Errorf("%s, %s: the upstream saw %s %q, want the verified subject", l.name, path, l.certHeader, h.Get(l.certHeader))
+			}
+		}
+
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 5 * time.Second}
+		req, _ := http.NewRequest("GET", l.scheme+"://"+l.addr.String()+"/page", nil)
+		req.Header = forged
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", l.name, err)
+		}
+		resp.Body.Close()
+		client.CloseIdleConnections()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", l.name, resp.Status)
+		}
+		check("http", recvHeader(t, seen))
+
+		d := websocket.Dialer{TLSClientConfig: tlsConf, HandshakeTimeout: 5 * time.Second}
+		wsScheme := map[string]string{"http": "ws", "https": "wss"}[l.scheme]
+		c, _, err := d.Dial(wsScheme+"://"+l.addr.String()+"/ws", forged)
+		if err != nil {
+			t.Fatalf("%s: websocket: %v", l.name, err)
+		}
+		c.Close()
+		check("websocket", recvHeader(t, seen))
 	}
 }
 
