@@ -6,17 +6,20 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
 // startTLSGateway starts a gateway whose one listener speaks TLS with tc,
@@ -221,6 +224,90 @@ func TestTLSCertificateReload(t *testing.T) {
 		t.Fatalf("after ReloadCertificates: serial %d", got)
 	}
 	echoOnce(t, before, "still open after two reloads")
+}
+
+// A replacement certificate that is not valid yet (NotBefore ahead) is
+// refused as -check refuses it, by the poll and by SIGHUP's reload alike:
+// handshakes that run all the while, verifying as a client does, keep
+// getting the certificate in use, and the error log names the file.
+func TestTLSReloadRefusesNotYetValidCertificate(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	errLog := &syncbuf.Buffer{}
+	cert := ca.server(t, "live", 1, "s.test")
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
+	addr := g.Addrs()[0].String()
+
+	var handshakes atomic.Int64
+	failed := make(chan error, 1)
+	stop, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		d := &tls.Dialer{Config: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}}
+		d.NetDialer = &net.Dialer{Timeout: 5 * time.Second}
+		for range 100000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				failed <- err
+				return
+			}
+			serial := c.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+			c.Close()
+			if serial != 1 {
+				failed <- fmt.Errorf("handshake got serial %d", serial)
+				return
+			}
+			handshakes.Add(1)
+		}
+	}()
+	defer func() { close(stop); <-finished }()
+	// whileHandshaking waits for cond, failing at once if a handshake
+	// does; handshaking waits for n more handshakes.
+	whileHandshaking := func(what string, cond func() bool) {
+		t.Helper()
+		var err error
+		waitFor(t, what, func() bool {
+			select {
+			case err = <-failed:
+				return true
+			default:
+				return cond()
+			}
+		})
+		if err != nil {
+			t.Fatalf("after %d good handshakes: %v\nerror log:\n%s", handshakes.Load(), err, errLog)
+		}
+	}
+	handshaking := func(n int64) {
+		t.Helper()
+		want := handshakes.Load() + n
+		whileHandshaking("handshakes", func() bool { return handshakes.Load() >= want })
+	}
+	handshaking(3)
+
+	future := ca.Issue(t, testpki.Options{Names: []string{"s.test", "127.0.0.1"}, Serial: 2, File: "future",
+		NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	for from, to := range map[string]string{future.CertFile: cert.CertFile, future.KeyFile: cert.KeyFile} {
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refusal := fmt.Sprintf("tls: certificate reload refused, the certificates in use stay: %q is not valid before ", cert.CertFile)
+	whileHandshaking("the refused reload in the log", func() bool {
+		return strings.Contains(errLog.String(), refusal)
+	})
+	handshaking(3)
+	if err := g.ReloadCertificates(); err == nil {
+		t.Fatal("ReloadCertificates accepted a certificate not valid yet")
+	}
+	handshaking(3)
+	if strings.Contains(errLog.String(), "certificates reloaded") {
+		t.Fatalf("a reload was accepted:\n%s", errLog)
+	}
 }
 
 // Mutual TLS: with require, a client without a certificate is refused;
