@@ -61,6 +61,7 @@ func TestTLSKeysChecked(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := writeCertPair(t, dir, "ok.test")
 	oldCrt, oldKey := writeCertPairValid(t, dir, "old.test", time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	futureCrt, futureKey := writeCertPairValid(t, dir, "future.test", time.Now().Add(time.Hour), time.Now().Add(48*time.Hour))
 	soonCrt, soonKey := writeCertPairValid(t, dir, "soon.test", time.Now().Add(-time.Hour), time.Now().Add(72*time.Hour))
 	tail := `routes: [{path: /, upstream: u}]
 upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
@@ -71,6 +72,9 @@ upstreams: {u: {servers: [{address: 127.0.0.1:3000}]}}
 		{"expired", fmt.Sprintf(`  - address: 127.0.0.1:8443
     tls: {certificates: [{cert_file: %s, key_file: %s}]}
 `, oldCrt, oldKey), ":3: listeners[0].tls.certificates[0].cert_file: \"" + oldCrt + "\" expired on "},
+		{"not valid yet", fmt.Sprintf(`  - address: 127.0.0.1:8443
+    tls: {certificates: [{cert_file: %s, key_file: %s}]}
+`, futureCrt, futureKey), ":3: listeners[0].tls.certificates[0].cert_file: \"" + futureCrt + "\" is not valid before "},
 		{"min_version", fmt.Sprintf(`  - address: 127.0.0.1:8443
     tls:
       certificates: [{cert_file: %s, key_file: %s}]

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -100,30 +101,48 @@ func (v *validator) certificatePair(p keyPath, certFile, keyFile string) {
 	if !certOK || !keyOK {
 		return
 	}
-	// Parse the pair as the proxy will, so a bad PEM or a key of another
-	// certificate fails -check, not the deploy.
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	now := time.Now()
+	pair, err := LoadCertificate(certFile, keyFile, now)
 	if err != nil {
-		v.add(p.key("cert_file"), "cannot use certificate %q with key %q: %v", certFile, keyFile, err)
+		v.add(p.key("cert_file"), "%v", err)
 		return
 	}
-	leaf := pair.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			v.add(p.key("cert_file"), "%q: %v", certFile, err)
-			return
-		}
-	}
-	now := time.Now()
-	switch {
-	case now.After(leaf.NotAfter):
-		v.add(p.key("cert_file"), "%q expired on %s", certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
-	case now.Before(leaf.NotBefore):
-		v.add(p.key("cert_file"), "%q is not valid before %s", certFile, leaf.NotBefore.UTC().Format(time.RFC3339))
-	case leaf.NotAfter.Sub(now) < expiryWarning:
+	if leaf := pair.Leaf; leaf.NotAfter.Sub(now) < expiryWarning {
 		v.warn(p.key("cert_file"), "%q expires on %s, in %d days", certFile,
 			leaf.NotAfter.UTC().Format(time.RFC3339), int(leaf.NotAfter.Sub(now).Hours()/24))
 	}
+}
+
+// LoadCertificate reads a certificate and its key, and checks that they
+// belong together and that the certificate is valid at now. -check and the
+// TLS listeners, at start and on every reload, load certificates with it,
+// so a listener never serves a pair -check refuses. The errors name the
+// files. The returned pair's Leaf is set.
+func LoadCertificate(certFile, keyFile string, now time.Time) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("cannot use certificate %q with key %q: %w", certFile, keyFile, err)
+	}
+	if pair.Leaf == nil { // GODEBUG=x509keypairleaf=0
+		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return tls.Certificate{}, fmt.Errorf("%q: %w", certFile, err)
+		}
+	}
+	switch leaf := pair.Leaf; {
+	case now.After(leaf.NotAfter):
+		return tls.Certificate{}, fmt.Errorf("%q expired on %s", certFile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return tls.Certificate{}, fmt.Errorf("%q is not valid before %s", certFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return pair, nil
 }
 
 // caFile checks a PEM file of CA certificates.

@@ -65,6 +65,10 @@ type Gateway struct {
 	servers       []*fasthttp.Server
 	wg            sync.WaitGroup // Serve loops
 
+	// certHeaders are every listener's client-certificate header name,
+	// removed from requests on all listeners.
+	certHeaders certHeaderNames
+
 	mu      sync.Mutex
 	tunnels *shrinkset.Set[liveTunnel]
 	relay   *relay.Relay // event loops for plain TCP tunnels
@@ -117,6 +121,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		}
 		g.listenerInfos = append(g.listenerInfos, li)
 	}
+	g.certHeaders = clientCertHeaderNames(cfg.Listeners)
 
 	pools := map[string]*upstream.Pool{}
 	policies := map[string]*Policy{}
@@ -435,7 +440,7 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 		g.refuse(ctx, fasthttp.StatusNotFound, "no route for host "+string(ctx.Host())+" and path "+string(ctx.Path()))
 		return
 	}
-	f := newForwarded(ctx, li)
+	f := newForwarded(ctx, li, g.certHeaders)
 	if isUpgrade(&ctx.Request.Header) {
 		g.serveWebSocket(ctx, rt, f)
 		return

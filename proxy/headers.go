@@ -61,17 +61,21 @@ type forwarded struct {
 	proto    string // "http" or "https"
 	host     string // the Host the client asked for
 	priorXFF []byte // X-Forwarded-For the client sent, if any
-	// certHeader is removed from every request, whatever its spelling:
-	// only the gateway may say who the client is. certSubject, the
-	// verified client certificate's subject, is then sent under it.
+	// certHeaders are removed from every request, whatever the listener
+	// and the spelling: only the gateway may say who the client is, and
+	// routes are not tied to listeners, so a name one mTLS listener sets
+	// must not come from a client through another. certSubject, the
+	// verified client certificate's subject, is then sent under
+	// certHeader, this listener's name.
+	certHeaders certHeaderNames
 	certHeader  []byte
 	certSubject string
 }
 
-func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo) forwarded {
+func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo, certHeaders certHeaderNames) forwarded {
 	clientIP, _ := clientAddress(ctx)
 	f := forwarded{clientIP: clientIP, proto: "http", host: string(ctx.Host()),
-		certHeader: li.clientCertHeader}
+		certHeaders: certHeaders, certHeader: li.clientCertHeader}
 	if ctx.IsTLS() {
 		f.proto = "https"
 		if li.clientCerts {
@@ -142,7 +146,7 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
 		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames),
-			bytes.EqualFold(name, f.certHeader):
+			f.certHeaders.has(name):
 		default:
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
@@ -236,7 +240,7 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) (clientClose bool) {
 	h := &req.Header
 	tokens := stripHeaders(h, func(name []byte, listed bool) bool {
 		return listed || isOneOf(name, hopByHop) || isOneOf(name, forwardedNames) ||
-			bytes.EqualFold(name, f.certHeader)
+			f.certHeaders.has(name)
 	})
 	// fasthttp tracks "Connection: close" as a flag, not a header; the
 	// upstream connection is the gateway's to keep alive.
@@ -252,6 +256,62 @@ func prepareHTTPRequest(req *fasthttp.Request, f forwarded) (clientClose bool) {
 	// value is exactly "close"; RFC 9112 section 9.6 makes "close" a
 	// case-insensitive token of a list ("close, X-Hop", "Close").
 	return isOneOf([]byte("close"), tokens)
+}
+
+// certHeaderNames are the names of the client-certificate headers, in
+// the form has compares: ASCII lower case, '_' as '-'.
+type certHeaderNames [][]byte
+
+// newCertHeaderNames folds names for has, once each.
+func newCertHeaderNames(names ...string) certHeaderNames {
+	var c certHeaderNames
+	for _, n := range names {
+		folded := []byte(n)
+		for i, b := range folded {
+			folded[i] = foldHeaderByte(b)
+		}
+		if !c.has(folded) {
+			c = append(c, folded)
+		}
+	}
+	return c
+}
+
+// has reports whether name is one of c in any case, with '_' for any
+// '-': CGI, WSGI and PHP read X_Client_DN and X-Client-DN as the same
+// variable (HTTP_X_CLIENT_DN), so a backend behind them would take a
+// forged underscore copy for the gateway's header.
+func (c certHeaderNames) has(name []byte) bool {
+	for _, n := range c {
+		if equalFolded(name, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// equalFolded reports whether name, folded, is folded.
+func equalFolded(name, folded []byte) bool {
+	if len(name) != len(folded) {
+		return false
+	}
+	for i, b := range name {
+		if foldHeaderByte(b) != folded[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// foldHeaderByte is one byte of a header name as certHeaderNames keeps it.
+func foldHeaderByte(b byte) byte {
+	switch {
+	case 'A' <= b && b <= 'Z':
+		return b + 'a' - 'A'
+	case b == '_':
+		return '-'
+	}
+	return b
 }
 
 // headerSafe replaces control characters, which a certificate's subject

@@ -54,7 +54,8 @@ func forwardedFor(h *fasthttp.RequestHeader) forwarded {
 	h.CopyTo(&req.Header)
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
-	return newForwarded(&ctx, &listenerInfo{clientCertHeader: []byte(config.DefaultClientCertHeader)})
+	return newForwarded(&ctx, &listenerInfo{clientCertHeader: []byte(config.DefaultClientCertHeader)},
+		newCertHeaderNames(config.DefaultClientCertHeader))
 }
 
 func TestAppendUpgradeRequestHead(t *testing.T) {

@@ -6,17 +6,20 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testpki"
 )
 
 // startTLSGateway starts a gateway whose one listener speaks TLS with tc,
@@ -223,6 +226,90 @@ func TestTLSCertificateReload(t *testing.T) {
 	echoOnce(t, before, "still open after two reloads")
 }
 
+// A replacement certificate that is not valid yet (NotBefore ahead) is
+// refused as -check refuses it, by the poll and by SIGHUP's reload alike:
+// handshakes that run all the while, verifying as a client does, keep
+// getting the certificate in use, and the error log names the file.
+func TestTLSReloadRefusesNotYetValidCertificate(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	errLog := &syncbuf.Buffer{}
+	cert := ca.server(t, "live", 1, "s.test")
+	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
+	addr := g.Addrs()[0].String()
+
+	var handshakes atomic.Int64
+	failed := make(chan error, 1)
+	stop, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		d := &tls.Dialer{Config: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}}
+		d.NetDialer = &net.Dialer{Timeout: 5 * time.Second}
+		for range 100000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				failed <- err
+				return
+			}
+			serial := c.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+			c.Close()
+			if serial != 1 {
+				failed <- fmt.Errorf("handshake got serial %d", serial)
+				return
+			}
+			handshakes.Add(1)
+		}
+	}()
+	defer func() { close(stop); <-finished }()
+	// whileHandshaking waits for cond, failing at once if a handshake
+	// does; handshaking waits for n more handshakes.
+	whileHandshaking := func(what string, cond func() bool) {
+		t.Helper()
+		var err error
+		waitFor(t, what, func() bool {
+			select {
+			case err = <-failed:
+				return true
+			default:
+				return cond()
+			}
+		})
+		if err != nil {
+			t.Fatalf("after %d good handshakes: %v\nerror log:\n%s", handshakes.Load(), err, errLog)
+		}
+	}
+	handshaking := func(n int64) {
+		t.Helper()
+		want := handshakes.Load() + n
+		whileHandshaking("handshakes", func() bool { return handshakes.Load() >= want })
+	}
+	handshaking(3)
+
+	future := ca.Issue(t, testpki.Options{Names: []string{"s.test", "127.0.0.1"}, Serial: 2, File: "future",
+		NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})
+	for from, to := range map[string]string{future.CertFile: cert.CertFile, future.KeyFile: cert.KeyFile} {
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refusal := fmt.Sprintf("tls: certificate reload refused, the certificates in use stay: %q is not valid before ", cert.CertFile)
+	whileHandshaking("the refused reload in the log", func() bool {
+		return strings.Contains(errLog.String(), refusal)
+	})
+	handshaking(3)
+	if err := g.ReloadCertificates(); err == nil {
+		t.Fatal("ReloadCertificates accepted a certificate not valid yet")
+	}
+	handshaking(3)
+	if strings.Contains(errLog.String(), "certificates reloaded") {
+		t.Fatalf("a reload was accepted:\n%s", errLog)
+	}
+}
+
 // Mutual TLS: with require, a client without a certificate is refused;
 // with one, the upstream learns its subject in the configured header, and
 // a copy of that header sent by the client never reaches the upstream
@@ -230,16 +317,7 @@ func TestTLSCertificateReload(t *testing.T) {
 func TestMutualTLS(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	seen := make(chan http.Header, 4)
-	up := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen <- r.Header.Clone()
-		if websocket.IsWebSocketUpgrade(r) {
-			if c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil); err == nil {
-				c.Close()
-			}
-			return
-		}
-		io.WriteString(w, "ok")
-	}))
+	up := recordingUpstream(t, seen)
 	for _, auth := range []string{config.ClientAuthRequire, config.ClientAuthVerifyIfGiven} {
 		t.Run(auth, func(t *testing.T) {
 			tc := &config.TLS{
@@ -296,6 +374,112 @@ func TestMutualTLS(t *testing.T) {
 				t.Fatalf("http: upstream saw X-Client-DN %q, want only CN=alice,O=Example", got)
 			}
 		})
+	}
+}
+
+// recordingUpstream sends the headers of every request it gets to seen,
+// then answers "ok", or completes a WebSocket handshake and closes.
+func recordingUpstream(t *testing.T, seen chan<- http.Header) string {
+	return serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		if websocket.IsWebSocketUpgrade(r) {
+			if c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil); err == nil {
+				c.Close()
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+}
+
+// A client-certificate header is the gateway's word, whichever listener a
+// request comes through: every certificate header name the gateway knows
+// (each mTLS listener's and the default), in any case and in the
+// underscore spelling CGI, WSGI and PHP read as the same variable, is
+// removed on plain, TLS and mutual-TLS listeners alike, on the HTTP path
+// and the WebSocket handshake; an mTLS listener then sends its own header
+// with the verified subject, and only that.
+func TestForgedClientCertHeaderRemovedOnEveryListener(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	seen := make(chan http.Header, 4)
+	cfg := configFor(recordingUpstream(t, seen))
+	mtls := func(base, header string) *config.TLS {
+		return &config.TLS{Certificates: []config.Certificate{ca.server(t, base, 2, "s.test")},
+			ClientCAFile: ca.File, ClientCertHeader: header}
+	}
+	cfg.Listeners = []config.Listener{
+		{Address: "127.0.0.1:0"},
+		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{ca.server(t, "tls", 2, "s.test")}}},
+		{Address: "127.0.0.1:0", TLS: mtls("mtls-dn", "X-Client-DN")},
+		{Address: "127.0.0.1:0", TLS: mtls("mtls-peer", "X-Peer-Cert")},
+	}
+	cfg.ApplyDefaults()
+	g := startGateway(t, cfg)
+	addrs := g.Addrs()
+
+	certNames := []string{"X-Client-DN", "X-Peer-Cert", config.DefaultClientCertHeader}
+	// isCertName tells a certificate header whatever its spelling, as a
+	// CGI-style backend would read it.
+	isCertName := func(name string) bool {
+		for _, n := range certNames {
+			if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), n) {
+				return true
+			}
+		}
+		return false
+	}
+	forged := http.Header{}
+	for _, n := range certNames {
+		forged[strings.ToLower(n)] = []string{"CN=admin"}
+		forged[strings.ReplaceAll(n, "-", "_")] = []string{"CN=root"}
+	}
+
+	alice := ca.client(t, "alice", pkix.Name{CommonName: "alice", Organization: []string{"Example"}})
+	tlsConf := &tls.Config{RootCAs: ca.Pool, ServerName: "s.test", Certificates: []tls.Certificate{alice}}
+	for _, l := range []struct {
+		name, scheme string
+		addr         net.Addr
+		certHeader   string // the header the listener sets, canonical
+	}{
+		{"plain", "http", addrs[0], ""},
+		{"tls", "https", addrs[1], ""},
+		{"mtls X-Client-DN", "https", addrs[2], "X-Client-Dn"},
+		{"mtls X-Peer-Cert", "https", addrs[3], "X-Peer-Cert"},
+	} {
+		check := func(path string, h http.Header) {
+			t.Helper()
+			for name, values := range h {
+				if isCertName(name) && (name != l.certHeader || len(values) != 1 || values[0] != "CN=alice,O=Example") {
+					t.Errorf("%s, %s: the upstream saw %s: %q", l.name, path, name, values)
+				}
+			}
+			if l.certHeader != "" && h.Get(l.certHeader) != "CN=alice,O=Example" {
+				t.Errorf("%s, %s: the upstream saw %s %q, want the verified subject", l.name, path, l.certHeader, h.Get(l.certHeader))
+			}
+		}
+
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}, Timeout: 5 * time.Second}
+		req, _ := http.NewRequest("GET", l.scheme+"://"+l.addr.String()+"/page", nil)
+		req.Header = forged
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", l.name, err)
+		}
+		resp.Body.Close()
+		client.CloseIdleConnections()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", l.name, resp.Status)
+		}
+		check("http", recvHeader(t, seen))
+
+		d := websocket.Dialer{TLSClientConfig: tlsConf, HandshakeTimeout: 5 * time.Second}
+		wsScheme := map[string]string{"http": "ws", "https": "wss"}[l.scheme]
+		c, _, err := d.Dial(wsScheme+"://"+l.addr.String()+"/ws", forged)
+		if err != nil {
+			t.Fatalf("%s: websocket: %v", l.name, err)
+		}
+		c.Close()
+		check("websocket", recvHeader(t, seen))
 	}
 }
 

@@ -16,8 +16,9 @@ import (
 type listenerInfo struct {
 	address string              // as configured
 	tls     *tlsterm.Terminator // nil on a plain listener
-	// clientCertHeader is stripped from every request on this listener;
-	// with clientCerts, the verified subject is sent under it.
+	// clientCertHeader carries the verified subject, with clientCerts
+	// (it is removed from requests on every listener, with the others:
+	// Gateway.certHeaders).
 	clientCertHeader []byte
 	clientCerts      bool
 	// redirectHTTPS answers every request with a redirect to https.
@@ -25,11 +26,7 @@ type listenerInfo struct {
 }
 
 func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
-	li := &listenerInfo{
-		address:          lc.Address,
-		clientCertHeader: []byte(config.DefaultClientCertHeader),
-		redirectHTTPS:    lc.RedirectHTTPS,
-	}
+	li := &listenerInfo{address: lc.Address, redirectHTTPS: lc.RedirectHTTPS}
 	if lc.TLS == nil {
 		return li, nil
 	}
@@ -50,6 +47,19 @@ func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
 	li.clientCertHeader = []byte(lc.TLS.ClientCertHeader)
 	li.clientCerts = lc.TLS.ClientCAFile != ""
 	return li, nil
+}
+
+// clientCertHeaderNames lists the client-certificate header names of
+// every listener and the default one, which a client could otherwise send
+// through a listener that does not set it.
+func clientCertHeaderNames(ls []config.Listener) certHeaderNames {
+	names := []string{config.DefaultClientCertHeader}
+	for _, l := range ls {
+		if l.TLS != nil && l.TLS.ClientCertHeader != "" {
+			names = append(names, l.TLS.ClientCertHeader)
+		}
+	}
+	return newCertHeaderNames(names...)
 }
 
 // ReloadCertificates reads every TLS listener's certificate files again

@@ -3,8 +3,6 @@ package tlsterm
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -20,29 +18,15 @@ type certSet struct {
 	fallback *tls.Certificate            // the first certificate: no SNI, or an unknown name
 }
 
-// loadCertSet reads every certificate pair of cfg.
+// loadCertSet reads every certificate pair of cfg, checked as -check
+// checks them (config.LoadCertificate): a pair not valid at now, expired
+// or not valid yet, would fail every handshake it served.
 func loadCertSet(certs []config.Certificate, now time.Time) (*certSet, error) {
 	s := &certSet{byName: map[string]*tls.Certificate{}}
 	for _, c := range certs {
-		certPEM, err := os.ReadFile(c.CertFile)
+		pair, err := config.LoadCertificate(c.CertFile, c.KeyFile, now)
 		if err != nil {
 			return nil, err
-		}
-		keyPEM, err := os.ReadFile(c.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		pair, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %s with key %s: %w", c.CertFile, c.KeyFile, err)
-		}
-		if pair.Leaf == nil {
-			if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-				return nil, fmt.Errorf("certificate %s: %w", c.CertFile, err)
-			}
-		}
-		if now.After(pair.Leaf.NotAfter) {
-			return nil, fmt.Errorf("certificate %s expired on %s", c.CertFile, pair.Leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
 		if s.fallback == nil {
 			s.fallback = &pair

@@ -121,7 +121,7 @@ func (t *Terminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificat
 // Reload reads the certificate files again (SIGHUP). New handshakes use
 // the new certificates; connections already up keep theirs. A file that
 // does not load (unreadable, not PEM, a key of another certificate,
-// expired) is refused with a log line, and the certificates in use stay.
+// expired or not valid yet: what -check refuses) is refused with a log line, and the certificates in use stay.
 func (t *Terminator) Reload() error {
 	t.reloadMu.Lock()
 	defer t.reloadMu.Unlock()

@@ -51,7 +51,7 @@ func TestLookupOrder(t *testing.T) {
 	}
 }
 
-// A reload that meets an expired or mismatched pair keeps the certificates
+// A reload that meets an expired, not yet valid or mismatched pair keeps the certificates
 // in use and says why; a poll reports one broken change once.
 func TestReloadRefusesBrokenPairs(t *testing.T) {
 	dir := t.TempDir()
@@ -68,6 +68,16 @@ func TestReloadRefusesBrokenPairs(t *testing.T) {
 	os.Rename(expired.KeyFile, cert.KeyFile)
 	if err := term.Reload(); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("reload of an expired certificate: %v", err)
+	}
+	if got := serialFor(t, term, "s.test"); got != 1 {
+		t.Fatalf("serving serial %d after a refused reload", got)
+	}
+	future := testpki.Pair(t, testpki.Options{Names: []string{"s.test"}, Serial: 4,
+		NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour), Dir: dir, File: "future"})
+	os.Rename(future.CertFile, cert.CertFile)
+	os.Rename(future.KeyFile, cert.KeyFile)
+	if err := term.Reload(); err == nil || !strings.Contains(err.Error(), cert.CertFile+`" is not valid before`) {
+		t.Fatalf("reload of a certificate not valid yet: %v", err)
 	}
 	if got := serialFor(t, term, "s.test"); got != 1 {
 		t.Fatalf("serving serial %d after a refused reload", got)
