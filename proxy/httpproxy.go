@@ -124,8 +124,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 			fasthttp.ReleaseResponse(resp)
 			var de *dialError
 			if errors.As(err, &de) {
-				g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-				return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
+				return g.dialFailure(rt, srv, err)
 			}
 			g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
 			if replayable(&ctx.Request) && isConnectionLost(err) {

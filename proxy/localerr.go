@@ -3,6 +3,9 @@ package proxy
 import (
 	"errors"
 	"syscall"
+
+	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // isLocalResourceError reports whether err is the gateway itself running
@@ -19,4 +22,21 @@ func isLocalResourceError(err error) bool {
 		return true
 	}
 	return false
+}
+
+// dialFailure logs a failed dial of srv and returns the try's failure.
+// A dial that failed for want of a local resource is the gateway's
+// failure, not the server's: it is logged as local, and the client gets
+// 503, which tryServers neither counts against the server nor retries on
+// another (which would fail the same way).
+func (g *Gateway) dialFailure(rt *Route, srv *upstream.Server, err error) *tryFailure {
+	if isLocalResourceError(err) {
+		g.errorf("upstream %s server %s: local failure, not counted against the server: %v", rt.Pool.Name, srv.Address, err)
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		return &tryFailure{fasthttp.StatusServiceUnavailable,
+			"the gateway cannot connect to " + rt.Pool.Name + " now: " + errno.Error() + " (a local failure)"}
+	}
+	g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
+	return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
 }

@@ -70,11 +70,17 @@ func (p *Policy) tries(servers int) int {
 }
 
 // tryFailure is why a try failed before anything reached the client; it
-// is the client's answer if no other server may be tried.
+// is the client's answer if no other server may be tried. Its status is
+// 502 or 504 for a failure at the server, 503 for one in the gateway
+// itself (see local).
 type tryFailure struct {
 	status int
 	reason string
 }
+
+// local reports whether the try failed in the gateway itself (503, from
+// dialFailure: out of descriptors or memory) rather than at the server.
+func (f *tryFailure) local() bool { return f.status == fasthttp.StatusServiceUnavailable }
 
 // placement is one request's way through its pool.
 type placement struct {
@@ -93,8 +99,10 @@ const maxLostRaces = 16
 // while retries and try_timeout allow; then the client gets the last
 // failure (502, or 504 for a handshake that timed out). With no server
 // left to offer the client gets 502, or 503 when every usable server is at
-// max_conns. Both paths retry only here, so the rules for moving on live
-// in one place.
+// max_conns. A try that failed in the gateway itself (local) ends the
+// request at once with its 503, counting nothing against the server.
+// Both paths retry only here, so the rules for moving on live in one
+// place.
 //
 // try is called with a lease on the server taken (Acquire). When try
 // fails, the lease is released here; when it returns nil, the lease is
@@ -131,6 +139,13 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 			return
 		}
 		srv.Release()
+		if failure.local() {
+			// Not the server's failure, and every other server would
+			// fail the same way: answer now, count nothing.
+			g.fail(ctx, rt, srv.Address, failure.status, failure.reason)
+			ctx.Response.Header.Set("Retry-After", "1")
+			return
+		}
 		rt.Pool.ReportFailure(srv)
 		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
 			reason := failure.reason

@@ -39,8 +39,7 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		conn, err := dialTimeout(srv.Address, rt.tls, g.timeouts.connect)
 		if err != nil {
-			g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-			return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
+			return g.dialFailure(rt, srv, err)
 		}
 		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key)
 	})

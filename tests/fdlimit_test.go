@@ -204,3 +204,52 @@ func TestAcceptRecoversAfterDescriptorsRunOut(t *testing.T) {
 		t.Fatal("wsgate exited")
 	}
 }
+
+// A dial that fails because the gateway is out of descriptors is not the
+// server's failure: the client gets 503, the error log says it is local,
+// and the server is not taken out (fail_timeout is an hour here), so the
+// next request after descriptors are freed reaches it. Both the WebSocket
+// and the plain HTTP path.
+func TestLocalDialFailureDoesNotMarkServerDown(t *testing.T) {
+	t.Parallel()
+	wsAddr, httpAddr := echoUpstream(t), httpUpstream(t)
+	gw := freeAddr(t)
+	p := startGateway(t, gw, fdConfig(gw, wsAddr, httpAddr))
+
+	// One descriptor left: accept takes it, the dial to the upstream
+	// fails with EMFILE.
+	const headroom = 4
+	full := limitFDs(t, p, headroom)
+	idle := idleConns(t, gw, headroom-1)
+	waitFDs(t, p, full-1, "idle conns accepted")
+
+	conn, err := net.DialTimeout("tcp", gw, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = wsOver(conn, "ws://ws.repo/")
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "too many open files") {
+		t.Errorf("handshake with no descriptor left to dial with: %v; want 503 naming the local cause", err)
+	}
+	waitFDs(t, p, full-1, "the refused handshake's conn closed")
+	status, body := httpGet(t, gw, "plain.test", "/")
+	if status != 503 || !strings.Contains(body, "too many open files") {
+		t.Errorf("GET with no descriptor left to dial with: %d %q; want 503 naming the local cause", status, body)
+	}
+	waitFDs(t, p, full-1, "the refused request's conn closed")
+
+	releaseConns(t, idle)
+	c := mustDialWS(t, gw, "ws://ws.repo/")
+	echo(t, c, "server was not marked down")
+	if status, body := httpGet(t, gw, "plain.test", "/after"); status != 200 {
+		t.Errorf("GET after descriptors were freed: %d %q; want 200 (the server was not marked down)", status, body)
+	}
+
+	stderr := p.stderr.String()
+	for _, up := range []string{"upstream ws_echo server " + wsAddr, "upstream web server " + httpAddr} {
+		if line := lineContaining(stderr, up); !strings.Contains(line, "local failure") {
+			t.Errorf("error log line for %s: %q; want it to say the failure is local", up, line)
+		}
+	}
+}
