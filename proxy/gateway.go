@@ -237,7 +237,7 @@ func (g *Gateway) Start() error {
 			g.closeListeners()
 			return fmt.Errorf("listen %s: %w", li.address, err)
 		}
-		var ln net.Listener = &clientListener{Listener: tcp, idle: g.timeouts.idle}
+		var ln net.Listener = &clientListener{Listener: newRetryingListener(tcp, g.errorf), idle: g.timeouts.idle}
 		if term := li.tls; term != nil {
 			ln = term.Listener(ln)
 		}

@@ -149,8 +149,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstream.Server, err error) *tryFailure {
 	var de *dialError
 	if errors.As(err, &de) {
-		g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-		return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
+		return g.dialFailure(rt, srv, err)
 	}
 	var cbe *clientBodyError
 	if errors.As(err, &cbe) {
@@ -175,7 +174,7 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 		// all fail the same way, and fasthttp's own retry may take
 		// another of them. Nothing reached the client yet, and the
 		// request has no body to lose, so another server takes it.
-		return &tryFailure{fasthttp.StatusBadGateway, "upstream failed to answer"}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed to answer"}
 	}
 	srv.Release()
 	var ie errInterim

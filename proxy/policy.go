@@ -74,6 +74,10 @@ func (p *Policy) tries(servers int) int {
 type tryFailure struct {
 	status int
 	reason string
+	// local: the gateway itself failed (out of descriptors or memory), not
+	// the server; nothing is counted against the server, and no other
+	// server is tried, since each would fail the same way.
+	local bool
 }
 
 // placement is one request's way through its pool.
@@ -93,8 +97,10 @@ const maxLostRaces = 16
 // while retries and try_timeout allow; then the client gets the last
 // failure (502, or 504 for a handshake that timed out). With no server
 // left to offer the client gets 502, or 503 when every usable server is at
-// max_conns. Both paths retry only here, so the rules for moving on live
-// in one place.
+// max_conns. A try that failed in the gateway itself (local) ends the
+// request at once with its 503, counting nothing against the server.
+// Both paths retry only here, so the rules for moving on live in one
+// place.
 //
 // try is called with a lease on the server taken (Acquire). When try
 // fails, the lease is released here; when it returns nil, the lease is
@@ -131,6 +137,13 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 			return
 		}
 		srv.Release()
+		if failure.local {
+			// Not the server's failure, and every other server would
+			// fail the same way: answer now, count nothing.
+			g.fail(ctx, rt, srv.Address, failure.status, failure.reason)
+			ctx.Response.Header.Set("Retry-After", "1")
+			return
+		}
 		rt.Pool.ReportFailure(srv)
 		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
 			reason := failure.reason

@@ -34,6 +34,9 @@ const (
 	ClosedByUpstream Closer = "upstream"
 	ClosedIdle       Closer = "idle"
 	ClosedDrain      Closer = "drain"
+	// ClosedInternal: the gateway failed the tunnel (it could not hand it
+	// to the relay, say); the error log says why.
+	ClosedInternal Closer = "internal"
 )
 
 // tunnel carries the bytes of one upgraded connection in both directions.

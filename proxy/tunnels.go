@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -106,15 +107,30 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		if info.route.RawTunnel {
 			counts.upMsgs, counts.downMsgs = -1, -1
 		}
+		if st.Err != nil {
+			g.relayFailed(info, st.Err)
+		}
 		g.endTunnel(live, info, counts, Closer(st.ClosedBy))
 	})
 	if err != nil {
 		clientTCP.Close()
 		upTCP.Close()
-		g.endTunnel(live, info, tunnelCounts{up: int64(len(sent.Up)), down: int64(len(sent.Down))}, ClosedDrain)
+		closer := ClosedDrain // the relay has stopped: the gateway is stopping
+		if !errors.Is(err, relay.ErrClosed) {
+			closer = ClosedInternal
+			g.relayFailed(info, err)
+		}
+		g.endTunnel(live, info, tunnelCounts{up: int64(len(sent.Up)), down: int64(len(sent.Down))}, closer)
 		return
 	}
 	relayed.started(h)
+}
+
+// relayFailed logs a tunnel the relay could not carry: the client got its
+// 101 and then a close, and neither endpoint is to blame.
+func (g *Gateway) relayFailed(info tunnelInfo, err error) {
+	g.errorf("tunnel %s %s to upstream %s server %s: the relay could not take it, closed after the 101: %v",
+		info.clientAddr, info.uri, info.route.Pool.Name, info.server.Address, err)
 }
 
 // runCarried writes the bytes due at the switch and runs a goroutine

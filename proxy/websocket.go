@@ -39,8 +39,7 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		conn, err := dialTimeout(srv.Address, rt.tls, g.timeouts.connect)
 		if err != nil {
-			g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-			return &tryFailure{fasthttp.StatusBadGateway, unreachable(rt.Pool.Name, err)}
+			return g.dialFailure(rt, srv, err)
 		}
 		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key)
 	})
@@ -58,10 +57,10 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 		conn.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, g.timeouts.handshake)
-			return &tryFailure{fasthttp.StatusGatewayTimeout, "upstream did not answer the handshake in time"}
+			return &tryFailure{status: fasthttp.StatusGatewayTimeout, reason: "upstream did not answer the handshake in time"}
 		}
 		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)
-		return &tryFailure{fasthttp.StatusBadGateway, "upstream failed during the websocket handshake"}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed during the websocket handshake"}
 	}
 	if resp.status != fasthttp.StatusSwitchingProtocols {
 		defer conn.Close()
@@ -77,7 +76,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	if resp.accept != AcceptKey(key) {
 		conn.Close()
 		g.errorf("upstream %s server %s: 101 with a wrong Sec-WebSocket-Accept", rt.Pool.Name, srv.Address)
-		return &tryFailure{fasthttp.StatusBadGateway, "upstream answered the handshake with a wrong Sec-WebSocket-Accept"}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream answered the handshake with a wrong Sec-WebSocket-Accept"}
 	}
 	conn.SetDeadline(time.Time{})
 	rt.Pool.ReportSuccess(srv)

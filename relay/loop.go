@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -169,8 +170,10 @@ func (l *loop) addTunnel(t *tunnel) {
 		l.sides[s.fd] = s
 		s.events, s.watched = unix.EPOLLIN|unix.EPOLLRDHUP, true
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
+			// The endpoints did nothing wrong: the loop cannot carry it.
+			t.err = fmt.Errorf("watching the %s socket: epoll_ctl: %w", s.name, err)
 			l.tunnels.Add(t)
-			l.closeTunnel(t, ClosedByClient)
+			l.closeTunnel(t, ClosedInternal)
 			return
 		}
 	}

@@ -14,6 +14,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"sync"
@@ -29,6 +30,8 @@ const (
 	ClosedByUpstream = "upstream"
 	ClosedIdle       = "idle"
 	ClosedDrain      = "drain"
+	// ClosedInternal: the relay itself failed (Stats.Err says how).
+	ClosedInternal = "internal"
 )
 
 // Stats is what a tunnel did, reported once when it ends.
@@ -36,6 +39,7 @@ type Stats struct {
 	Up, Down                 int64 // bytes client→upstream, upstream→client, Sent included
 	UpMessages, DownMessages uint64
 	ClosedBy                 string
+	Err                      error // why, when ClosedBy is ClosedInternal
 }
 
 // Options configure a Relay.
@@ -107,10 +111,13 @@ type Sent struct{ Up, Down []byte }
 
 // Add hands a pair of connected TCP conns to the relay. The relay takes
 // their file descriptors and closes the Go conns; from then on the relay
-// owns the sockets and closes them when the tunnel ends. With frames, the
-// WebSocket frames of both directions are followed, from the start of
-// sent. done is called once with the tunnel's stats, on the relay's one
-// reporting goroutine: the reports of other tunnels wait while it runs.
+// owns the sockets and closes them when the tunnel ends. If Add fails the
+// conns are the caller's to close (one may be closed already). With
+// frames, the WebSocket frames of both directions are followed, from the
+// start of sent. done is called once with the tunnel's stats, on the
+// relay's one reporting goroutine: the reports of other tunnels wait while
+// it runs. A tunnel the loop cannot watch (epoll_ctl fails) ends at once
+// with ClosedInternal.
 func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done func(Stats)) (Tunnel, error) {
 	cfd, err := takeFD(client)
 	if err != nil {
@@ -174,7 +181,7 @@ func takeFD(c *net.TCPConn) (int, error) {
 		return -1, err
 	}
 	if dupErr != nil {
-		return -1, dupErr
+		return -1, fmt.Errorf("duplicating the descriptor: %w", dupErr)
 	}
 	c.Close()
 	return fd, nil

@@ -3,14 +3,18 @@ package relay
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"runtime/metrics"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair is a relayed tunnel between two real loopback TCP connections: the
@@ -478,5 +482,42 @@ func TestStopReportsEveryTunnel(t *testing.T) {
 		default:
 			t.Fatalf("tunnel %d not reported when Stop returned", i)
 		}
+	}
+}
+
+// A tunnel its loop cannot watch ends at once, blamed on the relay with
+// the cause, not on an endpoint. epoll refuses a regular file (EPERM),
+// which stands in for the failures that cannot be provoked on demand
+// (ENOMEM, ENOSPC when max_user_watches is reached).
+func TestUnwatchableTunnelEndsAsInternal(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	client, gwClient := connPair(t)
+	cfd, err := takeFD(gwClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "not-a-socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ffd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Stats, 1)
+	tn := newTunnel(cfd, ffd, true, Sent{}, func(s Stats) { done <- s })
+	if !r.loops[0].do(func(l *loop) { l.addTunnel(tn) }) {
+		t.Fatal("loop stopped")
+	}
+	p := &pair{done: done}
+	st := p.stats(t)
+	if st.ClosedBy != ClosedInternal || !errors.Is(st.Err, unix.EPERM) {
+		t.Errorf("closed by %q with error %v; want %q with epoll_ctl's EPERM", st.ClosedBy, st.Err, ClosedInternal)
+	}
+	// The client's socket was closed with the tunnel.
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("client read after the tunnel ended: %d, %v; want EOF", n, err)
 	}
 }

@@ -7,6 +7,7 @@ type tunnel struct {
 	client, upstream side
 	lastActive       int64 // unix nanoseconds of the last byte read either way
 	closedBy         string
+	err              error // why the relay failed it (ClosedInternal)
 	closed           bool
 	// closing: Close frames were sent (drain); what still arrives is read
 	// and dropped until both sides end or closeAt passes.
@@ -89,7 +90,7 @@ func (s *side) canSendClose() bool {
 
 func (t *tunnel) stats() Stats {
 	return Stats{
-		Up: t.client.read, Down: t.upstream.read, ClosedBy: t.closedBy,
+		Up: t.client.read, Down: t.upstream.read, ClosedBy: t.closedBy, Err: t.err,
 		UpMessages: t.client.frames.Messages(), DownMessages: t.upstream.frames.Messages(),
 	}
 }
