@@ -336,8 +336,10 @@ func TestActiveHealthCheck(t *testing.T) {
 // picked, atomically, so handshakes still in flight count and twenty at
 // once on a server with max_conns 5 give five tunnels and fifteen 503s.
 func TestMaxConnsHoldsUnderABurst(t *testing.T) {
-	var upgrades atomic.Int32
+	var upgrades, handling atomic.Int32
 	slow := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handling.Add(1)
+		defer handling.Add(-1)
 		time.Sleep(300 * time.Millisecond) // the handshake is in flight meanwhile
 		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
 		if err != nil {
@@ -374,6 +376,10 @@ func TestMaxConnsHoldsUnderABurst(t *testing.T) {
 	}
 	wg.Wait()
 	conns.Range(func(_, c any) bool { c.(*websocket.Conn).Close(); return true })
+	// The client may see its 101 before the upstream handler has counted
+	// the upgrade it just wrote: the count is final once every handler that
+	// was reached has returned (each tunnel ends with its client).
+	waitFor(t, "upstream handlers returned", func() bool { return handling.Load() == 0 })
 	if opened.Load() != 5 || full.Load() != 15 || upgrades.Load() != 5 {
 		t.Fatalf("opened %d, 503 %d, upstream upgrades %d; want 5, 15, 5", opened.Load(), full.Load(), upgrades.Load())
 	}
