@@ -310,11 +310,19 @@ func TestActiveHealthCheck(t *testing.T) {
 	a, b := startNamed(t, "a"), startNamed(t, "b")
 	gw := startGateway(t, poolConfig([]*namedServer{a, b}, func(u *config.Upstream) {
 		u.Balance = "round_robin"
-		u.HealthCheck = &config.HealthCheck{Path: "/health", Interval: config.Duration(100 * time.Millisecond),
-			Timeout: config.Duration(50 * time.Millisecond), Healthy: 1, Unhealthy: 1}
+		// Two failures in a row take a server out, so one probe of b
+		// that a loaded machine answers late does not.
+		u.HealthCheck = &config.HealthCheck{Path: "/health", Interval: config.Duration(500 * time.Millisecond),
+			Timeout: config.Duration(500 * time.Millisecond), Healthy: 1, Unhealthy: 2}
 	})).Addrs()[0].String()
 	a.health.Store(500)
-	time.Sleep(250 * time.Millisecond) // two intervals and a half
+	// Round robin alternates while both are up: two answers in a row from
+	// b mean a is out.
+	waitFor(t, "a out of rotation", func() bool {
+		first, _ := who(t, gw, "")
+		second, _ := who(t, gw, "")
+		return first == "b" && second == "b"
+	})
 	for range 10 {
 		if name, _ := who(t, gw, ""); name != "b" {
 			t.Fatalf("request reached %s, whose health check fails", name)
