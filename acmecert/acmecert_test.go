@@ -165,7 +165,7 @@ func TestTLSALPN01(t *testing.T) {
 	if l.challenges.Load() == 0 {
 		t.Error("pebble's VA made no TLS-ALPN-01 handshake with the listener")
 	}
-	waitLog(t, &logs, "wsgate: ", time.Second)
+	waitLog(t, &logs, "wsgate: ", 15*time.Second)
 	for _, want := range []string{
 		"acme " + testDomain + ": ordering a certificate from " + p.DirURL,
 		"acme " + testDomain + ": certificate obtained from " + p.DirURL,
@@ -217,7 +217,7 @@ func TestTLSALPN01(t *testing.T) {
 	if n := p.NewOrders(); n != 1 {
 		t.Errorf("%d orders after the restart; want still 1", n)
 	}
-	waitLog(t, &logs2, "acme "+testDomain+": using the stored certificate", time.Second)
+	waitLog(t, &logs2, "acme "+testDomain+": using the stored certificate", 15*time.Second)
 	if strings.Contains(logs2.String(), "ordering") {
 		t.Errorf("the restarted manager ordered:\n%s", logs2.String())
 	}
@@ -335,7 +335,7 @@ func TestHTTP01(t *testing.T) {
 	if n := p.NewOrders(); n != 2 {
 		t.Errorf("%d orders; want 2 (TLS-ALPN-01, then HTTP-01)", n)
 	}
-	waitLog(t, &logs, "acme "+testDomain+": certificate obtained", time.Second)
+	waitLog(t, &logs, "acme "+testDomain+": certificate obtained", 15*time.Second)
 	if want := "acme " + testDomain + ": the CA could not validate the tls-alpn-01 challenge: unauthorized: Failed to connect"; !strings.Contains(logs.String(), want) {
 		t.Errorf("log lacks %q:\n%s", want, logs.String())
 	}
@@ -402,7 +402,7 @@ func TestIssuanceFailure(t *testing.T) {
 		"acme " + testDomain + ": no certificate: ",
 		"next attempt on a handshake after 1m0s",
 	} {
-		waitLog(t, &logs, want, time.Second)
+		waitLog(t, &logs, want, 15*time.Second)
 	}
 	orders := p.NewOrders()
 	start := time.Now()

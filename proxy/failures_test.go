@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/wsgate/wsgate/config"
 )
 
 // deadAddress returns a loopback address nothing listens on.
@@ -92,14 +93,17 @@ func TestUpstreamHandshakeFailures(t *testing.T) {
 }
 
 func TestNoUpstreamReachable(t *testing.T) {
-	gw := gatewayFor(t, deadAddress(t), deadAddress(t))
+	cfg := configFor(deadAddress(t), deadAddress(t))
+	// A long connect timeout: a refusal that waited for it would show.
+	cfg.Timeouts.Connect = config.Duration(30 * time.Second)
+	gw := startGateway(t, cfg).Addrs()[0].String()
 	start := time.Now()
 	status, body := dialStatus(t, gw)
 	if status != 502 {
 		t.Fatalf("status %d %q, want 502", status, body)
 	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("502 took %v", d)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("502 took %v: a refused connection waited for the connect timeout", d)
 	}
 }
 

@@ -146,8 +146,12 @@ func dial(t testing.TB, addr, path string, hdr http.Header) *websocket.Conn {
 	return c
 }
 
+// rawReadLimit bounds rawRequest's read: a backstop for a server that
+// never closes, far beyond what a loaded machine takes to answer.
+const rawReadLimit = 10 * time.Second
+
 // rawRequest sends raw bytes to addr and returns everything read until the
-// server closes or a second passes without data.
+// server closes or rawReadLimit passes.
 func rawRequest(t testing.TB, addr, request string) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -159,7 +163,7 @@ func rawRequest(t testing.TB, addr, request string) string {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(rawReadLimit))
 	io.Copy(&out, c)
 	return out.String()
 }

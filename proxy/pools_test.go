@@ -310,11 +310,19 @@ func TestActiveHealthCheck(t *testing.T) {
 	a, b := startNamed(t, "a"), startNamed(t, "b")
 	gw := startGateway(t, poolConfig([]*namedServer{a, b}, func(u *config.Upstream) {
 		u.Balance = "round_robin"
-		u.HealthCheck = &config.HealthCheck{Path: "/health", Interval: config.Duration(100 * time.Millisecond),
-			Timeout: config.Duration(50 * time.Millisecond), Healthy: 1, Unhealthy: 1}
+		// Two failures in a row take a server out, so one probe of b
+		// that a loaded machine answers late does not.
+		u.HealthCheck = &config.HealthCheck{Path: "/health", Interval: config.Duration(500 * time.Millisecond),
+			Timeout: config.Duration(500 * time.Millisecond), Healthy: 1, Unhealthy: 2}
 	})).Addrs()[0].String()
 	a.health.Store(500)
-	time.Sleep(250 * time.Millisecond) // two intervals and a half
+	// Round robin alternates while both are up: two answers in a row from
+	// b mean a is out.
+	waitFor(t, "a out of rotation", func() bool {
+		first, _ := who(t, gw, "")
+		second, _ := who(t, gw, "")
+		return first == "b" && second == "b"
+	})
 	for range 10 {
 		if name, _ := who(t, gw, ""); name != "b" {
 			t.Fatalf("request reached %s, whose health check fails", name)
@@ -336,8 +344,10 @@ func TestActiveHealthCheck(t *testing.T) {
 // picked, atomically, so handshakes still in flight count and twenty at
 // once on a server with max_conns 5 give five tunnels and fifteen 503s.
 func TestMaxConnsHoldsUnderABurst(t *testing.T) {
-	var upgrades atomic.Int32
+	var upgrades, handling atomic.Int32
 	slow := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handling.Add(1)
+		defer handling.Add(-1)
 		time.Sleep(300 * time.Millisecond) // the handshake is in flight meanwhile
 		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
 		if err != nil {
@@ -374,6 +384,10 @@ func TestMaxConnsHoldsUnderABurst(t *testing.T) {
 	}
 	wg.Wait()
 	conns.Range(func(_, c any) bool { c.(*websocket.Conn).Close(); return true })
+	// The client may see its 101 before the upstream handler has counted
+	// the upgrade it just wrote: the count is final once every handler that
+	// was reached has returned (each tunnel ends with its client).
+	waitFor(t, "upstream handlers returned", func() bool { return handling.Load() == 0 })
 	if opened.Load() != 5 || full.Load() != 15 || upgrades.Load() != 5 {
 		t.Fatalf("opened %d, 503 %d, upstream upgrades %d; want 5, 15, 5", opened.Load(), full.Load(), upgrades.Load())
 	}

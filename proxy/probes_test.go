@@ -103,7 +103,9 @@ func TestProbeTimeout(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("%s: err %v, want a deadline error", name, err)
 		}
-		if took < timeout || took > timeout+time.Second {
+		// The upper bound is generous (load stretches it): the probe must
+		// end at its timeout, not wait for the silent server for ever.
+		if took < timeout || took > timeout+10*time.Second {
 			t.Errorf("%s: failed after %v, want about %v", name, took, timeout)
 		}
 	}
@@ -121,7 +123,7 @@ func TestProbeCancel(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("err %v, want context.Canceled", err)
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("cancelled probe did not return")
 	}
 }

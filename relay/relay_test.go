@@ -215,10 +215,12 @@ func TestHalfCloseEachWay(t *testing.T) {
 }
 
 func TestIdleAndCloseReasons(t *testing.T) {
-	r := newRelay(t, 300*time.Millisecond)
+	// A byte every 50 ms against a 1 s idle timeout: the busy tunnel stays
+	// busy even when load delays the writes many times over.
+	r := newRelay(t, time.Second)
 	idle := relayed(t, r)
 	busy := relayed(t, r)
-	stop := time.After(time.Second)
+	stop := time.After(2500 * time.Millisecond)
 	for tick := time.Tick(50 * time.Millisecond); ; {
 		select {
 		case <-tick:

@@ -52,7 +52,7 @@ func TestDemo(t *testing.T) {
 	var open *websocket.Conn
 	for i := range 4 {
 		c := mustDialWS(t, gw, "ws://"+gw+"/websocket?Id=t1")
-		hello := readEvent(t, c, 3*time.Second)
+		hello := readEvent(t, c, waitLimit)
 		if hello.Type != "hello" || hello.ID != "t1" || !strings.HasPrefix(hello.Upstream, "upstream-") {
 			t.Fatalf("first message %+v; want a hello for id t1 naming an upstream", hello)
 		}
@@ -60,7 +60,7 @@ func TestDemo(t *testing.T) {
 		if i == 0 {
 			// The demo pushes once a second; one push proves the
 			// upstream-to-client direction carries unsolicited messages.
-			ev := readEvent(t, c, 3*time.Second)
+			ev := readEvent(t, c, waitLimit)
 			if ev.Type != "time" || ev.Upstream != hello.Upstream || ev.Time == "" {
 				t.Fatalf("second message %+v; want a time push from %s", ev, hello.Upstream)
 			}
@@ -78,11 +78,11 @@ func TestDemo(t *testing.T) {
 
 	// The open page must not hold the demo for the default 30 s drain.
 	p.signal(t, syscall.SIGINT)
-	if code := p.wait(t, 5*time.Second); code != 0 {
+	if code := p.wait(t, waitLimit); code != 0 {
 		t.Fatalf("exit %d after SIGINT, want 0", code)
 	}
 	// Time pushes may still be queued; read until the connection ends.
-	open.SetReadDeadline(time.Now().Add(3 * time.Second))
+	open.SetReadDeadline(time.Now().Add(waitLimit))
 	for {
 		if _, _, err := open.ReadMessage(); err != nil {
 			var ne net.Error

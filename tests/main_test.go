@@ -87,7 +87,7 @@ func startWsgate(t *testing.T, dir string, args ...string) *proc {
 			p.cmd.Process.Kill()
 			select {
 			case <-p.done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(waitLimit):
 				t.Errorf("wsgate pid %d did not die after SIGKILL", p.cmd.Process.Pid)
 			}
 		}
@@ -155,6 +155,12 @@ func (p *proc) waitOutput(t *testing.T, buf *syncbuf.Buffer, want string, d time
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// waitLimit bounds the waits for the gateway process, its peers and its
+// connections. It is a backstop, not a measure of speed: CI runs every
+// package at once under -race on two cores, where a step that takes
+// milliseconds alone can take seconds.
+const waitLimit = 10 * time.Second
 
 // eventually polls cond every 10 ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -240,9 +246,9 @@ func httpUpstream(t *testing.T) string {
 func dialWS(gw, url string) (*websocket.Conn, error) {
 	d := websocket.Dialer{
 		NetDial: func(string, string) (net.Conn, error) {
-			return net.DialTimeout("tcp", gw, 2*time.Second)
+			return net.DialTimeout("tcp", gw, waitLimit)
 		},
-		HandshakeTimeout: 5 * time.Second,
+		HandshakeTimeout: waitLimit,
 	}
 	c, resp, err := d.Dial(url, nil)
 	if err != nil {
@@ -267,11 +273,11 @@ func mustDialWS(t *testing.T, gw, url string) *websocket.Conn {
 // echo sends msg and expects it back within a bounded time.
 func echo(t *testing.T, c *websocket.Conn, msg string) {
 	t.Helper()
-	c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	c.SetWriteDeadline(time.Now().Add(waitLimit))
 	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
 		t.Fatalf("write %q: %v", msg, err)
 	}
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(waitLimit))
 	_, got, err := c.ReadMessage()
 	if err != nil {
 		t.Fatalf("read echo of %q: %v", msg, err)
@@ -286,15 +292,15 @@ func echo(t *testing.T, c *websocket.Conn, msg string) {
 func closeWS(t *testing.T, c *websocket.Conn) {
 	t.Helper()
 	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye")
-	if err := c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(2*time.Second)); err != nil {
+	if err := c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(waitLimit)); err != nil {
 		t.Fatalf("send close: %v", err)
 	}
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(waitLimit))
 	for {
 		if _, _, err := c.ReadMessage(); err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("no close reply within 3s")
+				t.Fatalf("no close reply within %s", waitLimit)
 			}
 			break
 		}
@@ -312,7 +318,7 @@ func httpGet(t *testing.T, gw, host, path string) (int, string) {
 	}
 	req.Host = host
 	client := &http.Client{
-		Timeout:   5 * time.Second,
+		Timeout:   waitLimit,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}
 	resp, err := client.Do(req)

@@ -54,7 +54,7 @@ func TestRouting(t *testing.T) {
 	// The tunnel's access log line is written when it ends, which the
 	// gateway sees shortly after our close.
 	var line string
-	eventually(t, 5*time.Second, "access log line for the tunnel", func() bool {
+	eventually(t, waitLimit, "access log line for the tunnel", func() bool {
 		line = lineContaining(p.stdout.String(), "upstream="+wsAddr)
 		return line != ""
 	})
@@ -75,8 +75,8 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 	echo(t, c, "before")
 
 	p.signal(t, syscall.SIGTERM)
-	p.waitOutput(t, p.stderr, "draining", 5*time.Second)
-	eventually(t, 3*time.Second, "listener closed after SIGTERM", func() bool {
+	p.waitOutput(t, p.stderr, "draining", waitLimit)
+	eventually(t, waitLimit, "listener closed after SIGTERM", func() bool {
 		conn, err := net.DialTimeout("tcp", gw, time.Second)
 		if err != nil {
 			return true
@@ -91,7 +91,7 @@ func TestSIGTERMDrainsTunnels(t *testing.T) {
 	}
 
 	closeWS(t, c)
-	if code := p.wait(t, 5*time.Second); code != 0 {
+	if code := p.wait(t, waitLimit); code != 0 {
 		t.Fatalf("exit %d after drain, want 0", code)
 	}
 }
@@ -109,7 +109,7 @@ func TestSIGTERMDrainTimeout(t *testing.T) {
 
 	start := time.Now()
 	p.signal(t, syscall.SIGTERM)
-	code := p.wait(t, 3*time.Second)
+	code := p.wait(t, waitLimit)
 	took := time.Since(start)
 	if code != 0 {
 		t.Errorf("exit %d after drain timeout, want 0", code)
@@ -120,7 +120,7 @@ func TestSIGTERMDrainTimeout(t *testing.T) {
 
 	// The gateway closed its end, so the client's read ends with an error
 	// other than our own deadline.
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(waitLimit))
 	_, _, err := c.ReadMessage()
 	var ne net.Error
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
@@ -139,14 +139,14 @@ func TestSecondSIGTERMEndsDrain(t *testing.T) {
 	c := mustDialWS(t, gw, "ws://ws.repo/")
 	echo(t, c, "before")
 	p.signal(t, syscall.SIGTERM)
-	p.waitOutput(t, p.stderr, "draining 1 tunnels", 3*time.Second)
+	p.waitOutput(t, p.stderr, "draining 1 tunnels", waitLimit)
 	p.signal(t, syscall.SIGHUP)
 	echo(t, c, "still draining") // HUP neither killed the process nor the tunnel
 	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t, 3*time.Second); code != 0 {
+	if code := p.wait(t, waitLimit); code != 0 {
 		t.Fatalf("exit %d after a second SIGTERM, want 0", code)
 	}
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetReadDeadline(time.Now().Add(waitLimit))
 	if _, _, err := c.ReadMessage(); err == nil {
 		t.Fatal("tunnel still open after the second SIGTERM")
 	}
@@ -161,7 +161,7 @@ func TestSIGHUPKeepsServing(t *testing.T) {
 	p := startGateway(t, gw, routedConfig(gw, wsAddr, httpAddr, ""))
 
 	p.signal(t, syscall.SIGHUP)
-	p.waitOutput(t, p.stderr, "reloading the rest of the configuration is not supported", 5*time.Second)
+	p.waitOutput(t, p.stderr, "reloading the rest of the configuration is not supported", waitLimit)
 
 	if status, _ := httpGet(t, gw, "a.example.test", "/after-hup"); status != 200 {
 		t.Errorf("GET after SIGHUP: status %d, want 200", status)
@@ -174,7 +174,7 @@ func TestSIGHUPKeepsServing(t *testing.T) {
 	}
 
 	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t, 5*time.Second); code != 0 {
+	if code := p.wait(t, waitLimit); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
 }
