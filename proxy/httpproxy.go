@@ -120,7 +120,10 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	}
 	if ctx.Request.IsBodyStream() {
 		if cc := clientConnOf(ctx); cc != nil {
-			ctx.Request.SetUserValue(clientReadEOFKey{}, clientEOF(cc))
+			// The embedded *clientReadEOF, not the conn: fasthttp closes
+			// every io.Closer among a request's user values when it
+			// resets the request, which would end the client's conn.
+			ctx.Request.SetUserValue(clientReadEOFKey{}, &cc.clientReadEOF)
 		}
 	}
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {

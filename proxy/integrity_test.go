@@ -409,3 +409,35 @@ func BenchmarkHTTPKeepAlive(b *testing.B) {
 		}
 	}
 }
+
+// Uploads one after another on one client connection: the connection
+// stays open between them (what the gateway keeps per request to follow
+// an upload must not end the connection with the request).
+func TestUploadsShareAClientConn(t *testing.T) {
+	up, ended := uploadRecorder(t)
+	gw := gatewayFor(t, up)
+	c, err := net.Dial("tcp", gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	br := bufio.NewReader(c)
+	for i, req := range []string{
+		"POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+	} {
+		io.WriteString(c, req)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		if body, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(body) != "for upload" {
+			t.Fatalf("upload %d: %d %q", i, resp.StatusCode, body)
+		}
+		if err := <-ended; err != nil {
+			t.Fatalf("upload %d: upstream read %v", i, err)
+		}
+	}
+}

@@ -59,14 +59,11 @@ func (e *clientBodyError) Error() string {
 }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// clientReadEOFKey is the request user value holding the client's conn
-// (a clientEOF) while its body streams: a chunked body's reader in
+// clientReadEOFKey is the request user value holding the client conn's
+// *clientReadEOF while its body streams: a chunked body's reader in
 // fasthttp reports the client's FIN at a chunk boundary as the body's
 // end, and only the conn knows it was a FIN.
 type clientReadEOFKey struct{}
-
-// clientEOF reports whether a client conn's reads reached its end.
-type clientEOF interface{ readEOF() bool }
 
 // RoundTrip implements fasthttp.RoundTripper.
 func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
@@ -289,7 +286,7 @@ func writeRequest(bw *bufio.Writer, req *fasthttp.Request) error {
 	req.Header.SetRequestURIBytes(uri.RequestURI())
 	body := req.BodyStream()
 	defer req.CloseBodyStream()
-	eof, _ := req.UserValue(clientReadEOFKey{}).(clientEOF)
+	eof, _ := req.UserValue(clientReadEOFKey{}).(*clientReadEOF)
 	if n := req.Header.ContentLength(); n >= 0 {
 		if err := req.Header.Write(bw); err != nil {
 			return err
