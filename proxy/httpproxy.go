@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/tlsterm"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -119,11 +120,14 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 		ctx.Request.URI().SetScheme("http")
 	}
 	if ctx.Request.IsBodyStream() {
-		if cc := clientConnOf(ctx); cc != nil {
-			// The embedded *clientReadEOF, not the conn: fasthttp closes
-			// every io.Closer among a request's user values when it
-			// resets the request, which would end the client's conn.
-			ctx.Request.SetUserValue(clientReadEOFKey{}, &cc.clientReadEOF)
+		// Not the conn itself: fasthttp closes every io.Closer among a
+		// request's user values when it resets the request, which would
+		// end the client's conn.
+		switch c := ctx.Conn().(type) {
+		case *clientConn:
+			ctx.Request.SetUserValue(clientReadEOFKey{}, &c.clientReadEOF)
+		case *tlsterm.Conn:
+			ctx.Request.SetUserValue(clientReadEOFKey{}, tlsReadEOF{c})
 		}
 	}
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {

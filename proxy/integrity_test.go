@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/httpbody"
 	"github.com/wsgate/wsgate/internal/syncbuf"
 	"golang.org/x/sys/unix"
@@ -439,5 +441,57 @@ func TestUploadsShareAClientConn(t *testing.T) {
 		if err := <-ended; err != nil {
 			t.Fatalf("upload %d: upstream read %v", i, err)
 		}
+	}
+}
+
+// Over TLS, the end of the client's stream is its close_notify: an upload
+// cut at a chunk boundary and then ended that way reaches the upstream
+// without its last chunk, and a whole upload followed at once by a
+// close_notify (crypto/tls may return both in one read) goes through
+// whole.
+func TestClientBodyEndsWithCloseNotify(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	for _, tc := range []struct {
+		name, body string
+		whole      bool
+	}{
+		{"cut at a chunk boundary", "5\r\nhello\r\n", false},
+		{"whole", "5\r\nhello\r\n0\r\n\r\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up, ended := uploadRecorder(t)
+			g := startTLSGateway(t, up, &config.TLS{Certificates: []config.Certificate{ca.server(t, "gw", 1, "gw.test")}}, nil)
+			// TLS 1.2, where crypto/tls hands over the last bytes and the
+			// close_notify behind them in one read (tlsterm's test covers
+			// that read itself).
+			c, err := tls.Dial("tcp", g.Addrs()[0].String(), &tls.Config{RootCAs: ca.Pool, ServerName: "gw.test", MaxVersion: tls.VersionTLS12})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"+tc.body)
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-ended:
+				if tc.whole && err != nil {
+					t.Fatalf("the upstream's body ended with %v, want it whole", err)
+				}
+				if !tc.whole && !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("the upstream's body ended with %v, want a cut", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the upstream's body never ended")
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("client: %v", err)
+			}
+			if want := map[bool]int{true: 200, false: 400}[tc.whole]; resp.StatusCode != want {
+				t.Fatalf("client got %d, want %d", resp.StatusCode, want)
+			}
+		})
 	}
 }

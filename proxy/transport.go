@@ -13,6 +13,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"github.com/wsgate/wsgate/httpbody"
+	"github.com/wsgate/wsgate/tlsterm"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,11 +60,21 @@ func (e *clientBodyError) Error() string {
 }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// clientReadEOFKey is the request user value holding the client conn's
-// *clientReadEOF while its body streams: a chunked body's reader in
-// fasthttp reports the client's FIN at a chunk boundary as the body's
-// end, and only the conn knows it was a FIN.
+// clientReadEOFKey is the request user value that tells, while the
+// client's body streams, whether the client's conn was read to its end
+// (a readEOFer: the plain conn's *clientReadEOF, or tlsReadEOF): a
+// chunked body's reader in fasthttp reports the client's FIN at a chunk
+// boundary as the body's end, and only the conn knows it was a FIN.
 type clientReadEOFKey struct{}
+
+// readEOFer reports whether a client conn's reads met the end of the
+// stream.
+type readEOFer interface{ readEOF() bool }
+
+// tlsReadEOF is a TLS client conn as a readEOFer.
+type tlsReadEOF struct{ c *tlsterm.Conn }
+
+func (t tlsReadEOF) readEOF() bool { return t.c.ReadEOF() }
 
 // RoundTrip implements fasthttp.RoundTripper.
 func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
@@ -286,7 +297,7 @@ func writeRequest(bw *bufio.Writer, req *fasthttp.Request) error {
 	req.Header.SetRequestURIBytes(uri.RequestURI())
 	body := req.BodyStream()
 	defer req.CloseBodyStream()
-	eof, _ := req.UserValue(clientReadEOFKey{}).(*clientReadEOF)
+	eof, _ := req.UserValue(clientReadEOFKey{}).(readEOFer)
 	if n := req.Header.ContentLength(); n >= 0 {
 		if err := req.Header.Write(bw); err != nil {
 			return err

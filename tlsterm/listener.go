@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,11 @@ type Conn struct {
 	once     sync.Once
 	err      error
 	detached atomic.Bool
+	// eofNext: the last Read returned bytes that crypto/tls delivered
+	// together with the end of the stream; the next Read returns io.EOF.
+	eofNext bool
+	// readEOF: a Read returned io.EOF (see ReadEOF).
+	readEOF atomic.Bool
 }
 
 // Detach hands the *tls.Conn over to the caller, who closes it from now
@@ -66,13 +72,35 @@ func (c *Conn) Close() error {
 	return c.Conn.Close()
 }
 
-// Read completes the handshake first.
+// Read completes the handshake first. The end of the stream (the
+// client's close_notify, or its TCP FIN) is always a Read of its own:
+// crypto/tls returns the last bytes together with io.EOF when the
+// close_notify came with them, and a reader that stops at those bytes
+// (a complete request body) must not be told that the stream ended.
 func (c *Conn) Read(p []byte) (int, error) {
 	if err := c.handshake(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Read(p)
+	if c.eofNext {
+		c.readEOF.Store(true)
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		if n > 0 {
+			c.eofNext = true
+			return n, nil
+		}
+		c.readEOF.Store(true)
+	}
+	return n, err
 }
+
+// ReadEOF reports whether a Read returned io.EOF: the client ended its
+// side of the stream. An HTTP server that reads a request body with a
+// reader that takes the end of the stream at a chunk boundary for the
+// body's end can tell a body cut short that way.
+func (c *Conn) ReadEOF() bool { return c.readEOF.Load() }
 
 // Write completes the handshake first.
 func (c *Conn) Write(p []byte) (int, error) {

@@ -2,6 +2,7 @@ package tlsterm
 
 import (
 	"crypto/tls"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/testpki"
+	"golang.org/x/sys/unix"
 )
 
 // writePair writes a certificate for names, valid until notAfter, with the
@@ -131,5 +133,78 @@ func TestDetachedConnSurvivesClose(t *testing.T) {
 	c2.Close()
 	if _, err := server.Write([]byte("y")); err == nil {
 		t.Fatal("Close of an attached conn left the socket open")
+	}
+}
+
+// The client's close_notify that arrives with its last bytes is a Read of
+// its own: the bytes come first with no error (a reader that needs no
+// more, say at the end of a request body, does not learn of an end), and
+// the next Read returns io.EOF and sets ReadEOF.
+func TestEndOfStreamIsAReadOfItsOwn(t *testing.T) {
+	term, err := New(&config.TLS{Certificates: []config.Certificate{
+		writePair(t, t.TempDir(), "s", 1, time.Now().Add(24*time.Hour), "s.test"),
+	}}, Options{HandshakeTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := term.Listener(tcp)
+	defer ln.Close()
+	dialed := make(chan error, 1)
+	var client *tls.Conn
+	go func() {
+		var err error
+		// TLS 1.2: its alerts are records of their own type, which is
+		// what crypto/tls looks for behind the data (TLS 1.3 hides it).
+		client, err = tls.Dial("tcp", tcp.Addr().String(), &tls.Config{InsecureSkipVerify: true, ServerName: "s.test", MaxVersion: tls.VersionTLS12})
+		dialed <- err
+	}()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	server := sc.(*Conn)
+	server.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := server.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-dialed; err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// Both records in the server's socket before it reads, so crypto/tls
+	// meets the close_notify right behind the data.
+	rc, err := client.NetConn().(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		queued := -1
+		rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if queued == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client's records were never acknowledged")
+		}
+	}
+	buf := make([]byte, 100)
+	n, err := server.Read(buf)
+	if string(buf[:n]) != "hello" || err != nil || server.ReadEOF() {
+		t.Fatalf("first read: %q, %v, ReadEOF %v; want \"hello\", no error, no EOF yet", buf[:n], err, server.ReadEOF())
+	}
+	n, err = server.Read(buf)
+	if n != 0 || err != io.EOF || !server.ReadEOF() {
+		t.Fatalf("second read: %d bytes, %v, ReadEOF %v; want io.EOF", n, err, server.ReadEOF())
 	}
 }
