@@ -230,32 +230,152 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 	return tokens
 }
 
-// prepareHTTPRequest turns a client request into the one sent upstream on
-// the plain HTTP path: hop-by-hop headers removed, X-Forwarded-* set (the
-// client's own copies of them removed, whatever their spelling, so an
-// upstream never sees a forged X-Real-IP next to the gateway's), Host
-// untouched. It reports whether the client asked to close its connection
-// after this request.
-func prepareHTTPRequest(req *fasthttp.Request, f forwarded) (clientClose bool) {
-	h := &req.Header
-	tokens := stripHeaders(h, func(name []byte, listed bool) bool {
-		return listed || isOneOf(name, hopByHop) || isOneOf(name, forwardedNames) ||
-			f.certHeaders.has(name)
+// appendHTTPRequestHead writes the head of a plain HTTP request to
+// forward upstream, from the client's head as received (fasthttp's parsed
+// header re-encodes cookies, lowercases Host, normalizes the target and
+// adds Content-Type or Content-Length the client did not send):
+//   - the request line with the client's method and target; an
+//     absolute-form target becomes origin-form (its scheme, host and any
+//     userinfo go: the Host header says where, and credentials travel in
+//     Authorization, never in a URI),
+//   - every header line as spelled and in order, minus the hop-by-hop
+//     ones (and those a Connection header lists, but never Host or
+//     Content-Length: routing and framing are not the client's to
+//     remove), the client's X-Forwarded-* and certificate headers,
+//   - Host when the client sent none (HTTP/1.0),
+//   - the body's framing: the client's Content-Length as sent, or
+//     Transfer-Encoding: chunked for a chunked body (the gateway frames
+//     it again),
+//   - X-Forwarded-For, -Proto, -Host, X-Real-IP, and the verified
+//     client-certificate subject on an mTLS listener.
+//
+// It reports whether the client asked to close its connection after this
+// request.
+func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) (head []byte, clientClose bool) {
+	dst = append(dst, h.Method()...)
+	dst = append(dst, ' ')
+	dst = append(dst, originForm(h.RequestURI())...)
+	dst = append(dst, " HTTP/1.1\r\n"...)
+
+	raw := h.RawHeaders()
+	var tokens [][]byte
+	forEachRawHeader(raw, func(name, value, _ []byte) {
+		if bytes.EqualFold(name, []byte("Connection")) {
+			tokens = connectionTokens(tokens, value)
+		}
 	})
-	// fasthttp tracks "Connection: close" as a flag, not a header; the
-	// upstream connection is the gateway's to keep alive.
-	h.ResetConnectionClose()
-	h.Set("X-Forwarded-For", f.xff())
-	h.Set("X-Forwarded-Proto", f.proto)
-	h.Set("X-Forwarded-Host", f.host)
-	h.Set("X-Real-IP", f.clientIP)
-	if f.certSubject != "" {
-		h.SetBytesK(f.certHeader, f.certSubject)
+	chunked := h.ContentLength() == -1
+	sawHost := false
+	forEachRawHeader(raw, func(name, _, line []byte) {
+		switch {
+		case bytes.EqualFold(name, []byte("Host")):
+			sawHost = true
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			if chunked {
+				return // Transfer-Encoding wins (RFC 9112 section 6.3)
+			}
+		case isOneOf(name, hopByHop), isOneOf(name, tokens), isOneOf(name, forwardedNames), f.certHeaders.has(name):
+			return
+		}
+		dst = append(dst, line...)
+		dst = append(dst, "\r\n"...)
+	})
+	if !sawHost && len(h.Host()) > 0 {
+		dst = append(dst, "Host: "...)
+		dst = append(dst, h.Host()...)
+		dst = append(dst, "\r\n"...)
 	}
-	// fasthttp ends the client's connection only when its Connection
-	// value is exactly "close"; RFC 9112 section 9.6 makes "close" a
-	// case-insensitive token of a list ("close, X-Hop", "Close").
-	return isOneOf([]byte("close"), tokens)
+	if chunked {
+		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
+	}
+	dst = appendForwarded(dst, f)
+	// RFC 9112 section 9.6 makes "close" a case-insensitive token of a
+	// list ("close, X-Hop", "Close").
+	return append(dst, "\r\n"...), isOneOf([]byte("close"), tokens)
+}
+
+// appendForwarded writes the header lines the gateway adds to every
+// request it forwards.
+func appendForwarded(dst []byte, f forwarded) []byte {
+	dst = append(dst, "X-Forwarded-For: "...)
+	dst = append(dst, f.xff()...)
+	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
+	dst = append(dst, f.proto...)
+	dst = append(dst, "\r\nX-Forwarded-Host: "...)
+	dst = append(dst, f.host...)
+	dst = append(dst, "\r\nX-Real-IP: "...)
+	dst = append(dst, f.clientIP...)
+	dst = append(dst, "\r\n"...)
+	if f.certSubject != "" {
+		dst = append(dst, f.certHeader...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.certSubject...)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
+// originForm returns a request target in origin form: an absolute-form
+// target ("http://user@host/p?q") loses its scheme and authority ("/p?q").
+// Other forms ("/p", "*") are returned as they are.
+func originForm(target []byte) []byte {
+	i := bytes.Index(target, []byte("://"))
+	if i <= 0 || bytes.IndexByte(target[:i], '/') >= 0 {
+		return target
+	}
+	rest := target[i+3:]
+	end := bytes.IndexAny(rest, "/?")
+	switch {
+	case end < 0:
+		return []byte("/")
+	case rest[end] == '?':
+		return append([]byte("/"), rest[end:]...)
+	}
+	return rest[end:]
+}
+
+// rawHeadProblem names what makes a request head unsafe to forward line
+// by line, or returns "": an obs-fold continuation line (RFC 9112 section
+// 5.2 lets a proxy refuse it; forwarded, " X-Forwarded-For: ..." would
+// reach a backend that unfolds differently as a header of its own), or a
+// field name with whitespace or other bytes outside a token ("X
+// Forwarded-For"), which servers read differently.
+func rawHeadProblem(raw []byte) string {
+	for len(raw) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			line, raw = raw, nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return "header line folded over several lines (obs-fold)"
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return "header line without a name"
+		}
+		for _, b := range line[:colon] {
+			if !isTokenByte(b) {
+				return "header name with a space or a character not allowed in a name"
+			}
+		}
+	}
+	return ""
+}
+
+// isTokenByte reports whether b may appear in a header name (RFC 9110
+// section 5.6.2 tchar).
+func isTokenByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
 }
 
 // certHeaderNames are the names of the client-certificate headers, in

@@ -136,17 +136,10 @@ func TestNewForwardedXFFAnyCase(t *testing.T) {
 	}
 }
 
-// headerLines returns the header lines of a request as fasthttp would
-// write it upstream, without the request line.
-func headerLines(req *fasthttp.Request) []string {
-	lines := strings.Split(strings.TrimSuffix(req.Header.String(), "\r\n\r\n"), "\r\n")
-	return lines[1:]
-}
-
-func TestPrepareHTTPRequestAnyCase(t *testing.T) {
+func TestAppendHTTPRequestHeadAnyCase(t *testing.T) {
 	h := parseRequestHead(t, "GET /x HTTP/1.1\r\n"+
 		"Host: a.test\r\n"+
-		"connection: x-hop, Keep-Alive\r\n"+
+		"connection: x-hop, Keep-Alive, Host\r\n"+
 		"keep-alive: 300\r\n"+
 		"te: trailers\r\n"+
 		"proxy-connection: keep-alive\r\n"+
@@ -155,21 +148,72 @@ func TestPrepareHTTPRequestAnyCase(t *testing.T) {
 		"x-forwarded-proto: https\r\n"+
 		"X-Custom-CASE: v\r\n"+
 		"\r\n")
-	f := forwardedFor(h)
-	var req fasthttp.Request
-	h.CopyTo(&req.Header)
-	prepareHTTPRequest(&req, f)
-	got := headerLines(&req)
-	want := []string{
-		"Host: a.test",
-		"X-Custom-CASE: v",
-		"X-Forwarded-For: 127.0.0.1",
-		"X-Forwarded-Proto: http",
-		"X-Forwarded-Host: a.test",
-		"X-Real-IP: 127.0.0.1",
+	got, clientClose := appendHTTPRequestHead(nil, h, forwardedFor(h))
+	want := "GET /x HTTP/1.1\r\n" +
+		"Host: a.test\r\n" +
+		"X-Custom-CASE: v\r\n" +
+		"X-Forwarded-For: 127.0.0.1\r\n" +
+		"X-Forwarded-Proto: http\r\n" +
+		"X-Forwarded-Host: a.test\r\n" +
+		"X-Real-IP: 127.0.0.1\r\n" +
+		"\r\n"
+	if string(got) != want || clientClose {
+		t.Errorf("upstream head (close %v):\n%s\nwant:\n%s", clientClose, got, want)
 	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("upstream head:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+}
+
+// The head goes upstream as the client wrote it: cookies byte for byte
+// (quotes, JSON values, nameless ones, several lines in their places),
+// Host as spelled, the target as sent ("/?"), no Content-Type or
+// Content-Length the client did not send; an absolute-form target loses
+// its scheme, host and userinfo and the client's Authorization stays.
+func TestAppendHTTPRequestHeadAsSent(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"cookies", "GET /?a HTTP/1.1\r\nHost: A.Test\r\nCookie: sig=\"abc==\"; j={\"a\":1}\r\nX-Mid: 1\r\nCookie: =nameless\r\n\r\n",
+			"GET /?a HTTP/1.1\r\nHost: A.Test\r\nCookie: sig=\"abc==\"; j={\"a\":1}\r\nX-Mid: 1\r\nCookie: =nameless\r\n"},
+		{"empty query", "GET /? HTTP/1.1\r\nHost: a.test\r\n\r\n", "GET /? HTTP/1.1\r\nHost: a.test\r\n"},
+		{"DELETE without a body", "DELETE /r HTTP/1.1\r\nHost: a.test\r\n\r\n", "DELETE /r HTTP/1.1\r\nHost: a.test\r\n"},
+		{"POST without Content-Type", "POST /r HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\n",
+			"POST /r HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n"},
+		{"chunked", "POST /r HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+			"POST /r HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n"},
+		{"absolute form with userinfo", "GET http://u:p@other.test/p?q HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer t\r\n\r\n",
+			"GET /p?q HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer t\r\n"},
+		{"absolute form, no path", "GET http://a.test?q HTTP/1.1\r\nHost: a.test\r\n\r\n", "GET /?q HTTP/1.1\r\nHost: a.test\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := parseRequestHead(t, tc.in)
+			got, _ := appendHTTPRequestHead(nil, h, forwardedFor(h))
+			if !strings.HasPrefix(string(got), tc.want+"X-Forwarded-For: ") {
+				t.Errorf("upstream head:\n%s\nwant it to start:\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestOriginForm(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a?b": "/a?b", "*": "*", "http://h/a?b": "/a?b", "https://u:p@h:1/a": "/a", "http://h": "/",
+		"http://h?x": "/?x", "/redirect?to=http://x/": "/redirect?to=http://x/",
+	} {
+		if got := string(originForm([]byte(in))); got != want {
+			t.Errorf("originForm(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRawHeadProblem(t *testing.T) {
+	for raw, bad := range map[string]bool{
+		"Host: a\r\nX-A: a\r\n\r\n":                          false,
+		"Host: a\r\nX-A: a\r\n X-Forwarded-For: 6.6.6.6\r\n": true,
+		"Host: a\r\nX-A: a\r\n\tmore\r\n":                    true,
+		"Host: a\r\nX Forwarded-For: 6\r\n":                  true,
+		"Host: a\r\nX-Forwarded-For : 6\r\n":                 true,
+		"Host: a\r\n: v\r\n":                                 true,
+	} {
+		if got := rawHeadProblem([]byte(raw)) != ""; got != bad {
+			t.Errorf("%q: problem %v, want %v", raw, got, bad)
+		}
 	}
 }
 

@@ -5,11 +5,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/wsgate/wsgate/tlsterm"
 	"github.com/wsgate/wsgate/upstream"
 )
 
@@ -85,54 +85,30 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 			}
 			return newIdleConn(c, idle), nil
 		},
-		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePathNormalizing:        true,
-		StreamResponseBody:            true,
-		ReadBufferSize:                g.maxHeaderBytes,
-		MaxConns:                      1 << 20, // long-polls hold conns; the OS limit is the real one
-		MaxIdleConnDuration:           upstreamKeepAlive,
-		Transport:                     upstreamTransport{},
-		// One retry of a GET/HEAD/OPTIONS whose conn closed before any
-		// response byte: the usual cause is a reused keep-alive conn the
-		// upstream closed as it went idle, so the request never reached a
-		// handler. fasthttp does not say whether the conn was reused, so a
-		// fresh conn closed without an answer is retried once too. Never on
-		// a timeout (a held long-poll must not be sent twice), never a
-		// streamed request body (fasthttp itself refuses).
-		MaxIdemponentCallAttempts: 2,
-		RetryIfErr: func(req *fasthttp.Request, _ int, err error) (bool, bool) {
-			return false, idempotent(&req.Header) && (errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF))
-		},
+		ReadBufferSize:      g.maxHeaderBytes,
+		MaxConns:            1 << 20, // long-polls hold conns; the OS limit is the real one
+		MaxIdleConnDuration: upstreamKeepAlive,
 	}
 }
 
 // serveHTTP reverse-proxies a plain HTTP request to the route's pool,
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
-	clientClose := prepareHTTPRequest(&ctx.Request, f)
-	// A HostClient refuses a request whose scheme is not its own. The
-	// scheme fasthttp parsed is the client's (https on a TLS listener);
-	// what matters here is the upstream's.
-	if rt.tls != nil {
-		ctx.Request.URI().SetScheme("https")
-	} else {
-		ctx.Request.URI().SetScheme("http")
+	if problem := rawHeadProblem(ctx.Request.Header.RawHeaders()); problem != "" {
+		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+problem)
+		return
 	}
+	headBuf := requestHeads.Get().(*[]byte)
+	defer requestHeads.Put(headBuf)
+	head, clientClose := appendHTTPRequestHead((*headBuf)[:0], &ctx.Request.Header, f)
+	*headBuf = head
+	out := &outgoing{req: &ctx.Request, head: head}
 	if ctx.Request.IsBodyStream() {
-		// Not the conn itself: fasthttp closes every io.Closer among a
-		// request's user values when it resets the request, which would
-		// end the client's conn.
-		switch c := ctx.Conn().(type) {
-		case *clientConn:
-			ctx.Request.SetUserValue(clientReadEOFKey{}, &c.clientReadEOF)
-		case *tlsterm.Conn:
-			ctx.Request.SetUserValue(clientReadEOFKey{}, tlsReadEOF{c})
-		}
+		out.src = &uploadSource{conn: ctx.Conn(), read: idleDeadline{idle: g.timeouts.idle}}
 	}
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
 		resp := fasthttp.AcquireResponse()
-		err := g.clientFor(rt, srv).Do(&ctx.Request, resp)
+		err := forward(g.clientFor(rt, srv), out, resp)
 		if err != nil {
 			fasthttp.ReleaseResponse(resp)
 			return g.exchangeFailed(ctx, rt, srv, err)
@@ -221,6 +197,9 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 	}
 	ctx.Response.SetBodyStream(body, size)
 }
+
+// requestHeads hold the heads of requests being forwarded.
+var requestHeads = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // upstreamBody is an upstream response body being relayed. fasthttp closes
 // it when the client response is done (or abandoned), which returns the

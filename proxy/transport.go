@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,21 +18,51 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// upstreamTransport is how every HostClient of the gateway exchanges a
-// request and its response with an upstream server. fasthttp's default
-// transport keeps a connection whatever the server sent around its
-// answer: a body on a HEAD or a 204, bytes past Content-Length, a 101 or
-// an unsolicited 408. The next client's request then reads those bytes as
-// its answer, and the client after it gets the one before's (a response
-// desync). It also ends a chunked body cut at a chunk boundary with a
-// last chunk of its own, passing a truncated body on as complete.
+// The plain HTTP path's exchange with an upstream server. A HostClient is
+// used for its pool of connections and nothing else: fasthttp's own
+// request writing and response reading keep a connection whatever the
+// server sent around its answer (a body on a HEAD or a 204, bytes past
+// Content-Length, a 101 or an unsolicited 408), so the next client's
+// request reads those bytes as its answer and the client after it gets
+// the one before's (a response desync); they end a chunked body cut at a
+// chunk boundary with a last chunk of their own, passing a truncated body
+// on as complete; and they re-encode the request head.
 //
-// This transport follows each body's framing (package httpbody) in both
-// directions, keeps a connection only when the answer ended exactly where
-// its framing said, and before reusing a pooled connection checks that
-// nothing arrived on it while it was idle (nginx's keepalive module closes
-// such a connection when it becomes readable).
-type upstreamTransport struct{}
+// Here the request head is the client's, rewritten only where a proxy
+// must (appendHTTPRequestHead); each body is read by its framing (package
+// httpbody) in both directions; a connection is kept only when the answer
+// ended exactly where its framing said; and a pooled connection is checked
+// before reuse for anything that arrived while it was idle (nginx's
+// keepalive module closes such a connection when it becomes readable).
+
+// outgoing is one request as it is sent upstream.
+type outgoing struct {
+	req  *fasthttp.Request // the client's: method and body
+	head []byte            // the head to send (appendHTTPRequestHead)
+	src  *uploadSource     // the client's conn, when the body streams
+}
+
+// uploadSource is the client conn a request body streams from, as the
+// upload's reader needs it: each read gets a fresh idle deadline (an
+// upload is cut only after timeouts.idle without a byte, never while it
+// progresses), and the end of the client's stream can be told from the
+// end of the body.
+type uploadSource struct {
+	conn net.Conn // *clientConn or *tlsterm.Conn: what fasthttp reads
+	read idleDeadline
+}
+
+// readEOF reports whether a read of the client's conn met the end of the
+// stream (its FIN, or a TLS client's close_notify).
+func (u *uploadSource) readEOF() bool {
+	switch c := u.conn.(type) {
+	case *clientConn:
+		return c.readEOF()
+	case *tlsterm.Conn:
+		return c.ReadEOF()
+	}
+	return false
+}
 
 // errInterim is a 1xx answer other than 100 Continue and 103 Early Hints:
 // a 101 to a request that asked for no upgrade, or an interim code this
@@ -60,31 +91,37 @@ func (e *clientBodyError) Error() string {
 }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// clientReadEOFKey is the request user value that tells, while the
-// client's body streams, whether the client's conn was read to its end
-// (a readEOFer: the plain conn's *clientReadEOF, or tlsReadEOF): a
-// chunked body's reader in fasthttp reports the client's FIN at a chunk
-// boundary as the body's end, and only the conn knows it was a FIN.
-type clientReadEOFKey struct{}
+// forward sends out to the server of hc and reads the head of its
+// answer into resp; the body is resp's body stream, whose Close releases
+// the connection. A GET, HEAD or OPTIONS without a body is sent once more
+// on another connection if the first closed before any answer (the usual
+// cause: a kept-alive conn the server closed as it went idle, so the
+// request never reached a handler). Never after a timeout (a held
+// long-poll must not be sent twice), never a request with a body.
+func forward(hc *fasthttp.HostClient, out *outgoing, resp *fasthttp.Response) error {
+	retry, err := roundTrip(hc, out, resp)
+	if err != nil && retry && !out.req.IsBodyStream() && idempotent(&out.req.Header) &&
+		(errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed)) {
+		_, err = roundTrip(hc, out, resp)
+	}
+	if err == io.EOF {
+		err = fasthttp.ErrConnectionClosed
+	}
+	return err
+}
 
-// readEOFer reports whether a client conn's reads met the end of the
-// stream.
-type readEOFer interface{ readEOF() bool }
-
-// tlsReadEOF is a TLS client conn as a readEOFer.
-type tlsReadEOF struct{ c *tlsterm.Conn }
-
-func (t tlsReadEOF) readEOF() bool { return t.c.ReadEOF() }
-
-// RoundTrip implements fasthttp.RoundTripper.
-func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
-	cc, err := hc.AcquireConn(0, req.ConnectionClose())
+// roundTrip is one try of forward; retry says whether the request may
+// be sent again (nothing of it can have had an effect).
+func roundTrip(hc *fasthttp.HostClient, out *outgoing, resp *fasthttp.Response) (retry bool, err error) {
+	resp.Reset()
+	resp.Header.DisableNormalizing()
+	cc, err := hc.AcquireConn(0, false)
 	// A pooled conn (one released before: LastUseTime is set) is used only
 	// if nothing came on it while idle; each stale one is closed, and the
 	// next is tried, a fresh dial last.
 	for err == nil && !cc.LastUseTime().IsZero() && !quiet(cc.Conn()) {
 		hc.CloseConn(cc)
-		cc, err = hc.AcquireConn(0, req.ConnectionClose())
+		cc, err = hc.AcquireConn(0, false)
 	}
 	if err != nil {
 		return false, err
@@ -93,23 +130,37 @@ func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reques
 	resp.ParseNetConn(conn)
 
 	bw := hc.AcquireWriter(conn)
-	err = writeRequest(bw, req)
+	werr := writeRequest(bw, out)
 	hc.ReleaseWriter(bw)
-	if err != nil {
+	var cbe *clientBodyError
+	if errors.As(werr, &cbe) {
 		hc.CloseConn(cc)
-		var cbe *clientBodyError
-		return !errors.As(err, &cbe), err
+		return false, werr
+	}
+	if werr != nil && (errors.Is(werr, os.ErrDeadlineExceeded) || errors.Is(werr, fasthttp.ErrTimeout)) {
+		hc.CloseConn(cc)
+		return false, werr
 	}
 
-	resp.Header.DisableNormalizing()
 	br := hc.AcquireReader(conn)
 	if err := readFinalHead(br, &resp.Header); err != nil {
 		hc.ReleaseReader(br)
 		hc.CloseConn(cc)
+		if werr != nil {
+			return true, werr
+		}
 		var ie errInterim
 		return !errors.As(err, &ie), err
 	}
-	keep := !req.ConnectionClose() && !resp.ConnectionClose()
+	keep := !resp.ConnectionClose()
+	if werr != nil {
+		// The server answered without taking the whole body (a 413, a
+		// 401 before an upload) and closed: its answer is relayed, as
+		// nginx does. The client's connection closes after it, since the
+		// rest of the client's body was not read.
+		keep = false
+		resp.Header.SetConnectionClose()
+	}
 	release := func(reuse bool) {
 		hc.ReleaseReader(br)
 		if reuse {
@@ -120,7 +171,7 @@ func (upstreamTransport) RoundTrip(hc *fasthttp.HostClient, req *fasthttp.Reques
 	}
 	status := resp.Header.StatusCode()
 	size := resp.Header.ContentLength()
-	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified || size == 0 {
+	if out.req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified || size == 0 {
 		// No body (RFC 9112 section 6.3). Bytes already behind the head
 		// are a body the server should not have sent: the conn goes.
 		resp.SkipBody = true
@@ -278,47 +329,35 @@ type upstreamBodyError struct{ err error }
 func (e *upstreamBodyError) Error() string { return "response body: " + e.err.Error() }
 func (e *upstreamBodyError) Unwrap() error { return e.err }
 
-// writeRequest writes req to the upstream and flushes it. A streamed body
-// is framed here rather than by fasthttp, so that a body the client cut
-// short reaches the upstream without its end: no last chunk, fewer bytes
-// than Content-Length, then the gateway closes the conn.
-func writeRequest(bw *bufio.Writer, req *fasthttp.Request) error {
+// writeRequest writes out's head and body to the upstream and flushes
+// them. A streamed body is framed here, so that a body the client cut
+// short reaches the upstream without its end: no last chunk, or fewer
+// bytes than Content-Length, and then the gateway closes the conn.
+func writeRequest(bw *bufio.Writer, out *outgoing) error {
+	bw.Write(out.head)
+	req := out.req
 	if !req.IsBodyStream() {
-		if err := req.Write(bw); err != nil {
-			return err
-		}
+		bw.Write(req.Body())
 		return bw.Flush()
 	}
-	// What Request.Write does with the URI before it writes the head.
-	uri := req.URI()
-	if host := uri.Host(); len(host) > 0 {
-		req.Header.SetHostBytes(host)
-	}
-	req.Header.SetRequestURIBytes(uri.RequestURI())
-	body := req.BodyStream()
 	defer req.CloseBodyStream()
-	eof, _ := req.UserValue(clientReadEOFKey{}).(readEOFer)
+	body := &uploadReader{r: req.BodyStream(), src: out.src}
 	if n := req.Header.ContentLength(); n >= 0 {
-		if err := req.Header.Write(bw); err != nil {
+		sent, err := io.CopyN(bw, body, int64(n))
+		switch {
+		case err == io.EOF:
+			return &clientBodyError{err: httpbody.ErrTruncated, sent: sent}
+		case err != nil:
 			return err
-		}
-		sent, err := io.CopyN(bw, clientBodyReader{body}, int64(n))
-		if err != nil {
-			return bodyCopyError(err, sent)
 		}
 		return bw.Flush()
 	}
-	req.Header.SetContentLength(-1) // Transfer-Encoding: chunked
-	if err := req.Header.Write(bw); err != nil {
-		return err
-	}
+	body.chunked = true
 	buf := uploadBuffers.Get().(*[]byte)
 	defer uploadBuffers.Put(buf)
-	var sent int64
 	for {
 		n, err := body.Read(*buf)
 		if n > 0 {
-			sent += int64(n)
 			// Each chunk goes out as it arrives: an upload streams.
 			bw.WriteString(strconv.FormatInt(int64(n), 16))
 			bw.WriteString("\r\n")
@@ -328,47 +367,44 @@ func writeRequest(bw *bufio.Writer, req *fasthttp.Request) error {
 				return err
 			}
 		}
-		if err == io.EOF && eof != nil && eof.readEOF() {
-			// fasthttp's reader ends the body at the client's FIN when it
-			// falls between two chunks: the last chunk never came.
-			err = httpbody.ErrTruncated
-		}
 		switch {
 		case err == io.EOF:
 			bw.WriteString("0\r\n")
 			bw.Write(req.Header.TrailerHeader()) // the trailer fields and the final CRLF
 			return bw.Flush()
 		case err != nil:
-			return &clientBodyError{err: err, sent: sent}
+			return err
 		}
 	}
 }
 
-// clientBodyReader marks errors of reading the client's body, so that a
-// copy that fails can tell the client's side from the upstream's.
-type clientBodyReader struct{ r io.Reader }
-
-func (c clientBodyReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = &clientBodyError{err: err}
-	}
-	return n, err
+// uploadReader reads the client's request body for writeRequest. Its
+// errors are *clientBodyError, so a copy that fails can tell the client's
+// side from the upstream's.
+type uploadReader struct {
+	r       io.Reader
+	src     *uploadSource
+	chunked bool
+	read    int64
 }
 
-// bodyCopyError classifies the failure of a Content-Length body's copy:
-// a short body (io.EOF before n bytes) or a read error are the client's,
-// anything else the upstream's write.
-func bodyCopyError(err error, sent int64) error {
-	var cbe *clientBodyError
-	switch {
-	case err == io.EOF:
-		return &clientBodyError{err: httpbody.ErrTruncated, sent: sent}
-	case errors.As(err, &cbe):
-		cbe.sent = sent
-		return cbe
+func (u *uploadReader) Read(p []byte) (int, error) {
+	if u.src != nil {
+		if err := u.src.read.refresh(u.src.conn.SetReadDeadline); err != nil {
+			return 0, &clientBodyError{err: err, sent: u.read}
+		}
 	}
-	return err
+	n, err := u.r.Read(p)
+	u.read += int64(n)
+	if err == io.EOF && u.chunked && u.src != nil && u.src.readEOF() {
+		// fasthttp's reader ends a chunked body at the client's FIN when
+		// it falls between two chunks: the last chunk never came.
+		err = httpbody.ErrTruncated
+	}
+	if err != nil && err != io.EOF {
+		err = &clientBodyError{err: err, sent: u.read}
+	}
+	return n, err
 }
 
 // uploadBuffers hold a chunked upload between the client and the upstream.
