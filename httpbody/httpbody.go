@@ -81,13 +81,14 @@ const (
 	stateDone           // the last chunk and the trailer section are read
 )
 
-// Chunked decodes a body in the chunked coding. Trailer fields are read
-// and dropped.
+// Chunked decodes a body in the chunked coding. Trailer fields are kept
+// for Trailers.
 type Chunked struct {
-	r     *bufio.Reader
-	state int
-	left  int64 // data bytes left in the current chunk
-	err   error
+	r        *bufio.Reader
+	state    int
+	left     int64 // data bytes left in the current chunk
+	err      error
+	trailers []byte
 }
 
 // NewChunked returns a reader of the chunked body that starts at r.
@@ -95,7 +96,17 @@ func NewChunked(r *bufio.Reader) *Chunked { return &Chunked{r: r} }
 
 // Reset makes c a reader of the chunked body that starts at r, so that a
 // Chunked can be kept in a pooled object.
-func (c *Chunked) Reset(r *bufio.Reader) { *c = Chunked{r: r} }
+func (c *Chunked) Reset(r *bufio.Reader) { *c = Chunked{r: r, trailers: c.trailers[:0]} }
+
+// Trailers returns the trailer fields read after the last chunk, each
+// line as received followed by CRLF; nil before the body is complete.
+// They are valid until Reset.
+func (c *Chunked) Trailers() []byte {
+	if !c.Complete() {
+		return nil
+	}
+	return c.trailers
+}
 
 // Read reads decoded body bytes. It returns io.EOF after the last chunk
 // and its trailer section, ErrTruncated if r ends before them, and
@@ -203,6 +214,7 @@ func (c *Chunked) readTrailers() {
 			c.err = fmt.Errorf("%w: trailer section over %d bytes", ErrMalformed, maxTrailerBytes)
 			return
 		}
+		c.trailers = append(append(c.trailers, line...), "\r\n"...)
 	}
 }
 

@@ -33,6 +33,17 @@ func TestChunkedComplete(t *testing.T) {
 	}
 }
 
+func TestChunkedTrailers(t *testing.T) {
+	_, c, err := readChunked("5\r\nhello\r\n0\r\nX-Sum: 1\r\nx-other:  2\r\n\r\n")
+	if err != nil || string(c.Trailers()) != "X-Sum: 1\r\nx-other:  2\r\n" {
+		t.Fatalf("trailers %q, %v", c.Trailers(), err)
+	}
+	c.Reset(bufio.NewReader(strings.NewReader("0\r\n\r\n")))
+	if _, err := io.ReadAll(c); err != nil || len(c.Trailers()) != 0 {
+		t.Fatalf("after Reset: trailers %q, %v", c.Trailers(), err)
+	}
+}
+
 // A chunked body cut anywhere before the end of its trailer section is
 // ErrTruncated, never a complete body: at a chunk boundary above all,
 // where a lax reader sees a body that simply ended.

@@ -175,3 +175,42 @@ func TestHTTPClientBodyFailuresAreTheClients(t *testing.T) {
 		})
 	}
 }
+
+// Trailer fields of a chunked answer reach a client that accepts them
+// (TE: trailers), which the upstream is told; framing fields never do.
+func TestHTTPTrailersRelayed(t *testing.T) {
+	up, heads := rawHTTPUpstream(t, func(string) string {
+		return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\nContent-Length: 99\r\n\r\n"
+	})
+	gw := gatewayFor(t, up)
+	for _, accepts := range []bool{true, false} {
+		c, err := net.Dial("tcp", gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		te := ""
+		if accepts {
+			te = "TE: trailers\r\n"
+		}
+		io.WriteString(c, "GET /t HTTP/1.1\r\nHost: gw.test\r\n"+te+"\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || string(body) != "hello" {
+			t.Fatalf("body %q, %v", body, err)
+		}
+		if got := resp.Trailer.Get("X-Checksum"); (got == "abc") != accepts {
+			t.Errorf("TE trailers %v: the client got trailer X-Checksum %q", accepts, got)
+		}
+		if got := resp.Trailer.Get("Content-Length"); got != "" {
+			t.Errorf("a Content-Length trailer was relayed: %q", got)
+		}
+		if head := recvHead(t, heads); (len(headerValues(head, "TE")) > 0) != accepts {
+			t.Errorf("TE trailers %v: the upstream got:\n%s", accepts, head)
+		}
+	}
+}

@@ -246,6 +246,7 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 //   - the body's framing: the client's Content-Length as sent, or
 //     Transfer-Encoding: chunked for a chunked body (the gateway frames
 //     it again),
+//   - TE: trailers when the client accepts trailers (they are relayed),
 //   - X-Forwarded-For, -Proto, -Host, X-Real-IP, and the verified
 //     client-certificate subject on an mTLS listener.
 //
@@ -287,6 +288,11 @@ func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) (
 	}
 	if chunked {
 		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if acceptsTrailers(h) {
+		// TE is hop-by-hop, but the gateway relays trailers to this
+		// client, so it accepts them from the upstream in its name.
+		dst = append(dst, "TE: trailers\r\n"...)
 	}
 	dst = appendForwarded(dst, f)
 	// RFC 9112 section 9.6 makes "close" a case-insensitive token of a

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -194,6 +195,9 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 	size := resp.Header.ContentLength()
 	if size < 0 {
 		size = -1 // chunked towards the client, whatever framing upstream used
+		if acceptsTrailers(&ctx.Request.Header) {
+			body.trailersTo = &ctx.Response.Header
+		}
 	}
 	ctx.Response.SetBodyStream(body, size)
 }
@@ -217,6 +221,11 @@ type upstreamBody struct {
 	n      int64 // body bytes relayed
 	err    error // the upstream body's failure
 	closed bool
+	// trailersTo is the client's response header, when the client accepts
+	// trailer fields (TE: trailers) and gets the body chunked: the
+	// upstream's trailers are added to it once the body has ended, and
+	// fasthttp writes them after the last chunk.
+	trailersTo *fasthttp.ResponseHeader
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
@@ -225,7 +234,40 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && b.err == nil {
 		b.err = err
 	}
+	if err == io.EOF && b.trailersTo != nil {
+		if s, ok := b.resp.BodyStream().(*upstreamStream); ok {
+			relayTrailers(b.trailersTo, s.trailers())
+		}
+		b.trailersTo = nil
+	}
 	return n, err
+}
+
+// relayTrailers adds the trailer fields of an upstream body (raw lines)
+// to the client's response header as trailers. Fields that may not be
+// trailers (framing, routing, authentication: RFC 9110 section 6.5.1)
+// are dropped, as are those naming a hop-by-hop header.
+func relayTrailers(h *fasthttp.ResponseHeader, raw []byte) {
+	forEachRawHeader(raw, func(name, value, _ []byte) {
+		if isOneOf(name, hopByHop) {
+			return
+		}
+		if h.AddTrailerBytes(name) == nil {
+			h.SetBytesKV(name, value)
+		}
+	})
+}
+
+// acceptsTrailers reports whether a client said it accepts trailer fields
+// in a chunked response (a "trailers" token in TE).
+func acceptsTrailers(h *fasthttp.RequestHeader) bool {
+	accepts := false
+	forEachRawHeader(h.RawHeaders(), func(name, value, _ []byte) {
+		if bytes.EqualFold(name, []byte("TE")) && isOneOf([]byte("trailers"), connectionTokens(nil, value)) {
+			accepts = true
+		}
+	})
+	return accepts
 }
 
 // SupportsBodyWriteTo tells fasthttp to relay the body with WriteTo.

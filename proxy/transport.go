@@ -302,6 +302,15 @@ func (s *upstreamStream) Read(p []byte) (n int, err error) {
 	return n, err
 }
 
+// trailers returns the trailer fields of a chunked body that ended (raw
+// lines), or nil.
+func (s *upstreamStream) trailers() []byte {
+	if s.framing != framingChunked {
+		return nil
+	}
+	return s.chunked.Trailers()
+}
+
 // complete reports whether the body ended where its framing said.
 func (s *upstreamStream) complete() bool {
 	switch s.framing {
