@@ -152,6 +152,7 @@ func TestAppendHTTPRequestHeadAnyCase(t *testing.T) {
 	want := "GET /x HTTP/1.1\r\n" +
 		"Host: a.test\r\n" +
 		"X-Custom-CASE: v\r\n" +
+		"TE: trailers\r\n" + // the gateway's own: it relays trailers
 		"X-Forwarded-For: 127.0.0.1\r\n" +
 		"X-Forwarded-Proto: http\r\n" +
 		"X-Forwarded-Host: a.test\r\n" +

@@ -248,7 +248,7 @@ func TestHTTPRequestHeadersForwarded(t *testing.T) {
 			"X-Hop: secret\r\n" +
 			"Keep-Alive: 300\r\n" +
 			"Proxy-Connection: keep-alive\r\n" +
-			"TE: trailers\r\n" +
+			"TE: deflate\r\n" +
 			"Upgrade: h2c\r\n" +
 			"Proxy-Authorization: Basic Zm9vOmJhcg==\r\n" +
 			"X-Forwarded-For: 10.1.1.1\r\n" +
@@ -264,7 +264,7 @@ func TestHTTPRequestHeadersForwarded(t *testing.T) {
 			"X-HOP: secret\r\n" +
 			"keep-alive: 300\r\n" +
 			"proxy-connection: keep-alive\r\n" +
-			"te: trailers\r\n" +
+			"te: deflate\r\n" +
 			"upgrade: h2c\r\n" +
 			"proxy-authorization: Basic Zm9vOmJhcg==\r\n" +
 			"x-forwarded-for: 10.1.1.1\r\n" +
