@@ -11,6 +11,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,6 +309,9 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		NoDefaultDate:                 true,
 		NoDefaultContentType:          true,
 		DisablePreParseMultipartForm:  true,
+		// fasthttp's errors would quote the request head, cookies
+		// included, wherever they end up.
+		SecureErrorLogMessage: true,
 		// ReadBufferSize is also the largest request head (431 beyond).
 		ReadBufferSize:    g.maxHeaderBytes,
 		StreamRequestBody: true,
@@ -423,7 +427,23 @@ func (c *clientConn) Write(p []byte) (int, error) {
 // fasthttpLogger sends fasthttp's own messages to the error log.
 type fasthttpLogger struct{ g *Gateway }
 
-func (l fasthttpLogger) Printf(format string, args ...any) { l.g.errorf(format, args...) }
+// Printf logs a message of fasthttp's, but not its line for a connection
+// whose request head could not be read: handleParseError answered that
+// request and the access log has it, and the line would quote the head
+// where SecureErrorLogMessage does not reach (a request line without a
+// space is quoted whole).
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if len(args) > 0 {
+		if err, ok := args[len(args)-1].(error); ok && strings.HasPrefix(err.Error(), headReadErrorPrefix) {
+			return
+		}
+	}
+	l.g.errorf(format, args...)
+}
+
+// headReadErrorPrefix begins every error fasthttp's server returns after
+// reading part of a request head and failing.
+const headReadErrorPrefix = "error when reading request headers"
 
 // handle is the entry point of every request.
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
@@ -448,7 +468,9 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 	g.serveHTTP(ctx, rt, f)
 }
 
-// handleParseError answers requests fasthttp could not parse.
+// handleParseError answers a request whose head could not be read. The
+// answer is a fixed one-line reason: fasthttp's error quotes the head
+// (cookies included) and names the gateway's own address.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var tooBig *fasthttp.ErrSmallBuffer
 	var handshake *tlsterm.HandshakeError
@@ -462,7 +484,7 @@ func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.As(err, &tooBig):
 		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
 	default:
-		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+err.Error())
+		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request")
 	}
 }
 
