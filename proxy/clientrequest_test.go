@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/syncbuf"
 )
 
@@ -59,5 +61,83 @@ func TestMalformedHeadEchoesNothing(t *testing.T) {
 	}
 	if log := errLog.String(); strings.Contains(log, "s3cr3t") {
 		t.Errorf("the error log quotes the request head:\n%s", log)
+	}
+}
+
+// A client that sends no complete head within timeouts.handshake, on a
+// plain or a TLS connection, gets 408 with a reason that names no address;
+// one that closes in the middle of its head gets 400. Each connection is
+// logged once: one access log line, nothing in the error log.
+func TestRequestHeadTimeoutAndCut(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	cfg := configFor(deadAddress(t))
+	cfg.Timeouts.Handshake = config.Duration(time.Second)
+	cfg.Listeners = append(cfg.Listeners, config.Listener{Address: "127.0.0.1:0",
+		TLS: &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}})
+	cfg.ApplyDefaults()
+	var accessLog, errLog syncbuf.Buffer
+	g := startGatewayOpts(t, cfg, Options{AccessLog: &accessLog, ErrorLog: &errLog})
+	plainAddr, tlsAddr := g.Addrs()[0].String(), g.Addrs()[1].String()
+
+	const partial = "GET /x HTTP/1.1\r\nHost: s.test\r\nCookie: session=s3cr3t\r\n"
+	for _, tc := range []struct {
+		name       string
+		tls        bool
+		send       string
+		cut        bool
+		status     int
+		body, line string
+	}{
+		{"plain, nothing", false, "", false, 408, "request not received in time\n", " - - - upstream=- status=408 "},
+		{"plain, part of a head", false, partial, false, 408, "request not received in time\n", " - - - upstream=- status=408 "},
+		{"TLS, nothing", true, "", false, 408, "request not received in time\n", " - - - upstream=- status=408 "},
+		{"TLS, part of a head", true, partial, false, 408, "request not received in time\n", " - - - upstream=- status=408 "},
+		{"plain, head cut", false, partial, true, 400, "request cut short\n", " - - - upstream=- status=400 "},
+		{"TLS, head cut", true, partial, true, 400, "request cut short\n", " - - - upstream=- status=400 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := plainAddr
+			if tc.tls {
+				addr = tlsAddr
+			}
+			tcp, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tcp.Close()
+			c := tcp
+			if tc.tls {
+				tc := tls.Client(tcp, &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"})
+				if err := tc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				c = tc
+			}
+			io.WriteString(c, tc.send)
+			if tc.cut {
+				c.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			resp, body := readAnswer(t, c)
+			if resp.StatusCode != tc.status || body != tc.body {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, tc.status, tc.body)
+			}
+			// fasthttp writes its own log line, if any, before it closes
+			// the conn; access log lines are written before the answer,
+			// and flushed together.
+			me := tcp.LocalAddr().String()
+			waitForLog(t, &accessLog, " "+me+" ")
+			if n := strings.Count(accessLog.String(), " "+me+" "); n != 1 {
+				t.Errorf("%d access log lines for %s:\n%s", n, me, accessLog.String())
+			}
+			if line := lineWith(accessLog.String(), " "+me+" "); !strings.Contains(line, tc.line) {
+				t.Errorf("access log line %q, want %q in it", line, tc.line)
+			}
+			if strings.Contains(errLog.String(), me) {
+				t.Errorf("the error log names %s too:\n%s", me, errLog.String())
+			}
+		})
+	}
+	if log := errLog.String(); strings.Contains(log, "s3cr3t") {
+		t.Errorf("the error log quotes a request head:\n%s", log)
 	}
 }

@@ -470,10 +470,12 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 
 // handleParseError answers a request whose head could not be read. The
 // answer is a fixed one-line reason: fasthttp's error quotes the head
-// (cookies included) and names the gateway's own address.
+// (cookies included) and names the gateway's own address. fasthttp passes
+// the read error itself when not one byte of a request came.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var tooBig *fasthttp.ErrSmallBuffer
 	var handshake *tlsterm.HandshakeError
+	var readErr *net.OpError
 	switch {
 	case errors.As(err, &handshake):
 		// A failed TLS handshake (a name with no certificate, a hello
@@ -483,6 +485,16 @@ func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// fasthttp's line in the error log says why.
 	case errors.As(err, &tooBig):
 		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// No whole head within timeouts.handshake, whether part of one
+		// came or none: 408, as HAProxy answers at timeout http-request.
+		// A browser that preconnected and sends its request as the 408
+		// arrives sends it again on a new connection.
+		g.refuse(ctx, fasthttp.StatusRequestTimeout, "request not received in time")
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &readErr):
+		// The client ended its stream (or reset it) in the middle of a
+		// head; one that only half-closed still reads the answer.
+		g.refuse(ctx, fasthttp.StatusBadRequest, "request cut short")
 	default:
 		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request")
 	}
@@ -590,8 +602,10 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	}
 	if l.start.IsZero() {
 		// fasthttp sets the time only once a request head is read: an
-		// unparsable head, or none before the timeout, has none.
+		// unparsable head, or none before the timeout, has none, and no
+		// method or URI either (fasthttp's defaults would say GET /).
 		l.start = time.Now()
+		l.method, l.uri = "-", "-"
 	}
 	return l
 }
