@@ -64,6 +64,36 @@ func TestMalformedHeadEchoesNothing(t *testing.T) {
 	}
 }
 
+// CONNECT is refused at the edge, as nginx does: 405 with Allow, and no
+// upstream is contacted.
+func TestConnectRefused(t *testing.T) {
+	up, heads := rawHTTPUpstream(t, okAnswer)
+	addr := gatewayFor(t, up)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(rawReadLimit))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1000))
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") == "" || strings.Contains(resp.Header.Get("Allow"), "CONNECT") {
+		t.Fatalf("CONNECT got %d Allow %q %q, want 405 with an Allow without CONNECT", resp.StatusCode, resp.Header.Get("Allow"), body)
+	}
+	// The CONNECT was answered before this request was sent: the first
+	// head the upstream sees is this one if the CONNECT never reached it.
+	if status, _ := exchange(t, addr, "GET", "/after", ""); status != 200 {
+		t.Fatalf("GET after the CONNECT: %d", status)
+	}
+	if head := recvHead(t, heads); !strings.HasPrefix(head, "GET /after ") {
+		t.Fatalf("the upstream got %q", head)
+	}
+}
+
 // A client that sends no complete head within timeouts.handshake, on a
 // plain or a TLS connection, gets 408 with a reason that names no address;
 // one that closes in the middle of its head gets 400. Each connection is

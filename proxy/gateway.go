@@ -445,8 +445,21 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 // reading part of a request head and failing.
 const headReadErrorPrefix = "error when reading request headers"
 
+// connectAllow is the Allow header of the 405 that refuses CONNECT, which
+// RFC 9110 requires on a 405. wsgate passes every other method on and
+// which ones a resource takes is its upstream's say, so it lists the
+// usual ones.
+const connectAllow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
 // handle is the entry point of every request.
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
+	if ctx.IsConnect() {
+		// A reverse proxy is no tunnel to any host:port a client names;
+		// nginx refuses CONNECT with 405 as well.
+		g.refuse(ctx, fasthttp.StatusMethodNotAllowed, "CONNECT is not supported")
+		ctx.Response.Header.Set("Allow", connectAllow)
+		return
+	}
 	if li.tls == nil && len(g.acme) > 0 && g.answerACMEChallenge(ctx) {
 		// HTTP-01 comes to port 80, before any redirect or route.
 		return
