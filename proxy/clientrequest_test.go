@@ -171,3 +171,32 @@ func TestRequestHeadTimeoutAndCut(t *testing.T) {
 		t.Errorf("the error log quotes a request head:\n%s", log)
 	}
 }
+
+// An HTTP/1.0 request without Host takes the routes without a host, and
+// reaches the upstream with the server's address as its Host.
+func TestHTTP10WithoutHost(t *testing.T) {
+	up, heads := rawHTTPUpstream(t, okAnswer)
+	other, otherHeads := rawHTTPUpstream(t, okAnswer)
+	cfg := configFor(up)
+	cfg.Upstreams["named"] = &config.Upstream{Servers: []config.Server{{Address: other, Weight: 1}}}
+	cfg.Routes = append(cfg.Routes, config.Route{Host: "named.test", Path: "/", Upstream: "named"})
+	addr := startGateway(t, cfg).Addrs()[0].String()
+	for _, req := range []string{
+		"GET /old HTTP/1.0\r\n\r\n",
+		"POST /old HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody",
+	} {
+		answer := rawRequest(t, addr, req)
+		if !strings.HasPrefix(answer, "HTTP/1.1 200 ") || !strings.HasSuffix(answer, "ok") {
+			t.Fatalf("%q got %q", req, answer)
+		}
+		head := recvHead(t, heads)
+		if hosts := headerValues(head, "Host"); len(hosts) != 1 || hosts[0] != up {
+			t.Fatalf("%q reached the upstream with Host %q, want %q:\n%s", req, hosts, up, head)
+		}
+	}
+	select {
+	case head := <-otherHeads:
+		t.Fatalf("the named host's upstream got %q", head)
+	default:
+	}
+}

@@ -130,7 +130,13 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 			ctx.Request.SetUserValue(clientReadEOFKey{}, tlsReadEOF{c})
 		}
 	}
+	// An HTTP/1.0 request may come without Host; the upstream gets the
+	// server's address as its Host, as nginx's default $proxy_host.
+	noHost := len(ctx.Request.URI().Host()) == 0
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
+		if noHost {
+			ctx.Request.URI().SetHost(srv.Address)
+		}
 		resp := fasthttp.AcquireResponse()
 		err := g.clientFor(rt, srv).Do(&ctx.Request, resp)
 		if err != nil {
