@@ -200,3 +200,33 @@ func TestHTTP10WithoutHost(t *testing.T) {
 	default:
 	}
 }
+
+// A client that connects to a TLS listener and never finishes its
+// handshake cannot be answered; its connection is closed and the error log
+// says so once, the way it says why any handshake failed.
+func TestTLSHandshakeTimeoutLogged(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	cfg := configFor(deadAddress(t))
+	cfg.Timeouts.Handshake = config.Duration(500 * time.Millisecond)
+	cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}
+	cfg.ApplyDefaults()
+	var errLog syncbuf.Buffer
+	g := startGatewayOpts(t, cfg, Options{AccessLog: io.Discard, ErrorLog: &errLog})
+	for _, hello := range []string{"", "\x16\x03\x01\x02\x00\x01"} { // nothing; a hello cut short
+		c, err := net.Dial("tcp", g.Addrs()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, hello)
+		c.SetReadDeadline(time.Now().Add(rawReadLimit))
+		if got, err := io.ReadAll(c); err != nil || len(got) > 0 {
+			t.Fatalf("hello %q: got %q, %v; want a close", hello, got, err)
+		}
+		me := c.LocalAddr().String()
+		waitForLog(t, &errLog, me+`": tls handshake: not done within 500ms`)
+		if n := strings.Count(errLog.String(), me); n != 1 {
+			t.Errorf("%d error log lines for %s:\n%s", n, me, errLog.String())
+		}
+	}
+}
