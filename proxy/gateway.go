@@ -11,6 +11,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,6 +309,9 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		NoDefaultDate:                 true,
 		NoDefaultContentType:          true,
 		DisablePreParseMultipartForm:  true,
+		// fasthttp's errors would quote the request head, cookies
+		// included, wherever they end up.
+		SecureErrorLogMessage: true,
 		// ReadBufferSize is also the largest request head (431 beyond).
 		ReadBufferSize:    g.maxHeaderBytes,
 		StreamRequestBody: true,
@@ -423,10 +427,39 @@ func (c *clientConn) Write(p []byte) (int, error) {
 // fasthttpLogger sends fasthttp's own messages to the error log.
 type fasthttpLogger struct{ g *Gateway }
 
-func (l fasthttpLogger) Printf(format string, args ...any) { l.g.errorf(format, args...) }
+// Printf logs a message of fasthttp's, but not its line for a connection
+// whose request head could not be read: handleParseError answered that
+// request and the access log has it, and the line would quote the head
+// where SecureErrorLogMessage does not reach (a request line without a
+// space is quoted whole).
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if len(args) > 0 {
+		if err, ok := args[len(args)-1].(error); ok && strings.HasPrefix(err.Error(), headReadErrorPrefix) {
+			return
+		}
+	}
+	l.g.errorf(format, args...)
+}
+
+// headReadErrorPrefix begins every error fasthttp's server returns after
+// reading part of a request head and failing.
+const headReadErrorPrefix = "error when reading request headers"
+
+// connectAllow is the Allow header of the 405 that refuses CONNECT, which
+// RFC 9110 requires on a 405. wsgate passes every other method on and
+// which ones a resource takes is its upstream's say, so it lists the
+// usual ones.
+const connectAllow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 // handle is the entry point of every request.
 func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
+	if ctx.IsConnect() {
+		// A reverse proxy is no tunnel to any host:port a client names;
+		// nginx refuses CONNECT with 405 as well.
+		g.refuse(ctx, fasthttp.StatusMethodNotAllowed, "CONNECT is not supported")
+		ctx.Response.Header.Set("Allow", connectAllow)
+		return
+	}
 	if li.tls == nil && len(g.acme) > 0 && g.answerACMEChallenge(ctx) {
 		// HTTP-01 comes to port 80, before any redirect or route.
 		return
@@ -448,10 +481,14 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 	g.serveHTTP(ctx, rt, f)
 }
 
-// handleParseError answers requests fasthttp could not parse.
+// handleParseError answers a request whose head could not be read. The
+// answer is a fixed one-line reason: fasthttp's error quotes the head
+// (cookies included) and names the gateway's own address. fasthttp passes
+// the read error itself when not one byte of a request came.
 func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var tooBig *fasthttp.ErrSmallBuffer
 	var handshake *tlsterm.HandshakeError
+	var readErr *net.OpError
 	switch {
 	case errors.As(err, &handshake):
 		// A failed TLS handshake (a name with no certificate, a hello
@@ -461,8 +498,18 @@ func (g *Gateway) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// fasthttp's line in the error log says why.
 	case errors.As(err, &tooBig):
 		g.refuse(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request head is larger than limits.max_header_bytes")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// No whole head within timeouts.handshake, whether part of one
+		// came or none: 408, as HAProxy answers at timeout http-request.
+		// A browser that preconnected and sends its request as the 408
+		// arrives sends it again on a new connection.
+		g.refuse(ctx, fasthttp.StatusRequestTimeout, "request not received in time")
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &readErr):
+		// The client ended its stream (or reset it) in the middle of a
+		// head; one that only half-closed still reads the answer.
+		g.refuse(ctx, fasthttp.StatusBadRequest, "request cut short")
 	default:
-		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+err.Error())
+		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request")
 	}
 }
 
@@ -568,8 +615,10 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	}
 	if l.start.IsZero() {
 		// fasthttp sets the time only once a request head is read: an
-		// unparsable head, or none before the timeout, has none.
+		// unparsable head, or none before the timeout, has none, and no
+		// method or URI either (fasthttp's defaults would say GET /).
 		l.start = time.Now()
+		l.method, l.uri = "-", "-"
 	}
 	return l
 }

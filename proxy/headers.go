@@ -235,14 +235,18 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 // header re-encodes cookies, lowercases Host, normalizes the target and
 // adds Content-Type or Content-Length the client did not send):
 //   - the request line with the client's method and target; an
-//     absolute-form target becomes origin-form (its scheme, host and any
-//     userinfo go: the Host header says where, and credentials travel in
-//     Authorization, never in a URI),
+//     absolute-form target becomes origin-form (its scheme, authority and
+//     any userinfo go: credentials travel in Authorization, never in a
+//     URI),
 //   - every header line as spelled and in order, minus the hop-by-hop
 //     ones (and those a Connection header lists, but never Host or
 //     Content-Length: routing and framing are not the client's to
 //     remove), the client's X-Forwarded-* and certificate headers,
-//   - Host when the client sent none (HTTP/1.0),
+//   - Host: the client's line as spelled; for an absolute-form target the
+//     target's authority instead, by which the request was routed (RFC
+//     9112 section 3.2.2: the Host header is then ignored); and when the
+//     client sent none (HTTP/1.0), serverHost, the upstream server's
+//     address, as nginx's default $proxy_host,
 //   - the body's framing: the client's Content-Length as sent, or
 //     Transfer-Encoding: chunked for a chunked body (the gateway frames
 //     it again),
@@ -252,10 +256,11 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 //
 // It reports whether the client asked to close its connection after this
 // request.
-func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) (head []byte, clientClose bool) {
+func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded, serverHost string) (head []byte, clientClose bool) {
+	path, authority := splitTarget(h.RequestURI())
 	dst = append(dst, h.Method()...)
 	dst = append(dst, ' ')
-	dst = append(dst, originForm(h.RequestURI())...)
+	dst = append(dst, path...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 
 	raw := h.RawHeaders()
@@ -270,6 +275,13 @@ func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) (
 	forEachRawHeader(raw, func(name, _, line []byte) {
 		switch {
 		case bytes.EqualFold(name, []byte("Host")):
+			if authority != nil {
+				if !sawHost { // in the place of the client's line
+					dst = append(append(append(dst, "Host: "...), authority...), "\r\n"...)
+				}
+				sawHost = true
+				return
+			}
 			sawHost = true
 		case bytes.EqualFold(name, []byte("Content-Length")):
 			if chunked {
@@ -281,10 +293,12 @@ func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) (
 		dst = append(dst, line...)
 		dst = append(dst, "\r\n"...)
 	})
-	if !sawHost && len(h.Host()) > 0 {
-		dst = append(dst, "Host: "...)
-		dst = append(dst, h.Host()...)
-		dst = append(dst, "\r\n"...)
+	switch {
+	case sawHost:
+	case authority != nil:
+		dst = append(append(append(dst, "Host: "...), authority...), "\r\n"...)
+	case serverHost != "":
+		dst = append(append(append(dst, "Host: "...), serverHost...), "\r\n"...)
 	}
 	if chunked {
 		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
@@ -307,9 +321,13 @@ func appendForwarded(dst []byte, f forwarded) []byte {
 	dst = append(dst, f.xff()...)
 	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
 	dst = append(dst, f.proto...)
-	dst = append(dst, "\r\nX-Forwarded-Host: "...)
-	dst = append(dst, f.host...)
-	dst = append(dst, "\r\nX-Real-IP: "...)
+	dst = append(dst, "\r\n"...)
+	if f.host != "" { // an HTTP/1.0 request may have no Host
+		dst = append(dst, "X-Forwarded-Host: "...)
+		dst = append(dst, f.host...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, "X-Real-IP: "...)
 	dst = append(dst, f.clientIP...)
 	dst = append(dst, "\r\n"...)
 	if f.certSubject != "" {
@@ -321,23 +339,30 @@ func appendForwarded(dst []byte, f forwarded) []byte {
 	return dst
 }
 
-// originForm returns a request target in origin form: an absolute-form
-// target ("http://user@host/p?q") loses its scheme and authority ("/p?q").
-// Other forms ("/p", "*") are returned as they are.
-func originForm(target []byte) []byte {
+// splitTarget returns a request target in origin form and, for an
+// absolute-form target ("http://user@host:1/p?q"), its authority without
+// userinfo ("host:1"); authority is nil for the other forms ("/p", "*").
+func splitTarget(target []byte) (path, authority []byte) {
 	i := bytes.Index(target, []byte("://"))
 	if i <= 0 || bytes.IndexByte(target[:i], '/') >= 0 {
-		return target
+		return target, nil
 	}
 	rest := target[i+3:]
 	end := bytes.IndexAny(rest, "/?")
-	switch {
-	case end < 0:
-		return []byte("/")
-	case rest[end] == '?':
-		return append([]byte("/"), rest[end:]...)
+	if end < 0 {
+		end = len(rest)
 	}
-	return rest[end:]
+	authority = rest[:end]
+	if at := bytes.LastIndexByte(authority, '@'); at >= 0 {
+		authority = authority[at+1:]
+	}
+	switch {
+	case end == len(rest):
+		return []byte("/"), authority
+	case rest[end] == '?':
+		return append([]byte("/"), rest[end:]...), authority
+	}
+	return rest[end:], authority
 }
 
 // rawHeadProblem names what makes a request head unsafe to forward line

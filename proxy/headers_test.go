@@ -148,7 +148,7 @@ func TestAppendHTTPRequestHeadAnyCase(t *testing.T) {
 		"x-forwarded-proto: https\r\n"+
 		"X-Custom-CASE: v\r\n"+
 		"\r\n")
-	got, clientClose := appendHTTPRequestHead(nil, h, forwardedFor(h))
+	got, clientClose := appendHTTPRequestHead(nil, h, forwardedFor(h), "10.0.0.1:80")
 	want := "GET /x HTTP/1.1\r\n" +
 		"Host: a.test\r\n" +
 		"X-Custom-CASE: v\r\n" +
@@ -179,12 +179,13 @@ func TestAppendHTTPRequestHeadAsSent(t *testing.T) {
 		{"chunked", "POST /r HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
 			"POST /r HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n"},
 		{"absolute form with userinfo", "GET http://u:p@other.test/p?q HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer t\r\n\r\n",
-			"GET /p?q HTTP/1.1\r\nHost: a.test\r\nAuthorization: Bearer t\r\n"},
+			"GET /p?q HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer t\r\n"},
 		{"absolute form, no path", "GET http://a.test?q HTTP/1.1\r\nHost: a.test\r\n\r\n", "GET /?q HTTP/1.1\r\nHost: a.test\r\n"},
+		{"HTTP/1.0 without Host", "GET /p HTTP/1.0\r\nX-A: 1\r\n\r\n", "GET /p HTTP/1.1\r\nX-A: 1\r\nHost: 10.0.0.1:80\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := parseRequestHead(t, tc.in)
-			got, _ := appendHTTPRequestHead(nil, h, forwardedFor(h))
+			got, _ := appendHTTPRequestHead(nil, h, forwardedFor(h), "10.0.0.1:80")
 			if !strings.HasPrefix(string(got), tc.want+"X-Forwarded-For: ") {
 				t.Errorf("upstream head:\n%s\nwant it to start:\n%s", got, tc.want)
 			}
@@ -192,13 +193,18 @@ func TestAppendHTTPRequestHeadAsSent(t *testing.T) {
 	}
 }
 
-func TestOriginForm(t *testing.T) {
-	for in, want := range map[string]string{
-		"/a?b": "/a?b", "*": "*", "http://h/a?b": "/a?b", "https://u:p@h:1/a": "/a", "http://h": "/",
-		"http://h?x": "/?x", "/redirect?to=http://x/": "/redirect?to=http://x/",
+func TestSplitTarget(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"/a?b": {"/a?b", "-"}, "*": {"*", "-"}, "http://h/a?b": {"/a?b", "h"}, "https://u:p@h:1/a": {"/a", "h:1"},
+		"http://h": {"/", "h"}, "http://h?x": {"/?x", "h"}, "/redirect?to=http://x/": {"/redirect?to=http://x/", "-"},
 	} {
-		if got := string(originForm([]byte(in))); got != want {
-			t.Errorf("originForm(%q) = %q, want %q", in, got, want)
+		path, authority := splitTarget([]byte(in))
+		a := "-"
+		if authority != nil {
+			a = string(authority)
+		}
+		if string(path) != want[0] || a != want[1] {
+			t.Errorf("splitTarget(%q) = %q, %q; want %q, %q", in, path, a, want[0], want[1])
 		}
 	}
 }

@@ -101,13 +101,16 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	}
 	headBuf := requestHeads.Get().(*[]byte)
 	defer requestHeads.Put(headBuf)
-	head, clientClose := appendHTTPRequestHead((*headBuf)[:0], &ctx.Request.Header, f)
-	*headBuf = head
-	out := &outgoing{req: &ctx.Request, head: head}
+	out := &outgoing{req: &ctx.Request}
 	if ctx.Request.IsBodyStream() {
 		out.src = &uploadSource{conn: ctx.Conn(), read: idleDeadline{idle: g.timeouts.idle}}
 	}
+	clientClose := false
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
+		// Made for each server tried: a request without Host (HTTP/1.0)
+		// gets the server's address as its Host.
+		*headBuf, clientClose = appendHTTPRequestHead((*headBuf)[:0], &ctx.Request.Header, f, srv.Address)
+		out.head = *headBuf
 		resp := fasthttp.AcquireResponse()
 		err := forward(g.clientFor(rt, srv), out, resp)
 		if err != nil {

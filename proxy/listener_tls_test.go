@@ -533,6 +533,37 @@ func TestRedirectHTTPS(t *testing.T) {
 	}
 }
 
+// redirect_https builds Location from the Host header and the target's
+// path and query: an absolute-form target's scheme and host never reach it.
+func TestRedirectHTTPSAbsoluteForm(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	cfg := configFor(deadAddress(t))
+	cfg.Listeners = []config.Listener{
+		{Address: "127.0.0.1:0", RedirectHTTPS: true},
+		{Address: "127.0.0.1:0", TLS: &config.TLS{Certificates: []config.Certificate{ca.server(t, "s", 2, "s.test")}}},
+	}
+	cfg.ApplyDefaults()
+	g := startGateway(t, cfg)
+	plainAddr := g.Addrs()[0].String()
+	_, tlsPort, _ := net.SplitHostPort(g.Addrs()[1].String())
+	for target, want := range map[string]string{
+		"http://evil.test/x?y=1": "/x?y=1",
+		"http://evil.test":       "/",
+		"http://evil.test?y=1":   "/?y=1",
+		"//evil.test/x":          "//evil.test/x",
+		"/a/../b?c":              "/a/../b?c",
+	} {
+		answer := rawRequest(t, plainAddr, "GET "+target+" HTTP/1.1\r\nHost: s.test\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(answer)), nil)
+		if err != nil {
+			t.Fatalf("%s: %q", target, answer)
+		}
+		if want := "https://s.test:" + tlsPort + want; resp.StatusCode != 308 || resp.Header.Get("Location") != want {
+			t.Errorf("%s: %d Location %q, want 308 %q", target, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+}
+
 // wss:// through a TLS listener: the client verifies the gateway's
 // certificate, the tunnel runs over crypto/tls on the client side, and the
 // upstream learns the original scheme.

@@ -82,9 +82,11 @@ func (g *Gateway) ReloadCertificates() error {
 // the same host, path and query on the first TLS listener's port (308, not
 // 301, so a POST stays a POST). A WebSocket upgrade cannot follow a
 // redirect (browsers fail the connection), so it gets a 400 that says
-// what to use instead.
+// what to use instead. The host is the Host header's and the path and
+// query are the target's as sent: an absolute-form target
+// ("http://other/x") lends neither its scheme nor its host.
 func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
-	host := string(ctx.Host())
+	host := string(ctx.Request.Header.Host())
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
@@ -98,13 +100,28 @@ func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
 	if port := g.httpsPort(); port != "" && port != "443" {
 		host += ":" + port
 	}
+	target := originForm(ctx.URI())
 	if isUpgrade(&ctx.Request.Header) {
-		g.refuse(ctx, fasthttp.StatusBadRequest, "this listener only redirects to https; connect with wss://"+host+string(ctx.RequestURI()))
+		g.refuse(ctx, fasthttp.StatusBadRequest, "this listener only redirects to https; connect with wss://"+host+target)
 		return
 	}
-	location := "https://" + host + string(ctx.RequestURI())
+	location := "https://" + host + target
 	g.refuse(ctx, fasthttp.StatusPermanentRedirect, "use "+location)
 	ctx.Response.Header.Set("Location", location)
+}
+
+// originForm returns a request target's path and query as the client
+// sent them, unnormalized; "/" when it has no path (an absolute-form
+// target without one, or "*").
+func originForm(u *fasthttp.URI) string {
+	path := u.PathOriginal()
+	if len(path) == 0 || path[0] != '/' {
+		path = []byte("/")
+	}
+	if q := u.QueryString(); len(q) > 0 {
+		return string(path) + "?" + string(q)
+	}
+	return string(path)
 }
 
 // httpsPort is the bound port of the first TLS listener.

@@ -72,7 +72,8 @@ func byLongestPath(list []*Route) []*Route {
 }
 
 // Match returns the route for a Host header value (port allowed) and a
-// request path, or nil.
+// request path, or nil. An empty host (HTTP/1.0 without Host) matches only
+// routes without a host.
 func (r *Router) Match(hostHeader, path string) *Route {
 	host := strings.ToLower(stripPort(hostHeader))
 	if rt := matchPath(r.exact[host], path); rt != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -47,9 +48,12 @@ func (l *listener) Accept() (net.Conn, error) {
 // a tunnel can CloseWrite it.
 type Conn struct {
 	*tls.Conn
-	t        *Terminator
-	once     sync.Once
-	err      error
+	t    *Terminator
+	once sync.Once
+	err  error
+	// failed is err once the handshake failed, for the deadline setters,
+	// which a tunnel may call from another goroutine.
+	failed   atomic.Pointer[HandshakeError]
 	detached atomic.Bool
 	// eofNext: the last Read returned bytes that crypto/tls delivered
 	// together with the end of the stream; the next Read returns io.EOF.
@@ -110,26 +114,62 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// SetDeadline sets the conn's deadlines, or returns the handshake's
+// failure. An HTTP server sets a read deadline first thing after the
+// handshake, so the failure ends the conn there, whether or not crypto/tls
+// closed it (it does when the timeout ends the handshake).
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.failed.Load(); err != nil {
+		return err
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// SetReadDeadline is as SetDeadline, for reads.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if err := c.failed.Load(); err != nil {
+		return err
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SetWriteDeadline is as SetDeadline, for writes.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if err := c.failed.Load(); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
 // Handshake runs the handshake once, bounded by the handshake timeout.
 func (c *Conn) Handshake() error { return c.handshake() }
 
 func (c *Conn) handshake() error {
 	c.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.t.opts.HandshakeTimeout)
+		timeout := c.t.opts.HandshakeTimeout
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		err := c.Conn.HandshakeContext(ctx)
 		if err == nil {
 			return
 		}
 		var rh tls.RecordHeaderError
-		if errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]) {
+		var netErr net.Error
+		switch {
+		case errors.As(err, &rh) && rh.Conn != nil && looksLikeHTTP(rh.RecordHeader[:]):
 			rh.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 			rh.Conn.Write([]byte(plainHTTPAnswer))
 			err = errPlainHTTP
+		case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
+			// The context's end, or a read deadline the server set to
+			// the same time: one message for both.
+			err = fmt.Errorf("not done within %v", timeout)
 		}
-		// The failure reaches the server's error log through the Read
-		// that called us (fasthttp logs it with both addresses).
-		c.err = &HandshakeError{Err: err}
+		// The failure reaches the server's error log through the call
+		// that comes next (fasthttp logs it with both addresses).
+		failure := &HandshakeError{Err: err}
+		c.err = failure
+		c.failed.Store(failure)
 	})
 	return c.err
 }
