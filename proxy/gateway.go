@@ -77,6 +77,9 @@ type Gateway struct {
 	// the tunnel yet; fasthttp runs it on a goroutine of its own after the
 	// request handler returns, so a drain must wait for those too.
 	pending int
+	// streams counts HTTP/1.0 responses relayed on hijacked conns
+	// (relayUntilClose): fasthttp's Shutdown does not wait for them.
+	streams int
 	stopped bool       // drain is over: a late tunnel is closed at once
 	idle    *sync.Cond // signalled when the last tunnel ends
 	memory  memoryReleaser
@@ -555,7 +558,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	})
 	defer stop()
 	g.mu.Lock()
-	for (g.tunnels.Len() > 0 || g.pending > 0) && ctx.Err() == nil {
+	for (g.tunnels.Len() > 0 || g.pending > 0 || g.streams > 0) && ctx.Err() == nil {
 		g.idle.Wait()
 	}
 	g.stopped = true

@@ -118,10 +118,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 			return g.exchangeFailed(ctx, rt, srv, err)
 		}
 		rt.Pool.ReportSuccess(srv)
-		g.relayResponse(ctx, rt, resp, srv)
-		if c := rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()); c != "" {
-			ctx.Response.Header.Add("Set-Cookie", c)
-		}
+		g.relayResponse(ctx, rt, resp, srv, rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()))
 		if clientClose {
 			// After relayResponse: copying the upstream's header resets it.
 			ctx.Response.Header.SetConnectionClose()
@@ -176,18 +173,25 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 	return nil
 }
 
-// relayResponse copies the upstream's answer to the client. A streamed
-// body (chunked, SSE, close-delimited) is relayed chunk by chunk as it
-// arrives: fasthttp flushes after every chunk it writes.
+// relayResponse copies the upstream's answer to the client, with the
+// sticky cookie's Set-Cookie if cookie is not empty. A streamed body
+// (chunked, SSE, close-delimited) is relayed chunk by chunk as it arrives:
+// fasthttp flushes after every chunk it writes.
 //
 // The access log line is written when the body is done, so it carries the
 // whole duration and size of a stream.
-func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasthttp.Response, srv *upstream.Server) {
+func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasthttp.Response, srv *upstream.Server, cookie string) {
 	cleanHTTPResponse(&resp.Header)
 	resp.Header.CopyTo(&ctx.Response.Header)
 	// CopyTo also copied the upstream header's flags; a response without a
 	// Content-Type must stay without one.
 	ctx.Response.Header.SetNoDefaultContentType(true)
+	// The gateway answers in its own version, whatever the upstream's: an
+	// HTTP/1.0 status line would deny the chunked framing below.
+	ctx.Response.Header.SetProtocol(http11)
+	if cookie != "" {
+		ctx.Response.Header.Add("Set-Cookie", cookie)
+	}
 	body := &upstreamBody{resp: resp, srv: srv, g: g, log: g.newRequestLog(ctx, rt, srv.Address)}
 	if resp.BodyStream() == nil {
 		ctx.Response.SetBody(resp.Body())
@@ -196,6 +200,10 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 		return
 	}
 	size := resp.Header.ContentLength()
+	if size < 0 && !ctx.Request.Header.IsHTTP11() {
+		g.relayUntilClose(ctx, body)
+		return
+	}
 	if size < 0 {
 		size = -1 // chunked towards the client, whatever framing upstream used
 		if acceptsTrailers(&ctx.Request.Header) {
@@ -207,6 +215,40 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 
 // requestHeads hold the heads of requests being forwarded.
 var requestHeads = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+var http11 = []byte("HTTP/1.1")
+
+// relayUntilClose sends an HTTP/1.0 client a body of unknown length: it
+// cannot read chunked (RFC 9112 section 6.1), so the body ends with the
+// connection. fasthttp frames every streamed body it writes (chunked when
+// the length is not known), so the gateway takes the connection over and
+// writes this response itself, then closes it. fasthttp runs the hijack
+// handler even though the request or response says Connection: close,
+// because it writes no response of its own (HijackSetNoResponse).
+func (g *Gateway) relayUntilClose(ctx *fasthttp.RequestCtx, body *upstreamBody) {
+	h := &ctx.Response.Header
+	h.Del("Transfer-Encoding")
+	h.SetContentLength(-2) // neither Content-Length nor Transfer-Encoding; Connection: close
+	head := h.AppendBytes(nil)
+	// fasthttp's Shutdown waits only for the conns it still serves.
+	g.mu.Lock()
+	g.streams++
+	g.mu.Unlock()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		// Writes go to the client's conn itself (its write deadline
+		// included), each body read as it arrives.
+		if _, err := c.Write(head); err == nil {
+			body.WriteTo(c)
+		}
+		body.Close()
+		g.mu.Lock()
+		g.streams--
+		g.tunnelsChanged()
+		g.mu.Unlock()
+		// fasthttp closes c when this returns: the body's end.
+	})
+}
 
 // upstreamBody is an upstream response body being relayed. fasthttp closes
 // it when the client response is done (or abandoned), which returns the
