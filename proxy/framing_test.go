@@ -142,6 +142,58 @@ func TestHTTP10UpstreamAnswer(t *testing.T) {
 	}
 }
 
+// A streamed response's head reaches the client as soon as the upstream
+// sent it, before any body byte: an EventSource is open from then on, not
+// when the first event comes.
+func TestHTTPStreamedHeadNotHeld(t *testing.T) {
+	for _, tc := range []struct{ name, head, rest string }{
+		{"event stream", "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n", "9\r\ndata: 1\n\n\r\n0\r\n\r\n"},
+		{"until close", "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", "data: 1\n\n"},
+		{"content-length", "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "data: 1\n\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			headSeen := make(chan struct{})
+			up := hostileUpstream(t, func(c net.Conn, _ *bufio.Reader, _ string) bool {
+				io.WriteString(c, tc.head)
+				// The body comes once the client has the head, or after a
+				// backstop, so a gateway that holds the head fails below.
+				select {
+				case <-headSeen:
+				case <-time.After(20 * time.Second):
+				case <-t.Context().Done():
+				}
+				io.WriteString(c, tc.rest)
+				return false
+			})
+			gw := gatewayFor(t, up)
+			c, err := net.Dial("tcp", gw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "GET /events HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			head, err := readHead(br)
+			if err != nil {
+				t.Fatalf("no response head before the first body byte: %v", err)
+			}
+			close(headSeen)
+			if !strings.HasPrefix(head, "HTTP/1.1 200 ") {
+				t.Fatalf("head %q", head)
+			}
+			c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(strings.NewReader(head), br)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); body != "data: 1\n\n" {
+				t.Fatalf("body %q", body)
+			}
+		})
+	}
+}
+
 // A drain waits for a stream to an HTTP/1.0 client as for any response in
 // flight, though the gateway writes that one on a conn fasthttp no longer
 // serves.

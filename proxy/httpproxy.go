@@ -210,6 +210,13 @@ func (g *Gateway) relayResponse(ctx *fasthttp.RequestCtx, rt *Route, resp *fasth
 			body.trailersTo = &ctx.Response.Header
 		}
 	}
+	// With no body byte behind the head yet (an event stream's head, a
+	// slow answer's), the head goes out at once: a client waits on it
+	// (EventSource is "connecting" until it comes). With body bytes
+	// already here, head and body share one write, as before.
+	if s, ok := resp.BodyStream().(*upstreamStream); ok && !s.bodyBuffered() {
+		ctx.Response.ImmediateHeaderFlush = true
+	}
 	ctx.Response.SetBodyStream(body, size)
 }
 

@@ -311,6 +311,10 @@ func (s *upstreamStream) trailers() []byte {
 	return s.chunked.Trailers()
 }
 
+// bodyBuffered reports whether body bytes came in the reads that brought
+// the head.
+func (s *upstreamStream) bodyBuffered() bool { return s.br.Buffered() > 0 }
+
 // complete reports whether the body ended where its framing said.
 func (s *upstreamStream) complete() bool {
 	switch s.framing {
