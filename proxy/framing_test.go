@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsgate/wsgate/config"
 )
 
 // rawExchange sends request on a connection of its own and returns the
@@ -189,6 +192,66 @@ func TestHTTPStreamedHeadNotHeld(t *testing.T) {
 			}
 			if body := readAll(t, resp); body != "data: 1\n\n" {
 				t.Fatalf("body %q", body)
+			}
+		})
+	}
+}
+
+// An upload with Content-Length reaches the upstream as soon as its
+// first bytes came, not once several KiB did: a slow uploader's request
+// is seen (and may be refused) at once. On a TLS listener too, where the
+// client's bytes come through crypto/tls.
+func TestHTTPUploadHeadNotHeld(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	for _, tc := range []struct {
+		name string
+		tls  *config.TLS
+	}{
+		{"plain", nil},
+		{"tls", &config.TLS{Certificates: []config.Certificate{ca.server(t, "gw", 1, "gw.test")}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			heads := make(chan string, 1)
+			up := hostileUpstream(t, func(c net.Conn, br *bufio.Reader, head string) bool {
+				heads <- head
+				var n int64
+				fmt.Sscan(headerValues(head, "Content-Length")[0], &n)
+				if _, err := io.CopyN(io.Discard, br, n); err != nil {
+					return false
+				}
+				io.WriteString(c, ownAnswer("upload"))
+				return true
+			})
+			var c net.Conn
+			var err error
+			if tc.tls == nil {
+				c, err = net.Dial("tcp", gatewayFor(t, up))
+			} else {
+				g := startTLSGateway(t, up, tc.tls, nil)
+				c, err = tls.Dial("tcp", g.Addrs()[0].String(), &tls.Config{RootCAs: ca.Pool, ServerName: "gw.test"})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			const size = 100000
+			io.WriteString(c, fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: %d\r\n\r\nfirst", size))
+			select {
+			case head := <-heads:
+				if !strings.HasPrefix(head, "POST /upload HTTP/1.1\r\n") {
+					t.Fatalf("upstream got %q", head)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream got no request head while the client sent its first body bytes")
+			}
+			io.WriteString(c, strings.Repeat("u", size-len("first")))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != 200 || body != "for upload" {
+				t.Fatalf("status %d body %q", resp.StatusCode, body)
 			}
 		})
 	}

@@ -330,7 +330,17 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			// A request body (an upload, a long-poll POST) may take as long
 			// as the idle timeout, not the handshake timeout.
-			return fasthttp.RequestConfig{ReadTimeout: g.timeouts.idle}
+			//
+			// MaxRequestBodySize 1: before it calls the handler, fasthttp
+			// reads min(Content-Length, this limit, 8 KiB) bytes of a
+			// streamed body (readBodyWithStreaming), so a slow upload
+			// reached the upstream only once 8 KiB came. With 1, the
+			// handler runs at the first body byte (no setting makes it run
+			// at none). The limit bounds nothing else: a longer body is
+			// streamed all the same (ContinueReadBodyStream), as bodies
+			// over the default 4 MiB always were, and a chunked one is not
+			// read ahead at all.
+			return fasthttp.RequestConfig{ReadTimeout: g.timeouts.idle, MaxRequestBodySize: 1}
 		},
 		Logger: fasthttpLogger{g},
 		// A worker goroutine keeps the stack its last connection grew
@@ -379,12 +389,19 @@ type clientConn struct {
 	// clientReadEOF tells a request body the client cut at a chunk
 	// boundary from a complete one (see writeRequest).
 	clientReadEOF
+	// upload sends an upload's bytes on to the upstream before a read
+	// from the client may wait (see copyUpload).
+	upload uploadFlusher
 }
 
 // clientConnOf returns the clientConn under the conn a request came on,
 // or nil.
-func clientConnOf(ctx *fasthttp.RequestCtx) *clientConn {
-	switch c := ctx.Conn().(type) {
+func clientConnOf(ctx *fasthttp.RequestCtx) *clientConn { return clientConnUnder(ctx.Conn()) }
+
+// clientConnUnder returns the clientConn c is, or the one under TLS conn
+// c, or nil.
+func clientConnUnder(c net.Conn) *clientConn {
+	switch c := c.(type) {
 	case *clientConn:
 		return c
 	case *tlsterm.Conn:
@@ -415,6 +432,7 @@ func (c *clientConn) Close() error {
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
+	c.upload.flush()
 	n, err := c.pollConn.Read(p)
 	c.note(err)
 	return n, err

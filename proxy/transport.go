@@ -356,7 +356,7 @@ func writeRequest(bw *bufio.Writer, out *outgoing) error {
 	defer req.CloseBodyStream()
 	body := &uploadReader{r: req.BodyStream(), src: out.src}
 	if n := req.Header.ContentLength(); n >= 0 {
-		sent, err := io.CopyN(bw, body, int64(n))
+		sent, err := copyUpload(bw, body, int64(n), out.src.flusher())
 		switch {
 		case err == io.EOF:
 			return &clientBodyError{err: httpbody.ErrTruncated, sent: sent}
@@ -391,6 +391,58 @@ func writeRequest(bw *bufio.Writer, out *outgoing) error {
 	}
 }
 
+// copyUpload copies n bytes of a request body into bw, as io.CopyN would.
+// Before each read of the client's conn, which may wait, bw is flushed
+// (flusher, if not nil): the upstream gets a slow upload's head and first
+// bytes at once, while a body that came with its head still goes in the
+// same write (no read of the conn is needed for it).
+func copyUpload(bw *bufio.Writer, body io.Reader, n int64, flusher *uploadFlusher) (int64, error) {
+	if flusher != nil {
+		flusher.w = bw
+		defer func() { flusher.w = nil }()
+	}
+	buf := uploadBuffers.Get().(*[]byte)
+	defer uploadBuffers.Put(buf)
+	var sent int64
+	for sent < n {
+		m, err := body.Read((*buf)[:min(int64(len(*buf)), n-sent)])
+		if m > 0 {
+			if _, werr := bw.Write((*buf)[:m]); werr != nil {
+				return sent, werr
+			}
+			sent += int64(m)
+		}
+		if err != nil && (err != io.EOF || sent < n) {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+// uploadFlusher flushes, before each read of a client conn, the writer to
+// the upstream of the upload being read from it. Reads of a conn, and so
+// the flush, happen on the goroutine serving its request.
+type uploadFlusher struct{ w *bufio.Writer }
+
+// flush sends what w holds; a failure stays in w for its next write.
+func (f *uploadFlusher) flush() {
+	if f.w != nil {
+		f.w.Flush()
+	}
+}
+
+// flusher returns the uploadFlusher of the client's TCP conn (under TLS
+// too), or nil.
+func (u *uploadSource) flusher() *uploadFlusher {
+	if u == nil {
+		return nil
+	}
+	if cc := clientConnUnder(u.conn); cc != nil {
+		return &cc.upload
+	}
+	return nil
+}
+
 // uploadReader reads the client's request body for writeRequest. Its
 // errors are *clientBodyError, so a copy that fails can tell the client's
 // side from the upstream's.
@@ -420,7 +472,7 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// uploadBuffers hold a chunked upload between the client and the upstream.
+// uploadBuffers hold an upload between the client and the upstream.
 var uploadBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // clientReadEOF is set by a client conn whose read met the end of the
