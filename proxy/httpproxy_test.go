@@ -44,52 +44,13 @@ func readAll(t *testing.T, resp *http.Response) string {
 // bodiless request with respond(head) and keeps the conn open for more.
 func rawHTTPUpstream(t *testing.T, respond func(head string) string) (addr string, heads <-chan string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ch := make(chan string, 100)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
+	addr = hostileUpstream(t, func(c net.Conn, _ *bufio.Reader, head string) bool {
+		ch <- head
+		_, err := io.WriteString(c, respond(head))
+		return err == nil
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					head, err := readHead(br)
-					if err != nil {
-						return
-					}
-					ch <- head
-					if _, err := io.WriteString(c, respond(head)); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), ch
+	return addr, ch
 }
 
 // readHead reads one message head, up to and including the blank line.
@@ -573,31 +534,42 @@ func TestHTTPUnknownRoute(t *testing.T) {
 
 func TestHTTPKeepAliveReuse(t *testing.T) {
 	var newConns atomic.Int32
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	gw := gatewayFor(t, serveQueryEcho(t, listenLocal(t), &newConns))
+	sequentialGets(t, gw, 200)
+	if n := newConns.Load(); n > 3 {
+		t.Errorf("upstream saw %d connections for 200 sequential requests, want <= 3", n)
 	}
+}
+
+// serveQueryEcho serves on ln, until the test ends, an upstream that
+// answers each request with its query and counts the connections it is
+// served on; it returns ln's address.
+func serveQueryEcho(t *testing.T, ln net.Listener, conns *atomic.Int32) string {
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.RawQuery) }),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateNew {
-				newConns.Add(1)
+				conns.Add(1)
 			}
 		},
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	gw := gatewayFor(t, ln.Addr().String())
+	return ln.Addr().String()
+}
 
-	// One client connection, requests one after another.
+// sequentialGets sends n GETs one after another on one client connection
+// to the gateway at gw, each checked to get its own query back.
+func sequentialGets(t *testing.T, gw string, n int) {
+	t.Helper()
 	c, err := net.Dial("tcp", gw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
 	br := bufio.NewReader(c)
-	for i := range 200 {
+	for i := range n {
 		fmt.Fprintf(c, "GET /?n=%d HTTP/1.1\r\nHost: gw.test\r\n\r\n", i)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -606,9 +578,6 @@ func TestHTTPKeepAliveReuse(t *testing.T) {
 		if body := readAll(t, resp); resp.StatusCode != 200 || body != fmt.Sprintf("n=%d", i) {
 			t.Fatalf("request %d: status %d body %q", i, resp.StatusCode, body)
 		}
-	}
-	if n := newConns.Load(); n > 3 {
-		t.Errorf("upstream saw %d connections for 200 sequential requests, want <= 3", n)
 	}
 }
 

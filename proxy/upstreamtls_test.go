@@ -435,36 +435,9 @@ func TestUpstreamTLSOneByteRecords(t *testing.T) {
 func TestUpstreamTLSKeepAliveReuse(t *testing.T) {
 	ca := newTestCA(t, "backend CA")
 	var newConns atomic.Int32
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.RawQuery) }),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				newConns.Add(1)
-			}
-		},
-	}
-	ln := tlsBackend(t, ca, "backend.test", nil)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, ln.Addr().String())
-	gw := startGateway(t, cfg).Addrs()[0].String()
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	br := bufio.NewReader(c)
-	for i := range 50 {
-		fmt.Fprintf(c, "GET /?n=%d HTTP/1.1\r\nHost: gw.test\r\n\r\n", i)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		if body := readAll(t, resp); resp.StatusCode != 200 || body != fmt.Sprintf("n=%d", i) {
-			t.Fatalf("request %d: status %d body %q", i, resp.StatusCode, body)
-		}
-	}
+	up := serveQueryEcho(t, tlsBackend(t, ca, "backend.test", nil), &newConns)
+	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)
+	sequentialGets(t, startGateway(t, cfg).Addrs()[0].String(), 50)
 	if n := newConns.Load(); n > 3 {
 		t.Errorf("the TLS upstream saw %d connections for 50 sequential requests, want <= 3", n)
 	}
