@@ -194,3 +194,41 @@ func TestHalfClose(t *testing.T) {
 		t.Fatalf("after upstream closed: %v, want EOF", err)
 	}
 }
+
+// Handshakes a backend could read otherwise than the gateway checked
+// them are refused at the edge, and never reach the backend.
+func TestAmbiguousHandshakesRefused(t *testing.T) {
+	up, heads := handshakeRecorder(t, "")
+	gw := gatewayFor(t, up)
+	const start = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	const version, key = "Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key: " + testKey + "\r\n"
+	for _, tc := range []struct{ name, request, reason string }{
+		// Joined to X-A by the gateway, a header of its own for many
+		// backends, ahead of the gateway's X-Forwarded-For.
+		{"obs-fold", start + version + key + "X-A: a\r\n X-Forwarded-For: 6.6.6.6\r\n\r\n", "obs-fold"},
+		{"obs-fold with a tab", start + version + key + "X-A: a\r\n\tb\r\n\r\n", "obs-fold"},
+		{"space in a name", start + version + key + "X Forwarded-For: 6.6.6.6\r\n\r\n", `"X Forwarded-For"`},
+		{"Transfer Encoding", start + version + key + "Transfer Encoding: chunked\r\n\r\n", `"Transfer Encoding"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := sendHandshake(t, gw, tc.request)
+			if resp.StatusCode != 400 {
+				t.Fatalf("status %d %q, want 400", resp.StatusCode, body)
+			}
+			mustContain(t, body, tc.reason)
+			if strings.Count(body, "\n") != 1 {
+				t.Errorf("reason %q is not one line", body)
+			}
+			// A forwarded head would be on heads before any answer came.
+			select {
+			case head := <-heads:
+				t.Fatalf("the handshake reached the backend:\n%s", head)
+			default:
+			}
+		})
+	}
+	// The backend is reachable: the refusals were the gateway's.
+	if resp, body := sendHandshake(t, gw, start+version+key+"\r\n"); resp.StatusCode != 101 {
+		t.Fatalf("a good handshake after them: status %d %q", resp.StatusCode, body)
+	}
+}

@@ -61,13 +61,19 @@ type handshakeError struct {
 }
 
 // checkClientHandshake validates an upgrade request against RFC 6455
-// section 4.2.1 and returns the client's key, or why it is refused.
+// section 4.2.1 and returns the client's key, or why it is refused. It
+// also refuses what the backend could read otherwise than the gateway
+// checked it: header lines the gateway forwards as they came but a
+// backend may split or join differently.
 func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshakeError) {
 	if !h.IsGet() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must use GET, not " + string(h.Method())}
 	}
 	if !h.IsHTTP11() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1, got " + string(h.Protocol())}
+	}
+	if problem := headerLineProblem(h.RawHeaders()); problem != "" {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake with " + problem}
 	}
 	if v := peekFold(h, "Sec-WebSocket-Version"); string(v) != "13" {
 		if len(v) == 0 {

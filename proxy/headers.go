@@ -5,6 +5,7 @@ import (
 	"iter"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -121,7 +122,9 @@ func remoteIP(a net.Addr) string {
 // forward upstream: the request line, then the client's headers in their
 // original order and spelling (from the raw head fasthttp kept), minus the
 // hop-by-hop ones, with "Connection: Upgrade" and the client's Upgrade line
-// kept, then the X-Forwarded-* headers.
+// kept, then the X-Forwarded-* headers. The head must have passed
+// checkClientHandshake: its lines are then the fields fasthttp parsed,
+// one each, so the backend reads them as the gateway did.
 func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) []byte {
 	dst = append(dst, "GET "...)
 	dst = append(dst, h.RequestURI()...)
@@ -186,6 +189,49 @@ func forEachRawHeader(raw []byte, fn func(name, value, line []byte)) {
 		}
 		fn(bytes.TrimRight(line[:colon], " \t"), bytes.Trim(line[colon+1:], " \t"), line)
 	}
+}
+
+// headerLineProblem says what in a raw block of header lines (up to the
+// blank line ending a head) a recipient may read otherwise than fasthttp
+// did, or "" if nothing. The gateway forwards the lines as they came, so
+// they must be the fields it parsed and checked:
+//   - an obs-fold line (one that begins with a space or tab, RFC 9112
+//     section 5.2) is joined to the field above by fasthttp, but read as a
+//     field of its own by servers that do not unfold, so " X-Forwarded-For:
+//     6.6.6.6" would reach them ahead of the gateway's own;
+//   - a name that is not a token (RFC 9110 section 5.6.2), such as
+//     "X Forwarded-For" or "Transfer Encoding", which fasthttp keeps as a
+//     name of its own but other servers cut at the space or read with a
+//     dash in its place.
+func headerLineProblem(raw []byte) string {
+	for len(raw) > 0 {
+		var line []byte
+		line, raw, _ = bytes.Cut(raw, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			return "" // the blank line ending the head
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return "a header line folded onto the one above (obs-fold)"
+		}
+		name, _, found := bytes.Cut(line, []byte(":"))
+		if !found || !isToken(name) {
+			return "an invalid header name " + strconv.Quote(string(name))
+		}
+	}
+	return ""
+}
+
+// isToken reports whether s is an RFC 9110 token (section 5.6.2), as a
+// header name must be.
+func isToken(s []byte) bool {
+	for _, c := range s {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return len(s) > 0
 }
 
 // headerSet is what request and response headers share for deleting by

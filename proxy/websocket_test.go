@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -211,4 +212,52 @@ func TestPlainTunnelsGoToTheRelay(t *testing.T) {
 			t.Errorf("tunnel is a %T, want *relayedTunnel", tn)
 		}
 	}
+}
+
+// handshakeRecorder is a raw WebSocket backend that sends every handshake
+// head it receives, as bytes, to heads, answers it with a correct 101
+// carrying the extra header lines (each ending in CRLF), and then holds
+// the conn until the gateway closes it.
+func handshakeRecorder(t *testing.T, extra string) (addr string, heads <-chan string) {
+	t.Helper()
+	ch := make(chan string, 64)
+	addr = hostileUpstream(t, func(c net.Conn, br *bufio.Reader, head string) bool {
+		ch <- head
+		key := ""
+		if keys := headerValues(head, "Sec-WebSocket-Key"); len(keys) > 0 {
+			key = keys[0]
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Accept: "+AcceptKey(key)+"\r\n"+extra+"\r\n")
+		io.Copy(io.Discard, br)
+		return false
+	})
+	return addr, ch
+}
+
+// sendHandshake sends request to the gateway at addr on a conn of its own
+// and returns the answer's head and, unless it is a 101, its body.
+func sendHandshake(t *testing.T, addr, request string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(rawReadLimit))
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", request, err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp, ""
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body of a %d: %v", resp.StatusCode, err)
+	}
+	return resp, string(body)
 }
