@@ -148,8 +148,8 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
-		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames),
-			f.certHeaders.has(name):
+		case isOneOf(name, hopByHop), isOneOf(name, forwardedNames), f.certHeaders.has(name),
+			isOneOf(name, dropped) && !handshakeField(name):
 		default:
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
@@ -189,6 +189,20 @@ func forEachRawHeader(raw []byte, fn func(name, value, line []byte)) {
 		}
 		fn(bytes.TrimRight(line[:colon], " \t"), bytes.Trim(line[colon+1:], " \t"), line)
 	}
+}
+
+// handshakeField reports whether name is a header a WebSocket handshake
+// is read by, which a Connection header cannot make hop-by-hop: Host (the
+// route was chosen by it), Origin (the backend's cross-site check), Cookie
+// (sessions, the sticky cookie) and Sec-WebSocket-* (the key, version,
+// subprotocols and extensions its 101 must answer). RFC 9110 section
+// 7.6.1 forbids listing such end-to-end fields as connection options;
+// dropping them would change what the backend is asked.
+func handshakeField(name []byte) bool {
+	const prefix = "Sec-WebSocket-"
+	return bytes.EqualFold(name, []byte("Host")) || bytes.EqualFold(name, []byte("Origin")) ||
+		bytes.EqualFold(name, []byte("Cookie")) ||
+		len(name) > len(prefix) && bytes.EqualFold(name[:len(prefix)], []byte(prefix))
 }
 
 // headerLineProblem says what in a raw block of header lines (up to the

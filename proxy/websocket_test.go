@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -260,4 +261,45 @@ func sendHandshake(t *testing.T, addr, request string) (*http.Response, string) 
 		t.Fatalf("reading the body of a %d: %v", resp.StatusCode, err)
 	}
 	return resp, string(body)
+}
+
+// A Connection header may list hop-by-hop headers for the gateway to
+// drop, but not the ones the handshake means something by: the backend
+// still gets Host, Origin, Cookie and every Sec-WebSocket-* header.
+func TestConnectionCannotStripEndToEndHeaders(t *testing.T) {
+	kept := []string{
+		"Host: app.test",
+		"Origin: https://app.test",
+		"Cookie: session=1",
+		"Sec-WebSocket-Key: " + testKey,
+		"Sec-WebSocket-Version: 13",
+		"Sec-WebSocket-Protocol: chat",
+	}
+	for _, connection := range []string{
+		"Upgrade, Host",
+		"Upgrade, Origin, Cookie",
+		"Upgrade, Sec-WebSocket-Key",
+		"upgrade, sec-websocket-version, Sec-WebSocket-Protocol, X-Hop",
+	} {
+		t.Run(connection, func(t *testing.T) {
+			up, heads := handshakeRecorder(t, "")
+			gw := gatewayFor(t, up)
+			req := "GET / HTTP/1.1\r\nConnection: " + connection + "\r\nUpgrade: websocket\r\n" +
+				strings.Join(kept, "\r\n") + "\r\nX-Hop: 1\r\n\r\n"
+			resp, body := sendHandshake(t, gw, req)
+			if resp.StatusCode != 101 {
+				t.Fatalf("status %d %q, want 101", resp.StatusCode, body)
+			}
+			head := recvHead(t, heads)
+			lines := headLines(head)
+			for _, want := range kept {
+				if !slices.Contains(lines, want) {
+					t.Errorf("%q did not reach the backend:\n%s", want, head)
+				}
+			}
+			if strings.Contains(connection, "X-Hop") && len(headerValues(head, "X-Hop")) > 0 {
+				t.Errorf("X-Hop, listed in Connection, reached the backend:\n%s", head)
+			}
+		})
+	}
 }
