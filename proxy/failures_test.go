@@ -209,6 +209,9 @@ func TestAmbiguousHandshakesRefused(t *testing.T) {
 		{"obs-fold with a tab", start + version + key + "X-A: a\r\n\tb\r\n\r\n", "obs-fold"},
 		{"space in a name", start + version + key + "X Forwarded-For: 6.6.6.6\r\n\r\n", `"X Forwarded-For"`},
 		{"Transfer Encoding", start + version + key + "Transfer Encoding: chunked\r\n\r\n", `"Transfer Encoding"`},
+		{"two keys", start + version + key + "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n", "more than one Sec-WebSocket-Key"},
+		{"one key twice", start + version + key + key + "\r\n", "more than one Sec-WebSocket-Key"},
+		{"two versions", start + version + key + "Sec-WebSocket-Version: 8\r\n\r\n", "more than one Sec-WebSocket-Version"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := sendHandshake(t, gw, tc.request)

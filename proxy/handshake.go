@@ -64,7 +64,8 @@ type handshakeError struct {
 // section 4.2.1 and returns the client's key, or why it is refused. It
 // also refuses what the backend could read otherwise than the gateway
 // checked it: header lines the gateway forwards as they came but a
-// backend may split or join differently.
+// backend may split or join differently, and a second key or version
+// (only one was checked).
 func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshakeError) {
 	if !h.IsGet() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must use GET, not " + string(h.Method())}
@@ -75,13 +76,20 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 	if problem := headerLineProblem(h.RawHeaders()); problem != "" {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake with " + problem}
 	}
-	if v := peekFold(h, "Sec-WebSocket-Version"); string(v) != "13" {
+	v, n := onlyFold(h, "Sec-WebSocket-Version")
+	if n > 1 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "more than one Sec-WebSocket-Version"}
+	}
+	if string(v) != "13" {
 		if len(v) == 0 {
 			return "", &handshakeError{fasthttp.StatusUpgradeRequired, "missing Sec-WebSocket-Version; this gateway speaks version 13"}
 		}
 		return "", &handshakeError{fasthttp.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + string(v) + "; this gateway speaks version 13"}
 	}
-	raw := peekFold(h, "Sec-WebSocket-Key")
+	raw, n := onlyFold(h, "Sec-WebSocket-Key")
+	if n > 1 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "more than one Sec-WebSocket-Key"}
+	}
 	if len(raw) == 0 {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "missing Sec-WebSocket-Key"}
 	}
@@ -91,6 +99,20 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
 	}
 	return string(raw), nil
+}
+
+// onlyFold returns the first value of the header called name in any
+// spelling, and how many such headers there are.
+func onlyFold(h *fasthttp.RequestHeader, name string) (first []byte, n int) {
+	h.VisitAll(func(k, v []byte) {
+		if bytes.EqualFold(k, []byte(name)) {
+			if n == 0 {
+				first = v
+			}
+			n++
+		}
+	})
+	return first, n
 }
 
 // peekFold returns the first value of the header called name in any
