@@ -200,7 +200,8 @@ func TestHalfClose(t *testing.T) {
 func TestAmbiguousHandshakesRefused(t *testing.T) {
 	up, heads := handshakeRecorder(t, "")
 	gw := gatewayFor(t, up)
-	const start = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	const headers = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	const start = "GET / HTTP/1.1\r\n" + headers
 	const version, key = "Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key: " + testKey + "\r\n"
 	for _, tc := range []struct{ name, request, reason string }{
 		// Joined to X-A by the gateway, a header of its own for many
@@ -212,6 +213,10 @@ func TestAmbiguousHandshakesRefused(t *testing.T) {
 		{"two keys", start + version + key + "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n", "more than one Sec-WebSocket-Key"},
 		{"one key twice", start + version + key + key + "\r\n", "more than one Sec-WebSocket-Key"},
 		{"two versions", start + version + key + "Sec-WebSocket-Version: 8\r\n\r\n", "more than one Sec-WebSocket-Version"},
+		{"asterisk form", "GET * HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
+		{"absolute form without a host", "GET http://u@/ HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
+		// fasthttp reads the path's start as an authority, "a:".
+		{"path read as a URI", "GET //a://b/c HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := sendHandshake(t, gw, tc.request)

@@ -63,15 +63,18 @@ type handshakeError struct {
 // checkClientHandshake validates an upgrade request against RFC 6455
 // section 4.2.1 and returns the client's key, or why it is refused. It
 // also refuses what the backend could read otherwise than the gateway
-// checked it: header lines the gateway forwards as they came but a
-// backend may split or join differently, and a second key or version
-// (only one was checked).
+// checked and routed it: header lines the gateway forwards as they came
+// but a backend may split or join differently, a second key or version
+// (only one was checked), and a target that cannot be sent in origin form.
 func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshakeError) {
 	if !h.IsGet() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must use GET, not " + string(h.Method())}
 	}
 	if !h.IsHTTP11() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1, got " + string(h.Protocol())}
+	}
+	if !forwardableTarget(h.RequestURI()) {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake target must be a path (/chat) or an absolute URI (http://host/chat)"}
 	}
 	if problem := headerLineProblem(h.RawHeaders()); problem != "" {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake with " + problem}
@@ -99,6 +102,19 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
 	}
 	return string(raw), nil
+}
+
+// forwardableTarget reports whether a request target can be sent
+// upstream in origin form (see originForm): a path, or an absolute URI
+// whose host, which the route was chosen by, can be the Host sent with it
+// (RFC 9110 section 4.2.1 has no http URI of an empty host).
+func forwardableTarget(target []byte) bool {
+	_, absolute, ok := originForm(target)
+	if ok && absolute {
+		var u fasthttp.URI
+		ok = u.Parse(nil, target) == nil && len(u.Host()) > 0
+	}
+	return ok
 }
 
 // onlyFold returns the first value of the header called name in any

@@ -125,9 +125,14 @@ func remoteIP(a net.Addr) string {
 // kept, then the X-Forwarded-* headers. The head must have passed
 // checkClientHandshake: its lines are then the fields fasthttp parsed,
 // one each, so the backend reads them as the gateway did.
+//
+// A target in absolute form is sent in origin form, with the host the
+// route was chosen by (f.host) as Host, so the backend is asked for what
+// the gateway routed.
 func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) []byte {
+	target, absolute, _ := originForm(h.RequestURI())
 	dst = append(dst, "GET "...)
-	dst = append(dst, h.RequestURI()...)
+	dst = append(dst, target...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 
 	raw := h.RawHeaders()
@@ -147,6 +152,11 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 			}
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			dst = append(dst, line...)
+			dst = append(dst, "\r\n"...)
+		case absolute && bytes.EqualFold(name, []byte("Host")):
+			dst = append(dst, name...)
+			dst = append(dst, ": "...)
+			dst = append(dst, f.host...)
 			dst = append(dst, "\r\n"...)
 		case isOneOf(name, hopByHop), isOneOf(name, forwardedNames), f.certHeaders.has(name),
 			isOneOf(name, dropped) && !handshakeField(name):
@@ -203,6 +213,37 @@ func handshakeField(name []byte) bool {
 	return bytes.EqualFold(name, []byte("Host")) || bytes.EqualFold(name, []byte("Origin")) ||
 		bytes.EqualFold(name, []byte("Cookie")) ||
 		len(name) > len(prefix) && bytes.EqualFold(name[:len(prefix)], []byte(prefix))
+}
+
+// originForm returns the request target to send upstream in place of the
+// client's, and whether the client's was in absolute form. fasthttp reads
+// a target that holds "://" and no '/' before its first "//" as absolute
+// form and takes its host, not Host, for ctx.Host(), which the route is
+// chosen by (RFC 9112 section 3.2.2); this splits it the same way
+// (URI.parse and splitHostURI in fasthttp's uri.go) and keeps what follows
+// the authority. ok is false for a target that has no origin form: "*",
+// and a path beginning with "//" that holds "://", which fasthttp would
+// read as a URI of an empty scheme.
+func originForm(target []byte) (origin []byte, absolute, ok bool) {
+	if !bytes.Contains(target, []byte("://")) {
+		return target, false, len(target) > 0 && target[0] == '/'
+	}
+	n := bytes.Index(target, []byte("//"))
+	if n > 0 && bytes.IndexByte(target[:n], '/') >= 0 {
+		return target, false, target[0] == '/'
+	}
+	if n == 0 {
+		return nil, false, false
+	}
+	rest := target[n+2:]
+	i := bytes.IndexAny(rest, "/?#")
+	switch {
+	case i < 0:
+		return []byte("/"), true, true
+	case rest[i] == '/':
+		return rest[i:], true, true
+	}
+	return append([]byte("/"), rest[i:]...), true, true
 }
 
 // headerLineProblem says what in a raw block of header lines (up to the

@@ -303,3 +303,28 @@ func TestConnectionCannotStripEndToEndHeaders(t *testing.T) {
 		})
 	}
 }
+
+// An absolute-form handshake is routed by its target's authority (RFC
+// 9112 section 3.2.2), so the backend gets that authority as Host and the
+// target in origin form, as any backend expects from a gateway.
+func TestAbsoluteFormHandshake(t *testing.T) {
+	up, heads := handshakeRecorder(t, "")
+	cfg := configFor(up)
+	cfg.Routes[0].Host = "other.host" // a Host: x route would be a 404
+	gw := startGateway(t, cfg).Addrs()[0].String()
+	resp, body := sendHandshake(t, gw, "GET http://Other.Host/chat?room=1 HTTP/1.1\r\nHost: x\r\n"+
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "+testKey+"\r\n\r\n")
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d %q, want 101", resp.StatusCode, body)
+	}
+	head := recvHead(t, heads)
+	if line, _, _ := strings.Cut(head, "\r\n"); line != "GET /chat?room=1 HTTP/1.1" {
+		t.Errorf("request line %q, want origin form", line)
+	}
+	if hosts := headerValues(head, "Host"); !slices.Equal(hosts, []string{"other.host"}) {
+		t.Errorf("Host %q, want the one the route was chosen by:\n%s", hosts, head)
+	}
+	if fh := headerValues(head, "X-Forwarded-Host"); !slices.Equal(fh, []string{"other.host"}) {
+		t.Errorf("X-Forwarded-Host %q:\n%s", fh, head)
+	}
+}
