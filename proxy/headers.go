@@ -250,6 +250,8 @@ func originForm(target []byte) (origin []byte, absolute, ok bool) {
 // blank line ending a head) a recipient may read otherwise than fasthttp
 // did, or "" if nothing. The gateway forwards the lines as they came, so
 // they must be the fields it parsed and checked:
+//   - a blank line before the last, which ends the head early for readers
+//     that take a bare LF for a line end;
 //   - an obs-fold line (one that begins with a space or tab, RFC 9112
 //     section 5.2) is joined to the field above by fasthttp, but read as a
 //     field of its own by servers that do not unfold, so " X-Forwarded-For:
@@ -257,21 +259,32 @@ func originForm(target []byte) (origin []byte, absolute, ok bool) {
 //   - a name that is not a token (RFC 9110 section 5.6.2), such as
 //     "X Forwarded-For" or "Transfer Encoding", which fasthttp keeps as a
 //     name of its own but other servers cut at the space or read with a
-//     dash in its place.
+//     dash in its place;
+//   - a control character other than a tab in a value (RFC 9110 section
+//     5.5): a lone CR ends the line for some readers. fasthttp refuses
+//     these in a request; an upstream's 101 is checked here only.
 func headerLineProblem(raw []byte) string {
 	for len(raw) > 0 {
 		var line []byte
 		line, raw, _ = bytes.Cut(raw, []byte("\n"))
 		line = bytes.TrimSuffix(line, []byte("\r"))
 		if len(line) == 0 {
+			if len(raw) > 0 {
+				// A bare LF ended a line: the head ends here for
+				// readers that accept one, later for the gateway's.
+				return "a blank line inside the head"
+			}
 			return "" // the blank line ending the head
 		}
 		if line[0] == ' ' || line[0] == '\t' {
 			return "a header line folded onto the one above (obs-fold)"
 		}
-		name, _, found := bytes.Cut(line, []byte(":"))
+		name, value, found := bytes.Cut(line, []byte(":"))
 		if !found || !isToken(name) {
 			return "an invalid header name " + strconv.Quote(string(name))
+		}
+		if bytes.ContainsFunc(value, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+			return "a control character in header " + strconv.Quote(string(name))
 		}
 	}
 	return ""
