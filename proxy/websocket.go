@@ -130,7 +130,10 @@ func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
 			if cap(buf) >= maxResponseHead {
 				return nil, errHeadTooLarge
 			}
-			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+			// Grown by hand: append would round the capacity up to a
+			// size class (80 KiB), and the limit with it.
+			grown := make([]byte, len(buf), min(2*cap(buf), maxResponseHead))
+			buf = grown[:copy(grown, buf)]
 		}
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]

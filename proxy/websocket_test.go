@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -326,5 +327,30 @@ func TestAbsoluteFormHandshake(t *testing.T) {
 	}
 	if fh := headerValues(head, "X-Forwarded-Host"); !slices.Equal(fh, []string{"other.host"}) {
 		t.Errorf("X-Forwarded-Host %q:\n%s", fh, head)
+	}
+}
+
+// The head of a 101 may be at most 64 KiB (README, step 7), as
+// maxResponseHead says.
+func TestUpstream101HeadLimit(t *testing.T) {
+	for _, tc := range []struct {
+		size   int
+		status int
+	}{
+		{maxResponseHead, 101},
+		{maxResponseHead + 1, 502},
+	} {
+		t.Run(strconv.Itoa(tc.size), func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+				head := strings.TrimSuffix(switchingProtocols(req), "\r\n")
+				pad := tc.size - len(head) - len("X-Pad: \r\n\r\n")
+				io.WriteString(c, head+"X-Pad: "+strings.Repeat("p", pad)+"\r\n\r\n")
+				br.ReadByte() // hold the conn until the gateway closes it
+			})
+			resp, body := sendHandshake(t, gatewayFor(t, up), handshakeRequest("x", "/"))
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%d-byte head: status %d %q, want %d", tc.size, resp.StatusCode, body, tc.status)
+			}
+		})
 	}
 }
