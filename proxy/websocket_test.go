@@ -354,3 +354,40 @@ func TestUpstream101HeadLimit(t *testing.T) {
 		})
 	}
 }
+
+// FuzzResponseHead: a 101 the gateway takes for a good answer to a
+// handshake, and relays byte for byte, reads the same to a client that is
+// not the gateway (net/http's reader, as fasthttp/websocket's Dialer uses):
+// a 101 in HTTP/1.1 with Upgrade: websocket, Connection: upgrade and one
+// Sec-WebSocket-Accept, the right one.
+func FuzzResponseHead(f *testing.F) {
+	accept := AcceptKey(testKey)
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 101\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\nsec-websocket-accept:" + accept + "\r\nX-A: a\r\n\r\n\x81\x01a"))
+	f.Add([]byte("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno"))
+	for _, b := range broken101s {
+		f.Add([]byte(b.answer(accept)))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		end := bytes.Index(raw, []byte("\r\n\r\n"))
+		if end < 0 {
+			return
+		}
+		head := raw[:end+4]
+		r, err := parseResponseHead(raw, len(head))
+		if err != nil || r.status != 101 || r.problem101(testKey) != "" {
+			return
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), nil)
+		if err != nil {
+			t.Fatalf("a 101 relayed as good is unreadable to net/http: %v\n%q", err, head)
+		}
+		if resp.StatusCode != 101 || resp.ProtoMajor != 1 || resp.ProtoMinor != 1 ||
+			!slices.Equal(resp.Header.Values("Sec-WebSocket-Accept"), []string{accept}) ||
+			!strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
+			!hasToken([]byte(strings.Join(resp.Header.Values("Connection"), ",")), "upgrade") {
+			t.Fatalf("relayed as a good 101, read by net/http as %d HTTP/%d.%d %q:\n%q",
+				resp.StatusCode, resp.ProtoMajor, resp.ProtoMinor, resp.Header, head)
+		}
+	})
+}
