@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,6 +74,10 @@ func TestUpstreamHandshakeFailures(t *testing.T) {
 		}, 502},
 		{"garbage answer", func(c net.Conn, _ *bufio.Reader, _ *http.Request) {
 			io.WriteString(c, "SSH-2.0-OpenSSH\r\n\r\n")
+		}, 502},
+		{"four-digit status", func(c net.Conn, br *bufio.Reader, req *http.Request) {
+			io.WriteString(c, strings.Replace(switchingProtocols(req), " 101 ", " 1011 ", 1))
+			br.ReadByte() // hold the conn until the gateway closes it
 		}, 502},
 		{"never answers", func(c net.Conn, br *bufio.Reader, _ *http.Request) {
 			br.ReadByte() // blocks until the gateway gives up and closes
@@ -192,5 +197,110 @@ func TestHalfClose(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("after upstream closed: %v, want EOF", err)
+	}
+}
+
+// Handshakes a backend could read otherwise than the gateway checked
+// them are refused at the edge, and never reach the backend.
+func TestAmbiguousHandshakesRefused(t *testing.T) {
+	up, heads := handshakeRecorder(t, "")
+	gw := gatewayFor(t, up)
+	const headers = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	const start = "GET / HTTP/1.1\r\n" + headers
+	const version, key = "Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key: " + testKey + "\r\n"
+	for _, tc := range []struct{ name, request, reason string }{
+		// Joined to X-A by the gateway, a header of its own for many
+		// backends, ahead of the gateway's X-Forwarded-For.
+		{"obs-fold", start + version + key + "X-A: a\r\n X-Forwarded-For: 6.6.6.6\r\n\r\n", "obs-fold"},
+		{"obs-fold with a tab", start + version + key + "X-A: a\r\n\tb\r\n\r\n", "obs-fold"},
+		{"space in a name", start + version + key + "X Forwarded-For: 6.6.6.6\r\n\r\n", `"X Forwarded-For"`},
+		{"Transfer Encoding", start + version + key + "Transfer Encoding: chunked\r\n\r\n", `"Transfer Encoding"`},
+		{"two keys", start + version + key + "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n", "more than one Sec-WebSocket-Key"},
+		{"one key twice", start + version + key + key + "\r\n", "more than one Sec-WebSocket-Key"},
+		{"two versions", start + version + key + "Sec-WebSocket-Version: 8\r\n\r\n", "more than one Sec-WebSocket-Version"},
+		{"asterisk form", "GET * HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
+		{"absolute form without a host", "GET http://u@/ HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
+		// fasthttp reads the path's start as an authority, "a:".
+		{"path read as a URI", "GET //a://b/c HTTP/1.1\r\n" + headers + version + key + "\r\n", "target"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := sendHandshake(t, gw, tc.request)
+			if resp.StatusCode != 400 {
+				t.Fatalf("status %d %q, want 400", resp.StatusCode, body)
+			}
+			mustContain(t, body, tc.reason)
+			if strings.Count(body, "\n") != 1 {
+				t.Errorf("reason %q is not one line", body)
+			}
+			// A forwarded head would be on heads before any answer came.
+			select {
+			case head := <-heads:
+				t.Fatalf("the handshake reached the backend:\n%s", head)
+			default:
+			}
+		})
+	}
+	// The backend is reachable: the refusals were the gateway's.
+	if resp, body := sendHandshake(t, gw, start+version+key+"\r\n"); resp.StatusCode != 101 {
+		t.Fatalf("a good handshake after them: status %d %q", resp.StatusCode, body)
+	}
+}
+
+// broken101s are answers to a handshake that no client may take (RFC 6455
+// section 4.1), each with the Sec-WebSocket-Accept that key calls for.
+var broken101s = []struct {
+	name   string
+	answer func(accept string) string
+}{
+	{"two accepts, the first wrong", func(accept string) string {
+		return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"
+	}},
+	{"HTTP/1.0", func(accept string) string {
+		return "HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"
+	}},
+	{"no Upgrade", func(accept string) string {
+		return "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"
+	}},
+	{"Upgrade: h2c", func(accept string) string {
+		return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"
+	}},
+	{"no Connection: Upgrade", func(accept string) string {
+		return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"
+	}},
+	{"obs-fold", func(accept string) string {
+		return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n Set-Cookie: a=1\r\n\r\n"
+	}},
+}
+
+// A broken 101 is a failed try: the client never sees it, and the next
+// server is tried, as for a wrong Sec-WebSocket-Accept.
+func TestBroken101RetriedOnAnotherServer(t *testing.T) {
+	for _, tc := range broken101s {
+		t.Run(tc.name, func(t *testing.T) {
+			var hits atomic.Int32
+			broken := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+				hits.Add(1)
+				io.WriteString(c, tc.answer(AcceptKey(req.Header.Get("Sec-WebSocket-Key"))))
+				br.ReadByte() // hold the conn until the gateway closes it
+			})
+			good, _ := handshakeRecorder(t, "X-Server: good\r\n")
+			gw := gatewayFor(t, broken, good)
+			for i := 0; hits.Load() == 0; i++ {
+				if i == 10 {
+					t.Fatal("10 handshakes, none tried the broken server")
+				}
+				resp, body := sendHandshake(t, gw, handshakeRequest("x", "/"))
+				if resp.StatusCode != 101 || resp.Header.Get("X-Server") != "good" {
+					t.Fatalf("handshake %d: status %d %q, X-Server %q: want the good server's 101",
+						i, resp.StatusCode, body, resp.Header.Get("X-Server"))
+				}
+			}
+			// Alone, the broken server gives a 502 with a reason.
+			resp, body := sendHandshake(t, gatewayFor(t, broken), handshakeRequest("x", "/"))
+			if resp.StatusCode != 502 || body == "" {
+				t.Fatalf("alone: status %d %q, want 502 with a reason", resp.StatusCode, body)
+			}
+		})
 	}
 }

@@ -61,7 +61,11 @@ type handshakeError struct {
 }
 
 // checkClientHandshake validates an upgrade request against RFC 6455
-// section 4.2.1 and returns the client's key, or why it is refused.
+// section 4.2.1 and returns the client's key, or why it is refused. It
+// also refuses what the backend could read otherwise than the gateway
+// checked and routed it: header lines the gateway forwards as they came
+// but a backend may split or join differently, a second key or version
+// (only one was checked), and a target that cannot be sent in origin form.
 func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshakeError) {
 	if !h.IsGet() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must use GET, not " + string(h.Method())}
@@ -69,13 +73,26 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 	if !h.IsHTTP11() {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake needs HTTP/1.1, got " + string(h.Protocol())}
 	}
-	if v := peekFold(h, "Sec-WebSocket-Version"); string(v) != "13" {
+	if !forwardableTarget(h.RequestURI()) {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake target must be a path (/chat) or an absolute URI (http://host/chat)"}
+	}
+	if problem := headerLineProblem(h.RawHeaders()); problem != "" {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake with " + problem}
+	}
+	v, n := onlyFold(h, "Sec-WebSocket-Version")
+	if n > 1 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "more than one Sec-WebSocket-Version"}
+	}
+	if string(v) != "13" {
 		if len(v) == 0 {
 			return "", &handshakeError{fasthttp.StatusUpgradeRequired, "missing Sec-WebSocket-Version; this gateway speaks version 13"}
 		}
 		return "", &handshakeError{fasthttp.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version " + string(v) + "; this gateway speaks version 13"}
 	}
-	raw := peekFold(h, "Sec-WebSocket-Key")
+	raw, n := onlyFold(h, "Sec-WebSocket-Key")
+	if n > 1 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "more than one Sec-WebSocket-Key"}
+	}
 	if len(raw) == 0 {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "missing Sec-WebSocket-Key"}
 	}
@@ -85,6 +102,33 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
 	}
 	return string(raw), nil
+}
+
+// forwardableTarget reports whether a request target can be sent
+// upstream in origin form (see originForm): a path, or an absolute URI
+// whose host, which the route was chosen by, can be the Host sent with it
+// (RFC 9110 section 4.2.1 has no http URI of an empty host).
+func forwardableTarget(target []byte) bool {
+	_, absolute, ok := originForm(target)
+	if ok && absolute {
+		var u fasthttp.URI
+		ok = u.Parse(nil, target) == nil && len(u.Host()) > 0
+	}
+	return ok
+}
+
+// onlyFold returns the first value of the header called name in any
+// spelling, and how many such headers there are.
+func onlyFold(h *fasthttp.RequestHeader, name string) (first []byte, n int) {
+	h.VisitAll(func(k, v []byte) {
+		if bytes.EqualFold(k, []byte(name)) {
+			if n == 0 {
+				first = v
+			}
+			n++
+		}
+	})
+	return first, n
 }
 
 // peekFold returns the first value of the header called name in any

@@ -5,6 +5,7 @@ import (
 	"iter"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -121,10 +122,17 @@ func remoteIP(a net.Addr) string {
 // forward upstream: the request line, then the client's headers in their
 // original order and spelling (from the raw head fasthttp kept), minus the
 // hop-by-hop ones, with "Connection: Upgrade" and the client's Upgrade line
-// kept, then the X-Forwarded-* headers.
+// kept, then the X-Forwarded-* headers. The head must have passed
+// checkClientHandshake: its lines are then the fields fasthttp parsed,
+// one each, so the backend reads them as the gateway did.
+//
+// A target in absolute form is sent in origin form, with the host the
+// route was chosen by (f.host) as Host, so the backend is asked for what
+// the gateway routed.
 func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) []byte {
+	target, absolute, _ := originForm(h.RequestURI())
 	dst = append(dst, "GET "...)
-	dst = append(dst, h.RequestURI()...)
+	dst = append(dst, target...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 
 	raw := h.RawHeaders()
@@ -145,28 +153,19 @@ func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
-		case isOneOf(name, hopByHop), isOneOf(name, dropped), isOneOf(name, forwardedNames),
-			f.certHeaders.has(name):
+		case absolute && bytes.EqualFold(name, []byte("Host")):
+			dst = append(dst, name...)
+			dst = append(dst, ": "...)
+			dst = append(dst, f.host...)
+			dst = append(dst, "\r\n"...)
+		case isOneOf(name, hopByHop), isOneOf(name, forwardedNames), f.certHeaders.has(name),
+			isOneOf(name, dropped) && !handshakeField(name):
 		default:
 			dst = append(dst, line...)
 			dst = append(dst, "\r\n"...)
 		}
 	})
-	dst = append(dst, "X-Forwarded-For: "...)
-	dst = append(dst, f.xff()...)
-	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
-	dst = append(dst, f.proto...)
-	dst = append(dst, "\r\nX-Forwarded-Host: "...)
-	dst = append(dst, f.host...)
-	dst = append(dst, "\r\nX-Real-IP: "...)
-	dst = append(dst, f.clientIP...)
-	if f.certSubject != "" {
-		dst = append(dst, "\r\n"...)
-		dst = append(dst, f.certHeader...)
-		dst = append(dst, ": "...)
-		dst = append(dst, f.certSubject...)
-	}
-	return append(dst, "\r\n\r\n"...)
+	return append(appendForwarded(dst, f), "\r\n"...)
 }
 
 // forEachRawHeader calls fn for every header line of a raw head block
@@ -186,6 +185,107 @@ func forEachRawHeader(raw []byte, fn func(name, value, line []byte)) {
 		}
 		fn(bytes.TrimRight(line[:colon], " \t"), bytes.Trim(line[colon+1:], " \t"), line)
 	}
+}
+
+// handshakeField reports whether name is a header a WebSocket handshake
+// is read by, which a Connection header cannot make hop-by-hop: Host (the
+// route was chosen by it), Origin (the backend's cross-site check), Cookie
+// (sessions, the sticky cookie) and Sec-WebSocket-* (the key, version,
+// subprotocols and extensions its 101 must answer). RFC 9110 section
+// 7.6.1 forbids listing such end-to-end fields as connection options;
+// dropping them would change what the backend is asked.
+func handshakeField(name []byte) bool {
+	const prefix = "Sec-WebSocket-"
+	return bytes.EqualFold(name, []byte("Host")) || bytes.EqualFold(name, []byte("Origin")) ||
+		bytes.EqualFold(name, []byte("Cookie")) ||
+		len(name) > len(prefix) && bytes.EqualFold(name[:len(prefix)], []byte(prefix))
+}
+
+// originForm returns the request target to send upstream in place of the
+// client's, and whether the client's was in absolute form. fasthttp reads
+// a target that holds "://" and no '/' before its first "//" as absolute
+// form and takes its host, not Host, for ctx.Host(), which the route is
+// chosen by (RFC 9112 section 3.2.2); this splits it the same way
+// (URI.parse and splitHostURI in fasthttp's uri.go) and keeps what follows
+// the authority. ok is false for a target that has no origin form: "*",
+// and a path beginning with "//" that holds "://", which fasthttp would
+// read as a URI of an empty scheme.
+func originForm(target []byte) (origin []byte, absolute, ok bool) {
+	if !bytes.Contains(target, []byte("://")) {
+		return target, false, len(target) > 0 && target[0] == '/'
+	}
+	n := bytes.Index(target, []byte("//"))
+	if n > 0 && bytes.IndexByte(target[:n], '/') >= 0 {
+		return target, false, target[0] == '/'
+	}
+	if n == 0 {
+		return nil, false, false
+	}
+	rest := target[n+2:]
+	i := bytes.IndexAny(rest, "/?#")
+	switch {
+	case i < 0:
+		return []byte("/"), true, true
+	case rest[i] == '/':
+		return rest[i:], true, true
+	}
+	return append([]byte("/"), rest[i:]...), true, true
+}
+
+// headerLineProblem says what in a raw block of header lines (up to the
+// blank line ending a head) a recipient may read otherwise than fasthttp
+// did, or "" if nothing. The gateway forwards the lines as they came, so
+// they must be the fields it parsed and checked:
+//   - a blank line before the last, which ends the head early for readers
+//     that take a bare LF for a line end;
+//   - an obs-fold line (one that begins with a space or tab, RFC 9112
+//     section 5.2) is joined to the field above by fasthttp, but read as a
+//     field of its own by servers that do not unfold, so " X-Forwarded-For:
+//     6.6.6.6" would reach them ahead of the gateway's own;
+//   - a name that is not a token (RFC 9110 section 5.6.2), such as
+//     "X Forwarded-For" or "Transfer Encoding", which fasthttp keeps as a
+//     name of its own but other servers cut at the space or read with a
+//     dash in its place;
+//   - a control character other than a tab in a value (RFC 9110 section
+//     5.5): a lone CR ends the line for some readers. fasthttp refuses
+//     these in a request; an upstream's 101 is checked here only.
+func headerLineProblem(raw []byte) string {
+	for len(raw) > 0 {
+		var line []byte
+		line, raw, _ = bytes.Cut(raw, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			if len(raw) > 0 {
+				// A bare LF ended a line: the head ends here for
+				// readers that accept one, later for the gateway's.
+				return "a blank line inside the head"
+			}
+			return "" // the blank line ending the head
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return "a header line folded onto the one above (obs-fold)"
+		}
+		name, value, found := bytes.Cut(line, []byte(":"))
+		if !found || !isToken(name) {
+			return "an invalid header name " + strconv.Quote(string(name))
+		}
+		if bytes.ContainsFunc(value, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+			return "a control character in header " + strconv.Quote(string(name))
+		}
+	}
+	return ""
+}
+
+// isToken reports whether s is an RFC 9110 token (section 5.6.2), as a
+// header name must be.
+func isToken(s []byte) bool {
+	for _, c := range s {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return len(s) > 0
 }
 
 // headerSet is what request and response headers share for deleting by
@@ -243,8 +343,8 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 //     Content-Length: routing and framing are not the client's to
 //     remove), the client's X-Forwarded-* and certificate headers,
 //   - Host: the client's line as spelled; for an absolute-form target the
-//     target's authority instead, by which the request was routed (RFC
-//     9112 section 3.2.2: the Host header is then ignored); and when the
+//     host the request was routed by instead (the target's: RFC 9112
+//     section 3.2.2 has it win over the Host header); and when the
 //     client sent none (HTTP/1.0), serverHost, the upstream server's
 //     address, as nginx's default $proxy_host,
 //   - the body's framing: the client's Content-Length as sent, or
@@ -257,10 +357,17 @@ func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byt
 // It reports whether the client asked to close its connection after this
 // request.
 func appendHTTPRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded, serverHost string) (head []byte, clientClose bool) {
-	path, authority := splitTarget(h.RequestURI())
+	target, absolute, ok := originForm(h.RequestURI())
+	if !ok {
+		target = h.RequestURI() // "*" (OPTIONS *) goes as it is
+	}
+	var authority []byte // the routed host, in place of Host, for an absolute-form target
+	if absolute {
+		authority = []byte(f.host)
+	}
 	dst = append(dst, h.Method()...)
 	dst = append(dst, ' ')
-	dst = append(dst, path...)
+	dst = append(dst, target...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 
 	raw := h.RawHeaders()
@@ -337,76 +444,6 @@ func appendForwarded(dst []byte, f forwarded) []byte {
 		dst = append(dst, "\r\n"...)
 	}
 	return dst
-}
-
-// splitTarget returns a request target in origin form and, for an
-// absolute-form target ("http://user@host:1/p?q"), its authority without
-// userinfo ("host:1"); authority is nil for the other forms ("/p", "*").
-func splitTarget(target []byte) (path, authority []byte) {
-	i := bytes.Index(target, []byte("://"))
-	if i <= 0 || bytes.IndexByte(target[:i], '/') >= 0 {
-		return target, nil
-	}
-	rest := target[i+3:]
-	end := bytes.IndexAny(rest, "/?")
-	if end < 0 {
-		end = len(rest)
-	}
-	authority = rest[:end]
-	if at := bytes.LastIndexByte(authority, '@'); at >= 0 {
-		authority = authority[at+1:]
-	}
-	switch {
-	case end == len(rest):
-		return []byte("/"), authority
-	case rest[end] == '?':
-		return append([]byte("/"), rest[end:]...), authority
-	}
-	return rest[end:], authority
-}
-
-// rawHeadProblem names what makes a request head unsafe to forward line
-// by line, or returns "": an obs-fold continuation line (RFC 9112 section
-// 5.2 lets a proxy refuse it; forwarded, " X-Forwarded-For: ..." would
-// reach a backend that unfolds differently as a header of its own), or a
-// field name with whitespace or other bytes outside a token ("X
-// Forwarded-For"), which servers read differently.
-func rawHeadProblem(raw []byte) string {
-	for len(raw) > 0 {
-		var line []byte
-		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
-			line, raw = raw[:i], raw[i+1:]
-		} else {
-			line, raw = raw, nil
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			continue
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return "header line folded over several lines (obs-fold)"
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return "header line without a name"
-		}
-		for _, b := range line[:colon] {
-			if !isTokenByte(b) {
-				return "header name with a space or a character not allowed in a name"
-			}
-		}
-	}
-	return ""
-}
-
-// isTokenByte reports whether b may appear in a header name (RFC 9110
-// section 5.6.2 tchar).
-func isTokenByte(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
 }
 
 // certHeaderNames are the names of the client-certificate headers, in

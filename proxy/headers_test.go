@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"net"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -193,37 +196,6 @@ func TestAppendHTTPRequestHeadAsSent(t *testing.T) {
 	}
 }
 
-func TestSplitTarget(t *testing.T) {
-	for in, want := range map[string][2]string{
-		"/a?b": {"/a?b", "-"}, "*": {"*", "-"}, "http://h/a?b": {"/a?b", "h"}, "https://u:p@h:1/a": {"/a", "h:1"},
-		"http://h": {"/", "h"}, "http://h?x": {"/?x", "h"}, "/redirect?to=http://x/": {"/redirect?to=http://x/", "-"},
-	} {
-		path, authority := splitTarget([]byte(in))
-		a := "-"
-		if authority != nil {
-			a = string(authority)
-		}
-		if string(path) != want[0] || a != want[1] {
-			t.Errorf("splitTarget(%q) = %q, %q; want %q, %q", in, path, a, want[0], want[1])
-		}
-	}
-}
-
-func TestRawHeadProblem(t *testing.T) {
-	for raw, bad := range map[string]bool{
-		"Host: a\r\nX-A: a\r\n\r\n":                          false,
-		"Host: a\r\nX-A: a\r\n X-Forwarded-For: 6.6.6.6\r\n": true,
-		"Host: a\r\nX-A: a\r\n\tmore\r\n":                    true,
-		"Host: a\r\nX Forwarded-For: 6\r\n":                  true,
-		"Host: a\r\nX-Forwarded-For : 6\r\n":                 true,
-		"Host: a\r\n: v\r\n":                                 true,
-	} {
-		if got := rawHeadProblem([]byte(raw)) != ""; got != bad {
-			t.Errorf("%q: problem %v, want %v", raw, got, bad)
-		}
-	}
-}
-
 func TestCleanHTTPResponseAnyCase(t *testing.T) {
 	var h fasthttp.ResponseHeader
 	h.DisableNormalizing()
@@ -253,4 +225,86 @@ func TestCleanHTTPResponseAnyCase(t *testing.T) {
 			t.Errorf("%q missing:\n%s", kept, s)
 		}
 	}
+}
+
+// routedBy is the host and path the gateway routes a request with head h
+// by (ctx.Host() and ctx.Path()).
+func routedBy(h *fasthttp.RequestHeader) (host, path string) {
+	var req fasthttp.Request
+	h.CopyTo(&req.Header)
+	return string(req.URI().Host()), string(req.URI().Path())
+}
+
+// FuzzUpgradeRequestHead: a handshake checkClientHandshake lets through
+// reaches the backend as the gateway read it. Read back by the gateway's
+// own parser, the forwarded head routes the same way; read by net/http (a
+// Go backend, and a parser that is not fasthttp), it has the key and
+// version that were checked, only the gateway's X-Forwarded-For and
+// X-Real-IP, and no hop-by-hop header but Connection: Upgrade and Upgrade.
+func FuzzUpgradeRequestHead(f *testing.F) {
+	const rest = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\n"
+	for _, seed := range []string{
+		handshakeRequest("a.test", "/chat?room=1"),
+		"GET / HTTP/1.1\r\nHost: a\r\n" + rest + "X-A: a\r\n X-Forwarded-For: 6.6.6.6\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n" + rest + "X Forwarded-For: 6.6.6.6\r\nTransfer Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n" + rest + "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, Host, Origin, Cookie, Sec-WebSocket-Key, X-Real-IP, Keep-Alive, X-Hop\r\n" +
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\nOrigin: http://a\r\nCookie: c=1\r\nX-Hop: 1\r\nKeep-Alive: 1\r\n\r\n",
+		"GET http://Other.Host:81/p?q HTTP/1.1\r\nHost: a\r\n" + rest + "\r\n",
+		"GET ws://u@b?q HTTP/1.1\r\nhost: a\r\n" + rest + "\r\n",
+		"GET //a://b/c HTTP/1.1\r\nHost: a\r\n" + rest + "\r\n",
+		"GET /r?to=http://b/ HTTP/1.1\r\nHost: a\r\n" + rest + "x-forwarded-for: 1.1.1.1\r\nX-REAL-IP: 2.2.2.2\r\n\r\n",
+		"GET * HTTP/1.1\r\nHost: a\r\n" + rest + "\r\n",
+		"GET / HTTP/1.1\nHost: a\n" + rest + "Transfer-Encoding: chunked\r\nX-Client-DN: CN=forged\r\n\r\n",
+	} {
+		f.Add(seed)
+	}
+	hopByHopNames := []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding"}
+	f.Fuzz(func(t *testing.T, raw string) {
+		var h fasthttp.RequestHeader
+		h.DisableNormalizing()
+		if h.Read(bufio.NewReader(strings.NewReader(raw))) != nil || !isUpgrade(&h) {
+			return
+		}
+		key, herr := checkClientHandshake(&h)
+		if herr != nil {
+			return
+		}
+		fw := forwardedFor(&h)
+		out := appendUpgradeRequestHead(nil, &h, fw)
+
+		var back fasthttp.RequestHeader
+		back.DisableNormalizing()
+		if err := back.Read(bufio.NewReader(bytes.NewReader(out))); err != nil {
+			t.Fatalf("forwarded head unreadable to fasthttp: %v\n%q", err, out)
+		}
+		host, path := routedBy(&h)
+		if h2, p2 := routedBy(&back); h2 != host || p2 != path {
+			t.Fatalf("routed by %q %q, forwarded as %q %q:\n%q\n%q", host, path, h2, p2, raw, out)
+		}
+
+		if _, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw))); err != nil {
+			return // net/http reads the client's head otherwise, or not at all
+		}
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(out)))
+		if err != nil {
+			t.Fatalf("forwarded head unreadable to net/http: %v\n%q", err, out)
+		}
+		for name, want := range map[string][]string{
+			"Sec-WebSocket-Key":     {key},
+			"Sec-WebSocket-Version": {"13"},
+			"X-Forwarded-For":       {fw.xff()},
+			"X-Real-IP":             {"127.0.0.1"},
+			"Connection":            {"Upgrade"},
+		} {
+			if got := req.Header.Values(name); !slices.Equal(got, want) {
+				t.Fatalf("%s %q, want %q:\n%q\n%q", name, got, want, raw, out)
+			}
+		}
+		for _, name := range append(hopByHopNames, config.DefaultClientCertHeader) {
+			if got := req.Header.Values(name); len(got) > 0 {
+				t.Fatalf("%s %q forwarded:\n%q\n%q", name, got, raw, out)
+			}
+		}
+	})
 }

@@ -95,7 +95,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 // serveHTTP reverse-proxies a plain HTTP request to the route's pool,
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
-	if problem := rawHeadProblem(ctx.Request.Header.RawHeaders()); problem != "" {
+	if problem := headerLineProblem(ctx.Request.Header.RawHeaders()); problem != "" {
 		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+problem)
 		return
 	}

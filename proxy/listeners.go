@@ -100,7 +100,7 @@ func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
 	if port := g.httpsPort(); port != "" && port != "443" {
 		host += ":" + port
 	}
-	target := originForm(ctx.URI())
+	target := redirectTarget(ctx.URI())
 	if isUpgrade(&ctx.Request.Header) {
 		g.refuse(ctx, fasthttp.StatusBadRequest, "this listener only redirects to https; connect with wss://"+host+target)
 		return
@@ -110,10 +110,10 @@ func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("Location", location)
 }
 
-// originForm returns a request target's path and query as the client
+// redirectTarget returns a request target's path and query as the client
 // sent them, unnormalized; "/" when it has no path (an absolute-form
 // target without one, or "*").
-func originForm(u *fasthttp.URI) string {
+func redirectTarget(u *fasthttp.URI) string {
 	path := u.PathOriginal()
 	if len(path) == 0 || path[0] != '/' {
 		path = []byte("/")

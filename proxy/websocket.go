@@ -73,10 +73,10 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 		g.relayRefusal(ctx, rt, srv, conn, resp)
 		return nil
 	}
-	if resp.accept != AcceptKey(key) {
+	if problem := resp.problem101(key); problem != "" {
 		conn.Close()
-		g.errorf("upstream %s server %s: 101 with a wrong Sec-WebSocket-Accept", rt.Pool.Name, srv.Address)
-		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream answered the handshake with a wrong Sec-WebSocket-Accept"}
+		g.errorf("upstream %s server %s: 101 with %s", rt.Pool.Name, srv.Address, problem)
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream answered the handshake with " + problem}
 	}
 	conn.SetDeadline(time.Time{})
 	rt.Pool.ReportSuccess(srv)
@@ -112,7 +112,6 @@ type handshakeResponse struct {
 	raw    []byte // the response head and every byte read after it
 	head   int    // length of the head within raw
 	status int
-	accept string
 }
 
 // roundTripHead writes head and reads the response head. Bytes that arrive
@@ -131,7 +130,10 @@ func roundTripHead(conn net.Conn, head []byte) (*handshakeResponse, error) {
 			if cap(buf) >= maxResponseHead {
 				return nil, errHeadTooLarge
 			}
-			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+			// Grown by hand: append would round the capacity up to a
+			// size class (80 KiB), and the limit with it.
+			grown := make([]byte, len(buf), min(2*cap(buf), maxResponseHead))
+			buf = grown[:copy(grown, buf)]
 		}
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -163,21 +165,66 @@ func parseResponseHead(raw []byte, headLen int) (*handshakeResponse, error) {
 	head := raw[:headLen]
 	lineEnd := bytes.IndexByte(head, '\n')
 	statusLine := bytes.TrimRight(head[:lineEnd], "\r")
-	// "HTTP/1.1 101 Switching Protocols"
-	if !bytes.HasPrefix(statusLine, []byte("HTTP/1.")) || len(statusLine) < 12 || statusLine[8] != ' ' {
+	// "HTTP/1.1 101 Switching Protocols": three digits, then a space or
+	// the end (RFC 9112 section 4); "1011" or "+01" is no status.
+	if !bytes.HasPrefix(statusLine, []byte("HTTP/1.")) || len(statusLine) < 12 || statusLine[8] != ' ' ||
+		len(statusLine) > 12 && statusLine[12] != ' ' {
 		return nil, errors.New("malformed status line " + strconv.Quote(string(statusLine)))
 	}
-	status, err := strconv.Atoi(string(statusLine[9:12]))
-	if err != nil {
-		return nil, errors.New("malformed status line " + strconv.Quote(string(statusLine)))
+	status := 0
+	for _, c := range statusLine[9:12] {
+		if c < '0' || c > '9' {
+			return nil, errors.New("malformed status line " + strconv.Quote(string(statusLine)))
+		}
+		status = status*10 + int(c-'0')
 	}
-	r := &handshakeResponse{raw: raw, head: headLen, status: status}
-	forEachRawHeader(head[lineEnd+1:], func(name, value, _ []byte) {
-		if bytes.EqualFold(name, []byte("Sec-WebSocket-Accept")) {
-			r.accept = string(value)
+	return &handshakeResponse{raw: raw, head: headLen, status: status}, nil
+}
+
+// problem101 says why the client must not get this 101 to a handshake
+// whose key was key, or "" if nothing: it is relayed byte for byte, so it
+// must be one RFC 6455 section 4.1 lets a client take (a client would fail
+// the connection otherwise; the next server may answer well), and one it
+// reads as the gateway did (one Accept, no folded lines).
+func (r *handshakeResponse) problem101(key string) string {
+	head := r.raw[:r.head]
+	lineEnd := bytes.IndexByte(head, '\n')
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 ")) {
+		// HTTP/1.0 has no 101 and no Upgrade (RFC 9110 section 15.2).
+		return "an " + string(head[:8]) + " status line"
+	}
+	fields := head[lineEnd+1:]
+	if problem := headerLineProblem(fields); problem != "" {
+		return problem
+	}
+	var accepts, upgrades int
+	var accept []byte
+	var websocket, connUpgrade bool
+	forEachRawHeader(fields, func(name, value, _ []byte) {
+		switch {
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Accept")):
+			accepts++
+			accept = value
+		case bytes.EqualFold(name, []byte("Upgrade")):
+			upgrades++
+			websocket = bytes.EqualFold(value, []byte("websocket"))
+		case bytes.EqualFold(name, []byte("Connection")):
+			connUpgrade = connUpgrade || hasToken(value, "upgrade")
 		}
 	})
-	return r, nil
+	switch {
+	case accepts > 1:
+		return "more than one Sec-WebSocket-Accept"
+	case upgrades > 1:
+		return "more than one Upgrade"
+	case !websocket:
+		return "no Upgrade: websocket"
+	case !connUpgrade:
+		return "no Connection: upgrade"
+	case string(accept) != AcceptKey(key):
+		return "a wrong Sec-WebSocket-Accept"
+	}
+	return ""
 }
 
 // relayRefusal passes a non-101 answer (403, 404, 401 with a challenge...)

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -211,4 +214,180 @@ func TestPlainTunnelsGoToTheRelay(t *testing.T) {
 			t.Errorf("tunnel is a %T, want *relayedTunnel", tn)
 		}
 	}
+}
+
+// handshakeRecorder is a raw WebSocket backend that sends every handshake
+// head it receives, as bytes, to heads, answers it with a correct 101
+// carrying the extra header lines (each ending in CRLF), and then holds
+// the conn until the gateway closes it.
+func handshakeRecorder(t *testing.T, extra string) (addr string, heads <-chan string) {
+	t.Helper()
+	ch := make(chan string, 64)
+	addr = hostileUpstream(t, func(c net.Conn, br *bufio.Reader, head string) bool {
+		ch <- head
+		key := ""
+		if keys := headerValues(head, "Sec-WebSocket-Key"); len(keys) > 0 {
+			key = keys[0]
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Accept: "+AcceptKey(key)+"\r\n"+extra+"\r\n")
+		io.Copy(io.Discard, br)
+		return false
+	})
+	return addr, ch
+}
+
+// sendHandshake sends request to the gateway at addr on a conn of its own
+// and returns the answer's head and, unless it is a 101, its body.
+func sendHandshake(t *testing.T, addr, request string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(rawReadLimit))
+	if _, err := io.WriteString(c, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", request, err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp, ""
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body of a %d: %v", resp.StatusCode, err)
+	}
+	return resp, string(body)
+}
+
+// A Connection header may list hop-by-hop headers for the gateway to
+// drop, but not the ones the handshake means something by: the backend
+// still gets Host, Origin, Cookie and every Sec-WebSocket-* header.
+func TestConnectionCannotStripEndToEndHeaders(t *testing.T) {
+	kept := []string{
+		"Host: app.test",
+		"Origin: https://app.test",
+		"Cookie: session=1",
+		"Sec-WebSocket-Key: " + testKey,
+		"Sec-WebSocket-Version: 13",
+		"Sec-WebSocket-Protocol: chat",
+	}
+	for _, connection := range []string{
+		"Upgrade, Host",
+		"Upgrade, Origin, Cookie",
+		"Upgrade, Sec-WebSocket-Key",
+		"upgrade, sec-websocket-version, Sec-WebSocket-Protocol, X-Hop",
+	} {
+		t.Run(connection, func(t *testing.T) {
+			up, heads := handshakeRecorder(t, "")
+			gw := gatewayFor(t, up)
+			req := "GET / HTTP/1.1\r\nConnection: " + connection + "\r\nUpgrade: websocket\r\n" +
+				strings.Join(kept, "\r\n") + "\r\nX-Hop: 1\r\n\r\n"
+			resp, body := sendHandshake(t, gw, req)
+			if resp.StatusCode != 101 {
+				t.Fatalf("status %d %q, want 101", resp.StatusCode, body)
+			}
+			head := recvHead(t, heads)
+			lines := headLines(head)
+			for _, want := range kept {
+				if !slices.Contains(lines, want) {
+					t.Errorf("%q did not reach the backend:\n%s", want, head)
+				}
+			}
+			if strings.Contains(connection, "X-Hop") && len(headerValues(head, "X-Hop")) > 0 {
+				t.Errorf("X-Hop, listed in Connection, reached the backend:\n%s", head)
+			}
+		})
+	}
+}
+
+// An absolute-form handshake is routed by its target's authority (RFC
+// 9112 section 3.2.2), so the backend gets that authority as Host and the
+// target in origin form, as any backend expects from a gateway.
+func TestAbsoluteFormHandshake(t *testing.T) {
+	up, heads := handshakeRecorder(t, "")
+	cfg := configFor(up)
+	cfg.Routes[0].Host = "other.host" // a Host: x route would be a 404
+	gw := startGateway(t, cfg).Addrs()[0].String()
+	resp, body := sendHandshake(t, gw, "GET http://Other.Host/chat?room=1 HTTP/1.1\r\nHost: x\r\n"+
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "+testKey+"\r\n\r\n")
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d %q, want 101", resp.StatusCode, body)
+	}
+	head := recvHead(t, heads)
+	if line, _, _ := strings.Cut(head, "\r\n"); line != "GET /chat?room=1 HTTP/1.1" {
+		t.Errorf("request line %q, want origin form", line)
+	}
+	if hosts := headerValues(head, "Host"); !slices.Equal(hosts, []string{"other.host"}) {
+		t.Errorf("Host %q, want the one the route was chosen by:\n%s", hosts, head)
+	}
+	if fh := headerValues(head, "X-Forwarded-Host"); !slices.Equal(fh, []string{"other.host"}) {
+		t.Errorf("X-Forwarded-Host %q:\n%s", fh, head)
+	}
+}
+
+// The head of a 101 may be at most 64 KiB (README, step 7), as
+// maxResponseHead says.
+func TestUpstream101HeadLimit(t *testing.T) {
+	for _, tc := range []struct {
+		size   int
+		status int
+	}{
+		{maxResponseHead, 101},
+		{maxResponseHead + 1, 502},
+	} {
+		t.Run(strconv.Itoa(tc.size), func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader, req *http.Request) {
+				head := strings.TrimSuffix(switchingProtocols(req), "\r\n")
+				pad := tc.size - len(head) - len("X-Pad: \r\n\r\n")
+				io.WriteString(c, head+"X-Pad: "+strings.Repeat("p", pad)+"\r\n\r\n")
+				br.ReadByte() // hold the conn until the gateway closes it
+			})
+			resp, body := sendHandshake(t, gatewayFor(t, up), handshakeRequest("x", "/"))
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%d-byte head: status %d %q, want %d", tc.size, resp.StatusCode, body, tc.status)
+			}
+		})
+	}
+}
+
+// FuzzResponseHead: a 101 the gateway takes for a good answer to a
+// handshake, and relays byte for byte, reads the same to a client that is
+// not the gateway (net/http's reader, as fasthttp/websocket's Dialer uses):
+// a 101 in HTTP/1.1 with Upgrade: websocket, Connection: upgrade and one
+// Sec-WebSocket-Accept, the right one.
+func FuzzResponseHead(f *testing.F) {
+	accept := AcceptKey(testKey)
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 101\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\nsec-websocket-accept:" + accept + "\r\nX-A: a\r\n\r\n\x81\x01a"))
+	f.Add([]byte("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno"))
+	for _, b := range broken101s {
+		f.Add([]byte(b.answer(accept)))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		end := bytes.Index(raw, []byte("\r\n\r\n"))
+		if end < 0 {
+			return
+		}
+		head := raw[:end+4]
+		r, err := parseResponseHead(raw, len(head))
+		if err != nil || r.status != 101 || r.problem101(testKey) != "" {
+			return
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), nil)
+		if err != nil {
+			t.Fatalf("a 101 relayed as good is unreadable to net/http: %v\n%q", err, head)
+		}
+		if resp.StatusCode != 101 || resp.ProtoMajor != 1 || resp.ProtoMinor != 1 ||
+			!slices.Equal(resp.Header.Values("Sec-WebSocket-Accept"), []string{accept}) ||
+			!strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
+			!hasToken([]byte(strings.Join(resp.Header.Values("Connection"), ",")), "upgrade") {
+			t.Fatalf("relayed as a good 101, read by net/http as %d HTTP/%d.%d %q:\n%q",
+				resp.StatusCode, resp.ProtoMajor, resp.ProtoMinor, resp.Header, head)
+		}
+	})
 }
