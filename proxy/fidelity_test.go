@@ -214,3 +214,32 @@ func TestHTTPTrailersRelayed(t *testing.T) {
 		}
 	}
 }
+
+// A Content-Length body that comes in pieces is relayed as it comes, not
+// held in the gateway's buffer until the whole body is there.
+func TestHTTPLengthBodyRelayedAsItArrives(t *testing.T) {
+	rest := make(chan struct{})
+	up := hostileUpstream(t, func(c net.Conn, _ *bufio.Reader, _ string) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+		<-rest
+		io.WriteString(c, "world")
+		return true
+	})
+	gw := gatewayFor(t, up)
+	c, err := net.Dial("tcp", gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer close(rest)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no response head while the body is incomplete: %v", err)
+	}
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "hello" {
+		t.Fatalf("the first half of the body did not come before the second was sent: %q, %v", first, err)
+	}
+}

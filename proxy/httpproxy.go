@@ -325,16 +325,27 @@ func acceptsTrailers(h *fasthttp.RequestHeader) bool {
 // SupportsBodyWriteTo tells fasthttp to relay the body with WriteTo.
 func (b *upstreamBody) SupportsBodyWriteTo() bool { return true }
 
-// WriteTo relays the body into fasthttp's writer to the client. When the
-// upstream's body fails, what came before it is flushed to the client
-// first: fasthttp would close the conn with those bytes, and for a
-// Content-Length body the head too, still in its buffer, and the client
-// would see an empty answer instead of a cut one.
+// WriteTo relays the body into fasthttp's writer to the client. What the
+// writer holds is flushed before each read that may wait for the upstream,
+// so a body is relayed as it arrives whatever its framing (fasthttp flushes
+// a chunked one after every chunk, a Content-Length one only when its
+// buffer is full), while a body that came whole with its head still goes
+// out in one write. When the upstream's body fails, what came before it is
+// flushed too: fasthttp would close the conn with those bytes, and for a
+// Content-Length body the head, still in its buffer, and the client would
+// see an empty answer instead of a cut one.
 func (b *upstreamBody) WriteTo(w io.Writer) (int64, error) {
 	buf := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(buf)
+	flusher, _ := w.(interface{ Flush() error })
+	stream, _ := b.resp.BodyStream().(*upstreamStream)
 	var written int64
 	for {
+		if flusher != nil && stream != nil && stream.mayWait() {
+			if err := flusher.Flush(); err != nil {
+				return written, err
+			}
+		}
 		n, err := b.Read(*buf)
 		if n > 0 {
 			m, werr := w.Write((*buf)[:n])
@@ -347,8 +358,8 @@ func (b *upstreamBody) WriteTo(w io.Writer) (int64, error) {
 		case err == io.EOF:
 			return written, nil
 		case err != nil:
-			if f, ok := w.(interface{ Flush() error }); ok {
-				f.Flush()
+			if flusher != nil {
+				flusher.Flush()
 			}
 			return written, err
 		}

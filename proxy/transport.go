@@ -315,6 +315,10 @@ func (s *upstreamStream) trailers() []byte {
 // the head.
 func (s *upstreamStream) bodyBuffered() bool { return s.br.Buffered() > 0 }
 
+// mayWait reports whether the next Read may wait for the upstream: no
+// byte of the body is buffered and the body is not over.
+func (s *upstreamStream) mayWait() bool { return s.br.Buffered() == 0 && !s.complete() }
+
 // complete reports whether the body ended where its framing said.
 func (s *upstreamStream) complete() bool {
 	switch s.framing {
