@@ -155,7 +155,7 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 	g.errorf("upstream %s server %s: %s %s: %v", rt.Pool.Name, srv.Address, ctx.Method(), ctx.RequestURI(), err)
 	if replayable(&ctx.Request) && isConnectionLost(err) {
 		// The server died with kept-alive conns in the pool: they
-		// all fail the same way, and fasthttp's own retry may take
+		// all fail the same way, and forward's one retry may take
 		// another of them. Nothing reached the client yet, and the
 		// request has no body to lose, so another server takes it.
 		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed to answer"}
@@ -174,9 +174,8 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 }
 
 // relayResponse copies the upstream's answer to the client, with the
-// sticky cookie's Set-Cookie if cookie is not empty. A streamed body
-// (chunked, SSE, close-delimited) is relayed chunk by chunk as it arrives:
-// fasthttp flushes after every chunk it writes.
+// sticky cookie's Set-Cookie if cookie is not empty. The body is relayed
+// as it arrives, whatever its framing (see upstreamBody.WriteTo).
 //
 // The access log line is written when the body is done, so it carries the
 // whole duration and size of a stream.
