@@ -145,6 +145,59 @@ func TestHTTP10UpstreamAnswer(t *testing.T) {
 	}
 }
 
+// An HTTP/1.0 answer with Transfer-Encoding has faulty framing (RFC 9112
+// section 6.1): a chunked body is read as chunked, over any
+// Content-Length, and the upstream conn is closed after it, even one the
+// server keeps open; the chunk framing never reaches the client as data.
+// Another transfer coding cannot be read: 502.
+func TestHTTP10UpstreamTransferEncoding(t *testing.T) {
+	const chunks = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+	for _, tc := range []struct {
+		name, answer string
+		keepOpen     bool // the server waits for the gateway to close
+		want         int
+	}{
+		{"closed after", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks, false, 200},
+		{"kept open", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\nTransfer-Encoding: Chunked\r\n\r\n" + chunks, true, 200},
+		{"other coding", "HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + chunks, false, 502},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			upClosed := make(chan struct{})
+			up := hostileUpstream(t, func(c net.Conn, br *bufio.Reader, _ string) bool {
+				io.WriteString(c, tc.answer)
+				if tc.keepOpen {
+					io.Copy(io.Discard, br) // until the gateway closes
+					close(upClosed)
+				}
+				return false
+			})
+			gw := gatewayFor(t, up)
+			head, _, br := rawExchange(t, gw, "GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(strings.NewReader(head), br)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d %q, want %d", resp.StatusCode, body, tc.want)
+			}
+			if tc.want == 200 && body != "hello world" {
+				t.Fatalf("body %q, want the chunks decoded", body)
+			}
+			if tc.want == 502 && body != "upstream failed to answer\n" {
+				t.Fatalf("502 body %q", body)
+			}
+			if tc.keepOpen {
+				select {
+				case <-upClosed:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the gateway kept the upstream conn open after an HTTP/1.0 answer with Transfer-Encoding")
+				}
+			}
+		})
+	}
+}
+
 // A streamed response's head reaches the client as soon as the upstream
 // sent it, before any body byte: an EventSource is open from then on, not
 // when the first event comes.

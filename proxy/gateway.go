@@ -84,6 +84,12 @@ type Gateway struct {
 	idle    *sync.Cond // signalled when the last tunnel ends
 	memory  memoryReleaser
 
+	// shutdownMu guards shutdownDone, made by the first Shutdown and
+	// closed when it is over; shutdownErr is its result, written before.
+	shutdownMu   sync.Mutex
+	shutdownDone chan struct{}
+	shutdownErr  error
+
 	accessLog   *accessLog
 	errorLog    *log.Logger
 	errorWriter io.Writer           // behind errorLog, for parts that format their own lines
@@ -553,7 +559,33 @@ func (g *Gateway) Addrs() []net.Addr {
 // Shutdown stops accepting, lets in-flight HTTP requests finish and waits
 // for live tunnels to end, up to the drain timeout or ctx's end, whichever
 // comes first; then it closes the tunnels that are left.
+//
+// Only the first call drains: a later or concurrent call waits for it to
+// finish, or for its own ctx to end, and returns its result (or ctx's
+// error), so nothing is stopped or closed twice.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.shutdownMu.Lock()
+	done, first := g.shutdownDone, g.shutdownDone == nil
+	if first {
+		done = make(chan struct{})
+		g.shutdownDone = done
+	}
+	g.shutdownMu.Unlock()
+	if !first {
+		select {
+		case <-done:
+			return g.shutdownErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	g.shutdownErr = g.drain(ctx)
+	close(done)
+	return g.shutdownErr
+}
+
+// drain is Shutdown's work, done once.
+func (g *Gateway) drain(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, g.timeouts.drain)
 	defer cancel()
 	// Close the listeners here too: a Serve goroutine that has not taken

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
+	"strconv"
 
 	"github.com/valyala/fasthttp"
 )
@@ -79,6 +80,16 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 	if problem := headerLineProblem(h.RawHeaders()); problem != "" {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake with " + problem}
 	}
+	// RFC 6455 section 4.1: the handshake is a GET without a body. What
+	// follows its head is the client's first frames, so a body would
+	// reach the backend as frames, and the backend, told of a body by a
+	// Content-Length, would read frames as that body.
+	if h.ContentLength() > 0 {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must not carry a body (Content-Length " + strconv.Itoa(h.ContentLength()) + ")"}
+	}
+	if hasRawHeader(h.RawHeaders(), "Transfer-Encoding") {
+		return "", &handshakeError{fasthttp.StatusBadRequest, "websocket handshake must not carry a body (Transfer-Encoding)"}
+	}
 	v, n := onlyFold(h, "Sec-WebSocket-Version")
 	if n > 1 {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "more than one Sec-WebSocket-Version"}
@@ -115,6 +126,17 @@ func forwardableTarget(target []byte) bool {
 		ok = u.Parse(nil, target) == nil && len(u.Host()) > 0
 	}
 	return ok
+}
+
+// hasRawHeader reports whether the raw head block holds a header called
+// name in any spelling. fasthttp keeps no trace of some it parsed
+// (Transfer-Encoding: identity) among the headers it visits.
+func hasRawHeader(raw []byte, name string) bool {
+	found := false
+	forEachRawHeader(raw, func(n, _, _ []byte) {
+		found = found || bytes.EqualFold(n, []byte(name))
+	})
+	return found
 }
 
 // onlyFold returns the first value of the header called name in any

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -200,8 +201,22 @@ func roundTrip(hc *fasthttp.HostClient, out *outgoing, resp *fasthttp.Response) 
 // Continue and 103 Early Hints.
 func readFinalHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 	for range maxInterim {
+		chunked, err := http10Chunked(br)
+		if err != nil {
+			return err
+		}
 		if err := h.Read(br); err != nil {
 			return err
+		}
+		if chunked {
+			// RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is
+			// faulty framing, and the connection must close after the
+			// message. The server framed the body as chunked, so it is
+			// read as chunked (as nginx does, and as an HTTP/1.1
+			// answer's would be, over any Content-Length); the close
+			// makes sure nothing it left behind is read as a response.
+			h.SetContentLength(-1)
+			h.SetConnectionClose()
 		}
 		switch status := h.StatusCode(); {
 		case status == fasthttp.StatusContinue || status == fasthttp.StatusEarlyHints:
@@ -214,6 +229,63 @@ func readFinalHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 		}
 	}
 	return fmt.Errorf("upstream sent more than %d interim responses", maxInterim)
+}
+
+// errHTTP10TransferEncoding is an HTTP/1.0 answer with a Transfer-Encoding
+// other than one "chunked": its body's end cannot be found.
+var errHTTP10TransferEncoding = errors.New("HTTP/1.0 response with a Transfer-Encoding other than chunked")
+
+// http10Chunked reports whether the response head at the start of br is
+// an HTTP/1.0 one with "Transfer-Encoding: chunked". fasthttp's
+// ResponseHeader drops that field from a response that is not HTTP/1.1 and
+// reads the body to the close, so the chunk framing would reach the client
+// as data. It only peeks: ResponseHeader.Read reads the head after it. A
+// head it cannot peek whole (cut short, larger than br) is left to Read to
+// report.
+func http10Chunked(br *bufio.Reader) (bool, error) {
+	if b, err := br.Peek(len("HTTP/1.1")); err != nil || string(b) == "HTTP/1.1" {
+		return false, nil
+	}
+	// Each pass has at least one more byte than the last, up to br's size.
+	for {
+		b, _ := br.Peek(br.Buffered())
+		if done, chunked, err := transferEncodingOf(b); done {
+			return chunked, err
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return false, nil
+		}
+	}
+}
+
+// transferEncodingOf reads the Transfer-Encoding of the response head at
+// the start of b: done is false if b holds no whole head yet.
+func transferEncodingOf(b []byte) (done, chunked bool, err error) {
+	_, rest, _ := bytes.Cut(b, []byte("\n")) // the status line
+	n := 0
+	for {
+		line, after, found := bytes.Cut(rest, []byte("\n"))
+		if !found {
+			return false, false, nil
+		}
+		rest = after
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break
+		}
+		name, value, _ := bytes.Cut(line, []byte(":"))
+		if bytes.EqualFold(bytes.TrimRight(name, " \t"), []byte("Transfer-Encoding")) {
+			n++
+			chunked = bytes.EqualFold(bytes.Trim(value, " \t"), []byte("chunked"))
+		}
+	}
+	switch {
+	case n == 0:
+		return true, false, nil
+	case n > 1 || !chunked:
+		return true, false, errHTTP10TransferEncoding
+	}
+	return true, true, nil
 }
 
 // quiet reports whether an idle pooled conn is as its last exchange left

@@ -330,6 +330,47 @@ func TestAbsoluteFormHandshake(t *testing.T) {
 	}
 }
 
+// A handshake is a GET without a body (RFC 6455 section 4.1): one that
+// announces a body is refused with 400 before any upstream is contacted,
+// or the body would reach the backend as the client's first frames.
+// Content-Length: 0 announces none.
+func TestHandshakeWithBody(t *testing.T) {
+	const handshake = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\n"
+	for _, tc := range []struct {
+		name, framing, body string
+		want                int
+	}{
+		{"content-length", "Content-Length: 5\r\n", "\x81\x03abc", 400},
+		{"chunked", "Transfer-Encoding: chunked\r\n", "5\r\n\x81\x03abc\r\n0\r\n\r\n", 400},
+		{"identity", "Transfer-Encoding: identity\r\n", "", 400},
+		{"content-length 0", "Content-Length: 0\r\n", "", 101},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up, heads := handshakeRecorder(t, "")
+			gw := gatewayFor(t, up)
+			resp, body := sendHandshake(t, gw, handshake+tc.framing+"\r\n"+tc.body)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d %q, want %d", resp.StatusCode, body, tc.want)
+			}
+			if tc.want == 101 {
+				recvHead(t, heads)
+				return
+			}
+			if !strings.Contains(body, "must not carry a body") || strings.Count(body, "\n") != 1 {
+				t.Errorf("reason %q, want one line saying a handshake has no body", body)
+			}
+			// Had the gateway forwarded the handshake, the backend would
+			// have had its head before the gateway could answer.
+			select {
+			case head := <-heads:
+				t.Fatalf("the backend was sent a handshake with a body:\n%s", head)
+			default:
+			}
+		})
+	}
+}
+
 // The head of a 101 may be at most 64 KiB (README, step 7), as
 // maxResponseHead says.
 func TestUpstream101HeadLimit(t *testing.T) {
