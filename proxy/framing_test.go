@@ -373,3 +373,32 @@ func TestDrainWaitsForHTTP10Stream(t *testing.T) {
 		t.Fatal("Shutdown did not return after the stream ended")
 	}
 }
+
+// FuzzTransferEncodingOf: whatever the head, the reader of an HTTP/1.0
+// answer's Transfer-Encoding neither panics nor calls chunked a head
+// without a Transfer-Encoding line that says so, and reads nothing past
+// the blank line.
+func FuzzTransferEncodingOf(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello",
+		"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, head string) {
+		done, chunked, err := transferEncodingOf([]byte(head))
+		if chunked && (!done || err != nil) {
+			t.Fatalf("chunked with done %v, err %v", done, err)
+		}
+		end := strings.Index(head, "\n\r\n")
+		if alt := strings.Index(head, "\n\n"); alt >= 0 && (end < 0 || alt < end) {
+			end = alt
+		}
+		if chunked && !strings.Contains(strings.ToLower(head[:max(end, 0)]), "chunked") {
+			t.Fatalf("chunked for a head without the word: %q", head)
+		}
+	})
+}
