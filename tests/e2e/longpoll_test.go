@@ -9,20 +9,29 @@ import (
 	"time"
 )
 
+// minHold is how long the upstream holds each poll before the test makes
+// its event. The test waits for the hold rather than timing it, so load can
+// only lengthen it; it is long enough that a gateway which cut a quiet
+// exchange, or answered it itself, after a moment would be caught.
+const minHold = time.Second
+
 // TestLongPoll: a page loops on GET /poll?after=N through wsgate while the
-// upstream holds each poll until the next event (one every 1.5 s). Ten
-// events must arrive in order with none lost or duplicated, every poll must
-// have been held (the gateway does not buffer or time it out), and the
-// upstream must have seen exactly one request per poll: the gateway never
-// sends a held request twice.
+// upstream holds each poll until the test makes the next event (the upstream
+// runs with --interval 0 and makes one per POST /event). For each of ten
+// events the test waits until the upstream has held the page's poll for
+// minHold, checks that the page still has no answer to it, and only then
+// makes the event: an answer the page got earlier could only have come from
+// the gateway. The ten events must arrive in order with none lost or
+// duplicated, and the upstream must have seen exactly one request per
+// poll: the gateway never sends a held request twice.
 func TestLongPoll(t *testing.T) {
-	// Parallel: most of the test is waiting on timers and pushes, and 2 at
-	// a time (GOMAXPROCS on CI) keeps the package well inside its budget.
+	// Parallel: most of the test is waiting on held polls, and 2 at a time
+	// (GOMAXPROCS on CI) keeps the package well inside its budget.
 	t.Parallel()
 	requirePeers(t)
 	const events = 10
 	up := freePort(t)
-	startNode(t, up, "apps/longpoll/server.js", "--port", fmt.Sprint(up), "--interval", "1500", "--hold", "20000")
+	startNode(t, up, "apps/longpoll/server.js", "--port", fmt.Sprint(up), "--interval", "0", "--hold", "20000")
 	gw := freePort(t)
 	// idle above the upstream's 20 s hold: that is the one setting a
 	// long-poll needs (the default 1h is already above it; this states it).
@@ -40,16 +49,42 @@ timeouts:
 `, gw, up))
 
 	start := time.Now()
-	out := runBrowser(t, "scenarios/longpoll.js", fmt.Sprintf("http://127.0.0.1:%d/?n=%d", gw, events))
-	var got []struct {
-		ID int   `json:"id"`
-		At int64 `json:"at"`
+	// The holds add up to events*minHold; the rest of the limit is room for
+	// a slow machine.
+	out := runBrowserOpts(t, browserOpts{Timeout: events*minHold + 60*time.Second}, "scenarios/longpoll.js",
+		fmt.Sprintf("http://127.0.0.1:%d/?n=%d", gw, events), fmt.Sprintf("http://127.0.0.1:%d", up), fmt.Sprint(minHold.Milliseconds()))
+	var result struct {
+		Events []struct {
+			ID int   `json:"id"`
+			At int64 `json:"at"`
+		} `json:"events"`
+		// Steps[i] is what the upstream and the page showed just before
+		// the test made event i+1.
+		Steps []struct {
+			Polls      int    `json:"polls"`
+			Held       int    `json:"held"`
+			HeldMs     int    `json:"heldMs"`
+			PageEvents int    `json:"pageEvents"`
+			PageState  string `json:"pageState"`
+		} `json:"steps"`
 	}
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
+	if err := json.Unmarshal([]byte(out), &result); err != nil {
 		t.Fatalf("browser result %q: %v", out, err)
 	}
+	got := result.Events
 	if len(got) != events {
 		t.Errorf("the page got %d events, want %d: %v", len(got), events, got)
+	}
+	// Held, not answered early: while the upstream held poll i (and only
+	// it, the only one it had seen for it), the page had no answer to it.
+	if len(result.Steps) != events {
+		t.Errorf("%d steps noted, want %d", len(result.Steps), events)
+	}
+	for i, st := range result.Steps {
+		if st.Polls != i+1 || st.Held != 1 || st.PageEvents != i || st.PageState != "polling" {
+			t.Errorf("poll %d held by the upstream for %d ms: upstream had seen %d polls and held %d, the page had %d events and state %q; want %d, 1, %d, \"polling\"",
+				i+1, st.HeldMs, st.Polls, st.Held, st.PageEvents, st.PageState, i+1, i)
+		}
 	}
 	for i, ev := range got {
 		if ev.ID != i+1 {
@@ -91,12 +126,6 @@ timeouts:
 	for rid, n := range stats.ByRid {
 		if n != 1 {
 			t.Errorf("upstream saw request rid=%s %d times: it was retried", rid, n)
-		}
-	}
-	// Held, not answered from some buffer: each poll waited for its event.
-	for i, ms := range stats.HoldMs {
-		if ms < 500 {
-			t.Errorf("poll %d was held %d ms, want about 1500 (an event every 1.5 s)", i+1, ms)
 		}
 	}
 	t.Logf("%d events in order in %v through wsgate; upstream: %d polls, one per event, none retried, holds %v ms",

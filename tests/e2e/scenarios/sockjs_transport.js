@@ -3,12 +3,15 @@
 // gateway; transports is '' for the client's default (WebSocket first) or a
 // comma-separated list for sockjs-client's `transports` option (e.g.
 // 'xhr-streaming', which leaves WebSocket out); pushes is how many of the
-// server's 300 ms pushes to collect.
+// server's pushes to collect.
 //
 // The page opens the SockJS connection, sends 3 messages and waits for
 // their echoes (client to server and back), and collects the pushes
 // (server to client) with the time each arrived (Date.now() in the page;
-// the server stamps sentAt with the same machine clock). The URLs the page
+// the server stamps sentAt with the same machine clock). The page
+// acknowledges each push and the server sends the next only then, so
+// pushes that stop arriving (a stream held in a buffer) stall for good and
+// the wait for them ends in an error naming how many came. The URLs the page
 // requested under /echo/ show which transport carried the session.
 module.exports = async (page, [url, transports, pushes]) => {
   const want = Number(pushes) || 8;
@@ -29,9 +32,13 @@ module.exports = async (page, [url, transports, pushes]) => {
     await page.evaluate((t) => sock.send(t), text);
   }
   await page.waitForFunction(() => sjs_state.echoes.length >= 3, null, { timeout: 5000 });
-  // Pushes arrive every 300 ms; `want` of them take want*0.3 s, and the
-  // bound leaves room for a slow start.
-  await page.waitForFunction((n) => sjs_state.pushes.length >= n, want, { timeout: want * 300 + 10000 });
+  // The bound is generous: it is reached only when the lockstep stalls.
+  try {
+    await page.waitForFunction((n) => sjs_state.pushes.length >= n, want, { timeout: 20000 });
+  } catch (e) {
+    const got = await page.evaluate(() => sjs_state.pushes.map((m) => m.n));
+    throw new Error(`the page got pushes ${JSON.stringify(got)} of ${want} on ${transports || 'the default transport'}: ${e.message}`);
+  }
 
   const state = await page.evaluate(() => {
     sock.close();

@@ -2,13 +2,16 @@
 // Long-poll (Comet) server: a runnable example of long-polling behind wsgate.
 //
 // Events 1, 2, 3... are produced every --interval ms (1500 by default),
-// starting with the first poll. GET /poll?after=N answers with event N+1 as
+// starting with the first poll; with --interval 0, only on POST /event (one
+// event each: a test drives the server this way, so that it knows a poll is
+// held until it says so). GET /poll?after=N answers with event N+1 as
 // JSON as soon as it exists, holding the request up to --hold ms (20000);
 // if nothing happens by then it answers 204 and the client polls again.
 // GET / serves a page that loops on /poll and appends each event to the
 // page. GET /stats tells how many /poll requests arrived, and for each
 // `after` and each client request id (`rid`, unique per fetch) how many
-// times: a proxy that retried a held request would show up there.
+// times: a proxy that retried a held request would show up there. Its
+// `holding` lists the polls held now: their `after` and for how many ms.
 //
 // Run it behind wsgate (from tests/e2e):
 //
@@ -118,16 +121,22 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
     res.end(page);
   } else if (req.method === 'GET' && url.pathname === '/stats') {
-    const body = JSON.stringify({ ...stats, events: events.length, held: waiters.length });
+    const now = Date.now();
+    const holding = waiters.map((w) => ({ after: w.after, ms: now - w.since }));
+    const body = JSON.stringify({ ...stats, events: events.length, held: waiters.length, holding });
     res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
     res.end(body);
+  } else if (req.method === 'POST' && url.pathname === '/event') {
+    produce();
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+    res.end(JSON.stringify(events[events.length - 1]));
   } else if (req.method === 'GET' && url.pathname === '/poll') {
     const after = Number(url.searchParams.get('after') || '0');
     const rid = url.searchParams.get('rid') || '';
     stats.polls++;
     stats.byAfter[after] = (stats.byAfter[after] || 0) + 1;
     stats.byRid[rid] = (stats.byRid[rid] || 0) + 1;
-    if (producer === null) {
+    if (producer === null && interval > 0) {
       // The clock starts with the first poll, so that every poll of a
       // client that keeps up is held for about one interval.
       producer = setInterval(produce, interval);
@@ -158,5 +167,6 @@ const server = http.createServer((req, res) => {
 });
 
 server.listen(port, host, () => {
-  console.log(`long-poll server listening on ${host}:${port}, an event every ${interval} ms, polls held up to ${hold} ms`);
+  const every = interval > 0 ? `an event every ${interval} ms` : 'an event per POST /event';
+  console.log(`long-poll server listening on ${host}:${port}, ${every}, polls held up to ${hold} ms`);
 });

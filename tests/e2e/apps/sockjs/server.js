@@ -4,11 +4,16 @@
 //
 // The SockJS endpoint is /echo. A new session gets a JSON hello naming this
 // server and the transport SockJS chose; every message the client sends is
-// echoed back as {type: 'echo', data, t}; and every 300 ms the server pushes
+// echoed back as {type: 'echo', data, t}; and the server pushes
 // {type: 'push', n, sentAt} with a counter and the time it was written
-// (Date.now(), so a page on the same machine can measure how long the push
-// took to arrive). GET / serves a page that loads sockjs-client from this
-// server (no CDN); ?transports=a,b limits the client to those transports,
+// (Date.now(), so a page on the same machine can see how long the push took
+// to arrive). Pushes go in lockstep: push 1 follows the hello, and push n+1
+// is written only once the page has acknowledged push n by sending
+// {"ack": n} (and at least --push-ms, 300 by default, after push n, to keep
+// the pace readable). A proxy that held a streamed response in a buffer
+// would so stall the pushes for good rather than merely delay them.
+// Acknowledgements are not echoed. GET / serves a page that loads
+// sockjs-client from this server (no CDN); ?transports=a,b limits the client to those transports,
 // e.g. ?transports=xhr-streaming to run without WebSocket.
 //
 // Run it behind wsgate (from tests/e2e, after `bash tests/e2e/setup.sh`):
@@ -83,7 +88,11 @@ const page = `<!doctype html>
     const m = JSON.parse(e.data);
     m.arrivedAt = arrivedAt;
     if (m.type === 'hello') state.hello = m;
-    else if (m.type === 'push') state.pushes.push(m);
+    else if (m.type === 'push') {
+      state.pushes.push(m);
+      // The server sends the next push only after this acknowledgement.
+      sock.send(JSON.stringify({ ack: m.n }));
+    }
     else if (m.type === 'echo') state.echoes.push(m);
     if (m.type !== 'push' || m.n % 10 === 0) log(e.data);
   };
@@ -108,17 +117,38 @@ echo.on('connection', (conn) => {
   // conn.protocol is the transport of this session, as the server sees it.
   out({ event: 'connection', id: conn.id, transport: conn.protocol });
   conn.write(JSON.stringify({ type: 'hello', name, transport: conn.protocol, t: Date.now() }));
+  // n is the last push written; the next one waits for its ack. Each push
+  // and ack is logged so a test can check the lockstep held.
   let n = 0;
-  const timer = setInterval(() => {
+  let lastPush = 0;
+  let timer = null;
+  const push = () => {
+    timer = null;
     n++;
-    conn.write(JSON.stringify({ type: 'push', n, sentAt: Date.now() }));
-  }, pushEvery);
+    lastPush = Date.now();
+    out({ event: 'push', id: conn.id, n });
+    conn.write(JSON.stringify({ type: 'push', n, sentAt: lastPush }));
+  };
+  push();
   conn.on('data', (data) => {
+    let ack = null;
+    try {
+      ack = JSON.parse(data).ack;
+    } catch (e) {
+      // Not JSON: an ordinary message.
+    }
+    if (Number.isInteger(ack)) {
+      out({ event: 'ack', id: conn.id, n: ack });
+      if (ack === n && timer === null) {
+        timer = setTimeout(push, Math.max(0, lastPush + pushEvery - Date.now()));
+      }
+      return;
+    }
     out({ event: 'data', id: conn.id, data });
     conn.write(JSON.stringify({ type: 'echo', data, name, t: Date.now() }));
   });
   conn.on('close', () => {
-    clearInterval(timer);
+    clearTimeout(timer);
     out({ event: 'close', id: conn.id, pushed: n });
   });
 });
