@@ -3,18 +3,25 @@
 
 GO ?= go
 
-.PHONY: all build test fmt-check vet unit e2e demo clean
+.PHONY: all build test fmt-check vet peers unit e2e demo clean
 
 all: build
 
 build:
 	$(GO) build -o bin/wsgate ./cmd/wsgate
 
-# test is what CI runs: formatting, vet, then every test with the race
-# detector (unit tests beside the code, end-to-end tests in tests/ that
-# run the built binary).
-test: fmt-check vet
+# test is what CI runs: formatting, vet, the end-to-end suite's peers
+# (installed when missing), then every test with the race detector (unit
+# tests beside the code, end-to-end tests in tests/ that run the built
+# binary, tests/e2e with real browsers and backends).
+test: fmt-check vet peers
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# peers installs what tests/e2e needs when any of it is missing: Chromium
+# and python3-tornado from Debian, node and npm, and the pinned npm
+# packages. It says nothing when everything is there.
+peers:
+	@bash tests/e2e/setup.sh --quiet
 
 fmt-check:
 	@out="$$(find . -name '*.go' -not -path '*/node_modules/*' | xargs gofmt -l)"; \

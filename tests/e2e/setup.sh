@@ -8,8 +8,17 @@
 #   - the pinned npm packages of tests/e2e/package-lock.json (npm ci).
 # playwright-core never downloads a browser: browser.js launches
 # /usr/bin/chromium, so no browser download step exists here.
+#
+# With --quiet (what `make test` runs) it prints nothing and changes
+# nothing when every peer is there already, and npm ci runs only when
+# node_modules is missing or older than package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+quiet=false
+if [ "${1:-}" = "--quiet" ]; then
+	quiet=true
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -41,6 +50,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
 	apt_install "${missing[@]}"
+fi
+
+if $quiet && [ ${#missing[@]} -eq 0 ] && [ node_modules/.package-lock.json -nt package-lock.json ]; then
+	exit 0
 fi
 
 echo "setup.sh: node $(node --version), npm $(npm --version), $(/usr/bin/chromium --version 2>/dev/null || echo chromium), tornado $(/usr/bin/python3 -c 'import tornado; print(tornado.version)')"
