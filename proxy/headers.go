@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"iter"
 	"net"
 	"slices"
 	"strconv"
@@ -288,48 +287,6 @@ func isToken(s []byte) bool {
 	return len(s) > 0
 }
 
-// headerSet is what request and response headers share for deleting by
-// name.
-type headerSet interface {
-	All() iter.Seq2[[]byte, []byte]
-	DelBytes(key []byte)
-}
-
-// stripHeaders deletes the hop-by-hop headers of h and returns the tokens
-// of its Connection headers. drop says which names go: listed is true for
-// a name that a Connection header lists.
-//
-// The gateway's server and clients keep names as received
-// (DisableHeaderNamesNormalizing), and then fasthttp's Del compares names
-// byte for byte: Del("Keep-Alive") leaves a "keep-alive" line in place, so
-// names are matched case-insensitively here and deleted as spelled. One
-// pass over the headers usually does: a second is made only when a
-// Connection header lists a name that is not a standard hop-by-hop one
-// (fasthttp's iterators allocate, and this runs on every request).
-func stripHeaders(h headerSet, drop func(name []byte, listed bool) bool) [][]byte {
-	var tokens, doomed [][]byte
-	for k, v := range h.All() {
-		if bytes.EqualFold(k, []byte("Connection")) {
-			tokens = connectionTokens(tokens, bytes.Clone(v))
-		}
-		if drop(k, false) {
-			doomed = append(doomed, bytes.Clone(k))
-		}
-	}
-	if slices.ContainsFunc(tokens, func(t []byte) bool { return !isOneOf(t, hopByHop) }) {
-		for k := range h.All() {
-			if isOneOf(k, tokens) && !drop(k, false) && drop(k, true) {
-				doomed = append(doomed, bytes.Clone(k))
-			}
-		}
-	}
-	// Deleting while iterating is undefined in fasthttp; hence the list.
-	for _, k := range doomed {
-		h.DelBytes(k)
-	}
-	return tokens
-}
-
 // appendHTTPRequestHead writes the head of a plain HTTP request to
 // forward upstream, from the client's head as received (fasthttp's parsed
 // header re-encodes cookies, lowercases Host, normalizes the target and
@@ -514,14 +471,39 @@ func headerSafe(s string) string {
 }
 
 // cleanHTTPResponse removes hop-by-hop headers from an upstream response
-// before it is relayed to the client. Transfer-Encoding is left to
-// fasthttp, which frames the relayed body itself.
+// before it is relayed to the client: the standard ones and those its
+// Connection headers list. Transfer-Encoding is left to fasthttp, which
+// frames the relayed body itself.
+//
+// The gateway reads answers with names as received, and then fasthttp's
+// Del compares names byte for byte: Del("Keep-Alive") leaves a
+// "keep-alive" line in place, so names are matched case-insensitively
+// here and deleted as spelled. One pass over the headers usually does: a
+// second is made only when a Connection header lists a name that is not
+// a standard hop-by-hop one (fasthttp's iterators allocate, and this runs
+// on every response).
 func cleanHTTPResponse(h *fasthttp.ResponseHeader) {
-	stripHeaders(h, func(name []byte, listed bool) bool {
-		if bytes.EqualFold(name, []byte("Transfer-Encoding")) {
-			return false
+	drop := func(name []byte) bool {
+		return isOneOf(name, hopByHop) && !bytes.EqualFold(name, []byte("Transfer-Encoding"))
+	}
+	var tokens, doomed [][]byte
+	for k, v := range h.All() {
+		if bytes.EqualFold(k, []byte("Connection")) {
+			tokens = connectionTokens(tokens, bytes.Clone(v))
 		}
-		return listed || isOneOf(name, hopByHop)
-	})
-	h.ResetConnectionClose()
+		if drop(k) {
+			doomed = append(doomed, bytes.Clone(k))
+		}
+	}
+	if slices.ContainsFunc(tokens, func(t []byte) bool { return !isOneOf(t, hopByHop) }) {
+		for k := range h.All() {
+			if isOneOf(k, tokens) && !drop(k) && !bytes.EqualFold(k, []byte("Transfer-Encoding")) {
+				doomed = append(doomed, bytes.Clone(k))
+			}
+		}
+	}
+	// Deleting while iterating is undefined in fasthttp; hence the list.
+	for _, k := range doomed {
+		h.DelBytes(k)
+	}
 }
