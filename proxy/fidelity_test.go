@@ -78,12 +78,7 @@ func TestHTTPEarlyAnswerRelayed(t *testing.T) {
 		return false // closed with the body unread
 	})
 	gw := gatewayFor(t, up)
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+	c := dialRaw(t, gw, 15*time.Second)
 	const size = 64 << 20
 	io.WriteString(c, fmt.Sprintf("POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: %d\r\n\r\n", size))
 	// The client keeps sending (bounded) while it waits for the answer,
@@ -118,12 +113,7 @@ func configIdle(idle time.Duration, servers ...string) *config.Config {
 func TestHTTPSlowUploadProgressing(t *testing.T) {
 	up, ended := uploadRecorder(t)
 	gw := startGateway(t, configIdle(2*time.Second, up)).Addrs()[0].String()
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c := dialRaw(t, gw, 30*time.Second)
 	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n")
 	// 12 chunks 250 ms apart: 3 s in all, more than the idle timeout.
 	for range 12 {
@@ -158,12 +148,7 @@ func TestHTTPClientBodyFailuresAreTheClients(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up, _ := uploadRecorder(t)
 			gw := startGateway(t, configIdle(time.Second, up)).Addrs()[0].String()
-			c, err := net.Dial("tcp", gw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(15 * time.Second))
+			c := dialRaw(t, gw, 15*time.Second)
 			io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n"+tc.body)
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
@@ -184,12 +169,7 @@ func TestHTTPTrailersRelayed(t *testing.T) {
 	})
 	gw := gatewayFor(t, up)
 	for _, accepts := range []bool{true, false} {
-		c, err := net.Dial("tcp", gw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(15 * time.Second))
+		c := dialRaw(t, gw, 15*time.Second)
 		te := ""
 		if accepts {
 			te = "TE: trailers\r\n"

@@ -111,12 +111,7 @@ func handshakeRequest(host, path string) string {
 // extra bytes in one write, and reads the response head.
 func rawClient(t testing.TB, addr string, extra []byte) (*net.TCPConn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialRaw(t, addr, 10*time.Second).(*net.TCPConn)
 	if _, err := c.Write(append([]byte(handshakeRequest(addr, "/raw")), extra...)); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +120,7 @@ func rawClient(t testing.TB, addr string, extra []byte) (*net.TCPConn, *bufio.Re
 	if err != nil {
 		t.Fatalf("reading handshake response: %v", err)
 	}
-	return c.(*net.TCPConn), br, resp
+	return c, br, resp
 }
 
 // rawUpstream is a TCP server that reads one request head per connection

@@ -119,12 +119,7 @@ func TestHTTP10UpstreamAnswer(t *testing.T) {
 		return false // HTTP/1.0 without keep-alive: the close ends the body
 	})
 	gw := gatewayFor(t, up)
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+	c := dialRaw(t, gw, 15*time.Second)
 	br := bufio.NewReader(c)
 	for _, path := range []string{"/until-close", "/length", "/until-close"} {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: gw.test\r\n\r\n", path)
@@ -340,13 +335,7 @@ func TestDrainWaitsForHTTP10Stream(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- g.Shutdown(context.Background()) }()
-	waitFor(t, "listener closed", func() bool {
-		probe, err := net.Dial("tcp", addr)
-		if err == nil {
-			probe.Close() // accepted before the listener closed
-		}
-		return err != nil
-	})
+	waitListenerClosed(t, addr)
 	// The stream still flows while the gateway drains.
 	next <- struct{}{}
 	if _, err := io.ReadFull(br, event); err != nil || string(event) != "data: 2\n\n" {

@@ -181,3 +181,30 @@ func configFor(servers ...string) *config.Config {
 	}
 	return cfg
 }
+
+// waitListenerClosed waits until the gateway at addr accepts no more
+// connections (its listener closed by a drain).
+func waitListenerClosed(t testing.TB, addr string) {
+	t.Helper()
+	waitFor(t, "listener closed", func() bool {
+		probe, err := net.Dial("tcp", addr)
+		if err == nil {
+			probe.Close() // accepted before the listener closed
+		}
+		return err != nil
+	})
+}
+
+// dialRaw opens a TCP connection to the gateway at addr for a test that
+// speaks HTTP by hand; it is closed when the test ends, and every read
+// and write must be done within d.
+func dialRaw(t testing.TB, addr string, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d))
+	return c
+}

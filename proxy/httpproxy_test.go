@@ -562,12 +562,7 @@ func serveQueryEcho(t *testing.T, ln net.Listener, conns *atomic.Int32) string {
 // to the gateway at gw, each checked to get its own query back.
 func sequentialGets(t *testing.T, gw string, n int) {
 	t.Helper()
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := dialRaw(t, gw, 20*time.Second)
 	br := bufio.NewReader(c)
 	for i := range n {
 		fmt.Fprintf(c, "GET /?n=%d HTTP/1.1\r\nHost: gw.test\r\n\r\n", i)
@@ -599,12 +594,7 @@ func TestHTTPHeadAndNoContent(t *testing.T) {
 		}
 	}))
 	gw := gatewayFor(t, up)
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := dialRaw(t, gw, 5*time.Second)
 	br := bufio.NewReader(c)
 	for _, r := range []struct {
 		method, path string

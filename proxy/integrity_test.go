@@ -115,12 +115,7 @@ func delivered(t *testing.T, c net.Conn) {
 // own and returns the status and body the client got.
 func exchange(t *testing.T, gw, method, path, extra string) (int, string) {
 	t.Helper()
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+	c := dialRaw(t, gw, 15*time.Second)
 	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: gw.test\r\n%s\r\n", method, path, extra)
 	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
 	if err != nil {
@@ -276,12 +271,7 @@ func TestUpstreamBodyCutShort(t *testing.T) {
 			})
 			var access, errs syncbuf.Buffer
 			gw := startGatewayOpts(t, configFor(up), Options{AccessLog: &access, ErrorLog: &errs}).Addrs()[0].String()
-			c, err := net.Dial("tcp", gw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(15 * time.Second))
+			c := dialRaw(t, gw, 15*time.Second)
 			io.WriteString(c, "GET /stream HTTP/1.1\r\nHost: gw.test\r\n\r\n")
 			raw, _ := io.ReadAll(c)
 			if !strings.Contains(string(raw), "hello") && !strings.Contains(string(raw), "0123456789") {
@@ -344,12 +334,7 @@ func TestClientBodyCutShort(t *testing.T) {
 			up, ended := uploadRecorder(t)
 			var errs syncbuf.Buffer
 			gw := startGatewayOpts(t, configFor(up), Options{AccessLog: io.Discard, ErrorLog: &errs}).Addrs()[0].String()
-			c, err := net.Dial("tcp", gw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(15 * time.Second))
+			c := dialRaw(t, gw, 15*time.Second)
 			io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: gw.test\r\n"+tc.head+"\r\n"+tc.body)
 			c.(*net.TCPConn).CloseWrite()
 			select {
@@ -418,12 +403,7 @@ func BenchmarkHTTPKeepAlive(b *testing.B) {
 func TestUploadsShareAClientConn(t *testing.T) {
 	up, ended := uploadRecorder(t)
 	gw := gatewayFor(t, up)
-	c, err := net.Dial("tcp", gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(15 * time.Second))
+	c := dialRaw(t, gw, 15*time.Second)
 	br := bufio.NewReader(c)
 	for i, req := range []string{
 		"POST /upload HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

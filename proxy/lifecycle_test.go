@@ -78,13 +78,7 @@ func TestDrainWaitsForTunnels(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- g.Shutdown(context.Background()) }()
-	waitFor(t, "listener closed", func() bool {
-		probe, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
-		if err == nil {
-			probe.Close() // accepted before the listener closed
-		}
-		return err != nil
-	})
+	waitListenerClosed(t, addr)
 	// The live tunnel still works while the gateway drains.
 	if err := c.WriteMessage(websocket.TextMessage, []byte("draining")); err != nil {
 		t.Fatal(err)
@@ -119,13 +113,7 @@ func TestConcurrentShutdown(t *testing.T) {
 
 	done := make(chan error, 2)
 	go func() { done <- g.Shutdown(context.Background()) }()
-	waitFor(t, "listener closed", func() bool {
-		probe, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
-		if err == nil {
-			probe.Close() // accepted before the listener closed
-		}
-		return err != nil
-	})
+	waitListenerClosed(t, addr)
 	go func() { done <- g.Shutdown(context.Background()) }()
 	over, cancel := context.WithCancel(context.Background())
 	cancel()
