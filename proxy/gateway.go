@@ -173,8 +173,8 @@ func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut 
 	var specs []upstream.ServerSpec
 	static := true
 	for _, sc := range uc.Servers {
-		specs = append(specs, upstream.ServerSpec{Address: sc.Address, SRV: sc.SRV, Weight: sc.Weight,
-			MaxConns: sc.MaxConns, Backup: sc.Backup, Down: sc.Down})
+		specs = append(specs, upstream.ServerSpec{Address: sc.Address, SRV: sc.SRV, Settings: upstream.Settings{
+			Weight: sc.Weight, MaxConns: sc.MaxConns, Backup: sc.Backup, Down: sc.Down}})
 		if sc.SRV != "" || !isIPAddress(sc.Address) {
 			static = false
 		}
@@ -182,8 +182,7 @@ func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut 
 	if static {
 		var servers []*upstream.Server
 		for _, sp := range specs {
-			servers = append(servers, &upstream.Server{Address: sp.Address, Weight: sp.Weight,
-				MaxConns: sp.MaxConns, Backup: sp.Backup, Down: sp.Down})
+			servers = append(servers, upstream.NewServer(sp.Address, sp.Settings))
 		}
 		pool := upstream.NewPool(name, servers, opts)
 		g.addHealthCheck(pool, uc.HealthCheck, ut)

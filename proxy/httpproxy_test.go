@@ -687,8 +687,8 @@ func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &upstream.Server{Address: "127.0.0.1:1001", Weight: 1}
-	b := &upstream.Server{Address: "127.0.0.1:1002", Weight: 1}
+	a := upstream.NewServer("127.0.0.1:1001", upstream.Settings{})
+	b := upstream.NewServer("127.0.0.1:1002", upstream.Settings{})
 	pool := upstream.NewPool("p", []*upstream.Server{a, b}, upstream.Options{})
 	rt := &Route{Pool: pool}
 	hcA := g.clientFor(rt, a)
@@ -697,7 +697,7 @@ func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
 		t.Fatal("a server got a second client")
 	}
 	b.Acquire() // a request in flight on b
-	pool.SetServers([]*upstream.Server{{Address: "127.0.0.1:1003", Weight: 1}})
+	pool.SetServers([]*upstream.Server{upstream.NewServer("127.0.0.1:1003", upstream.Settings{})})
 	c := pool.Servers()[0]
 	g.clientFor(rt, c)
 	if _, ok := g.clients[a]; ok {
@@ -707,7 +707,7 @@ func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
 		t.Error("the client of a removed server with a request in flight was dropped")
 	}
 	b.Release()
-	pool.SetServers([]*upstream.Server{{Address: "127.0.0.1:1004", Weight: 1}})
+	pool.SetServers([]*upstream.Server{upstream.NewServer("127.0.0.1:1004", upstream.Settings{})})
 	g.clientFor(rt, pool.Servers()[0])
 	if len(g.clients) != 1 {
 		t.Errorf("%d clients left, want 1", len(g.clients))

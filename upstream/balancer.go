@@ -50,8 +50,9 @@ func smooth(cands []*Server) *Server {
 	var best *Server
 	total := 0
 	for _, s := range cands {
-		s.current += s.Weight
-		total += s.Weight
+		w := s.cfg().Weight
+		s.current += w
+		total += w
 		if best == nil || s.current > best.current {
 			best = s
 		}
@@ -78,7 +79,7 @@ func (leastConn) pick(cands []*Server, _ string) *Server {
 	tied := 0
 	var bestActive, bestWeight int64
 	for _, s := range cands {
-		a, w := s.Active(), int64(s.Weight)
+		a, w := s.Active(), int64(s.cfg().Weight)
 		switch {
 		case tied == 0 || a*bestWeight < bestActive*w:
 			tied, bestActive, bestWeight = 0, a, w
@@ -186,7 +187,7 @@ func hashScore(kh uint64, s *Server) float64 {
 	// 52 bits plus one half: exact in a float64 and strictly inside
 	// (0,1), so the logarithm is finite and negative.
 	u := (float64(h>>12) + 0.5) / (1 << 52)
-	return -float64(s.Weight) / math.Log(u)
+	return -float64(s.cfg().Weight) / math.Log(u)
 }
 
 const (

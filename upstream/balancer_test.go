@@ -9,7 +9,7 @@ import (
 )
 
 func TestRoundRobinWeights(t *testing.T) {
-	p := NewPool("p", []*Server{{Address: "a", Weight: 3}, {Address: "b", Weight: 1}}, Options{Balance: "round_robin"})
+	p := NewPool("p", []*Server{NewServer("a", Settings{Weight: 3}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "round_robin"})
 	c := pickAll(t, p, &Request{}, 400)
 	t.Logf("round_robin 3:1 over 400 picks: a=%d b=%d", c["a"], c["b"])
 	if abs(c["a"]-300) > 2 || abs(c["b"]-100) > 2 {
@@ -54,14 +54,14 @@ func TestLeastConnRefillsEmptiedServer(t *testing.T) {
 
 func TestLeastConnWeights(t *testing.T) {
 	// Short picks (no lease held): counts stay equal, weights decide.
-	p := NewPool("p", []*Server{{Address: "a", Weight: 2}, {Address: "b", Weight: 1}}, Options{Balance: "least_conn"})
+	p := NewPool("p", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
 	c := pickAll(t, p, &Request{}, 300)
 	t.Logf("least_conn 2:1, equal counts, 300 picks: %v", c)
 	if c["a"] != 200 {
 		t.Fatalf("counts %v, want 200/100", c)
 	}
 	// Long-lived leases: counts follow weights.
-	q := NewPool("q", []*Server{{Address: "a", Weight: 2}, {Address: "b", Weight: 1}}, Options{Balance: "least_conn"})
+	q := NewPool("q", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
 	for range 300 {
 		s, _ := q.Pick(&Request{}, nil)
 		s.Acquire()
@@ -173,7 +173,7 @@ func TestHashDistributionAndRemoval(t *testing.T) {
 }
 
 func TestHashWeights(t *testing.T) {
-	p := NewPool("p", []*Server{{Address: "a:1", Weight: 3}, {Address: "b:1", Weight: 1}}, Options{Balance: "hash"})
+	p := NewPool("p", []*Server{NewServer("a:1", Settings{Weight: 3}), NewServer("b:1", Settings{Weight: 1})}, Options{Balance: "hash"})
 	counts := map[string]int{}
 	for _, k := range randomKeys(10000) {
 		s, _ := p.Pick(&Request{Key: k}, nil)

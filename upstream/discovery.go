@@ -21,11 +21,9 @@ type ServerSpec struct {
 	// SRV, when set (e.g. "_ws._tcp.chat.example"), replaces Address:
 	// each target:port of the record, per resolved address, is a server.
 	SRV string
-	// Weight, MaxConns, Backup and Down apply to every server the spec
-	// yields (for SRV, the record's weights and priorities replace Weight
-	// and add Backup).
-	Weight, MaxConns int
-	Backup, Down     bool
+	// Settings apply to every server the spec yields (for SRV, the
+	// record's weights and priorities replace Weight and add Backup).
+	Settings
 }
 
 // Discovery keeps a pool's server list in step with DNS. It owns the whole
@@ -158,8 +156,7 @@ func (d *Discovery) lookup(ctx context.Context, spec ServerSpec) ([]*Server, err
 	}
 	servers := make([]*Server, 0, len(ips))
 	for _, ip := range ips {
-		servers = append(servers, &Server{Address: net.JoinHostPort(ip, port), Weight: spec.Weight,
-			MaxConns: spec.MaxConns, Backup: spec.Backup, Down: spec.Down})
+		servers = append(servers, NewServer(net.JoinHostPort(ip, port), spec.Settings))
 	}
 	return servers, nil
 }
@@ -218,9 +215,10 @@ func (d *Discovery) lookupSRV(ctx context.Context, spec ServerSpec) ([]*Server, 
 			return nil, fmt.Errorf("target %s: %w", r.Target, err)
 		}
 		for _, ip := range ips {
-			servers = append(servers, &Server{Address: net.JoinHostPort(ip, strconv.Itoa(int(r.Port))),
-				Weight: max(int(r.Weight), 1), MaxConns: spec.MaxConns,
-				Backup: spec.Backup || r.Priority != primary, Down: spec.Down})
+			st := spec.Settings
+			st.Weight = int(r.Weight)
+			st.Backup = st.Backup || r.Priority != primary
+			servers = append(servers, NewServer(net.JoinHostPort(ip, strconv.Itoa(int(r.Port))), st))
 		}
 	}
 	return servers, nil

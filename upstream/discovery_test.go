@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -123,7 +124,7 @@ func TestDiscoverFollowsDNS(t *testing.T) {
 	p := NewPool("chat", nil, Options{Balance: "round_robin"})
 	var logs logRecorder
 	const interval = 200 * time.Millisecond
-	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Weight: 2, MaxConns: 50}}, z.addr, interval, logs.logf)
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Settings: Settings{Weight: 2, MaxConns: 50}}}, z.addr, interval, logs.logf)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +132,8 @@ func TestDiscoverFollowsDNS(t *testing.T) {
 		t.Fatalf("servers %q, want %q", got, want)
 	}
 	for _, s := range p.Servers() {
-		if s.Weight != 2 || s.MaxConns != 50 || s.Backup || s.Down {
-			t.Errorf("%s: weight %d max_conns %d backup %v down %v, want the spec's options", s.Address, s.Weight, s.MaxConns, s.Backup, s.Down)
+		if st := s.Settings(); st != (Settings{Weight: 2, MaxConns: 50}) {
+			t.Errorf("%s: %+v, want the spec's options", s.Address, st)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -189,7 +190,7 @@ func TestDiscoverSRV(t *testing.T) {
 	z.set("b.chat.test", "A 127.0.0.2")
 	z.set("c.chat.test", "A 127.0.0.3", "A 127.0.0.4")
 	p := NewPool("chat", nil, Options{Balance: "round_robin"})
-	specs := []ServerSpec{{SRV: "_ws._tcp.chat.test", MaxConns: 9}, {Address: "127.0.0.9:7000", Weight: 4}}
+	specs := []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 9}}, {Address: "127.0.0.9:7000", Settings: Settings{Weight: 4}}}
 	d := NewDiscovery(p, specs, z.addr, time.Minute, nil)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
@@ -214,12 +215,12 @@ func TestDiscoverSRV(t *testing.T) {
 			t.Errorf("no server %s", addr)
 			continue
 		}
-		if got := (want{s.Weight, s.MaxConns, s.Backup}); got != w {
+		if got := (want{s.Settings().Weight, s.Settings().MaxConns, s.Settings().Backup}); got != w {
 			t.Errorf("%s: %+v, want %+v", addr, got, w)
 		}
 	}
 	for range 200 {
-		if s, err := p.Pick(&Request{}, nil); err != nil || s.Backup {
+		if s, err := p.Pick(&Request{}, nil); err != nil || s.Settings().Backup {
 			t.Fatalf("picked %v, %v while primaries are up", s, err)
 		}
 	}
@@ -293,4 +294,52 @@ func TestDiscoverResolveNowFails(t *testing.T) {
 	if got := addresses(p); !slices.Equal(got, []string{"127.0.0.1:80"}) {
 		t.Errorf("servers %q", got)
 	}
+}
+
+// Rediscovery that changes the servers' settings (SRV weights and
+// priorities) while connections are placed must not race with them (run
+// under -race).
+func TestDiscoverRacesPicks(t *testing.T) {
+	z := startZone(t)
+	z.set("a.chat.test", "A 127.0.0.1")
+	z.set("b.chat.test", "A 127.0.0.2")
+	srv := func(i int) {
+		z.set("_ws._tcp.chat.test",
+			"SRV 10 "+strconv.Itoa(i%7)+" 9001 a.chat.test.",
+			"SRV "+strconv.Itoa(10+i%2)+" 5 9002 b.chat.test.")
+	}
+	srv(0)
+	p := NewPool("chat", nil, Options{Balance: "least_conn", MaxFails: 1000})
+	d := NewDiscovery(p, []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 3}}}, z.addr, 5*time.Millisecond, nil)
+	if err := d.ResolveNow(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			for range 10000 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				picker(p, 10)
+			}
+		})
+	}
+	for i := 1; i <= 10; i++ {
+		srv(i)
+		want := max(i%7, 1)
+		waitFor(t, "new SRV weight applied", func() bool {
+			s := serverAt(p, "127.0.0.1:9001")
+			return s != nil && s.Settings().Weight == want
+		})
+	}
+	close(stop)
+	wg.Wait()
 }

@@ -20,10 +20,11 @@ var (
 	ErrAllFull = errors.New("every upstream server is at max_conns")
 )
 
-// Server is one upstream server of a pool.
-type Server struct {
-	// Address is the host:port the gateway dials.
-	Address string
+// Settings are a server's configured options. A server's settings are
+// replaced as a whole, never modified, so that the lock-free paths
+// (Acquire, health checks) read a consistent set while discovery or a
+// reload changes them.
+type Settings struct {
 	// Weight is the server's share relative to the other servers of its
 	// pool (1 when below 1).
 	Weight int
@@ -34,12 +35,50 @@ type Server struct {
 	Backup bool
 	// Down marks a server out of service by configuration.
 	Down bool
+}
 
-	active  atomic.Int64 // leases held
-	removed atomic.Bool  // gone from discovery: no new connections
-	token   string       // sticky cookie value naming this server
-	current int          // smooth weighted round robin counter (round_robin, least_conn ties); pool mutex
-	health  health       // passive and active health state
+// normalized returns st with a weight below 1 counted as 1.
+func (st Settings) normalized() *Settings {
+	st.Weight = max(st.Weight, 1)
+	return &st
+}
+
+// defaultSettings are those of a Server made without NewServer.
+var defaultSettings = Settings{Weight: 1}
+
+// Server is one upstream server of a pool. Make it with NewServer; a
+// Server with only an Address has weight 1 and no other setting.
+type Server struct {
+	// Address is the host:port the gateway dials; it names the server
+	// within its pool and never changes.
+	Address string
+
+	settings atomic.Pointer[Settings] // replaced whole by SetServers; nil: defaultSettings
+	active   atomic.Int64             // leases held
+	removed  atomic.Bool              // gone from discovery: no new connections
+	token    string                   // sticky cookie value naming this server; set before the pool publishes it
+	current  int                      // smooth weighted round robin counter (round_robin, least_conn ties); pool mutex
+	health   health                   // passive and active health state
+}
+
+// NewServer returns a server at address with settings st (a weight below
+// 1 counts as 1).
+func NewServer(address string, st Settings) *Server {
+	s := &Server{Address: address}
+	s.settings.Store(st.normalized())
+	return s
+}
+
+// Settings returns the server's current settings.
+func (s *Server) Settings() Settings { return *s.cfg() }
+
+// cfg returns the published settings; callers read them once per decision
+// so that a concurrent SetServers cannot mix two versions.
+func (s *Server) cfg() *Settings {
+	if st := s.settings.Load(); st != nil {
+		return st
+	}
+	return &defaultSettings
 }
 
 // Active reports how many leases (live tunnels and in-flight requests) the
@@ -51,13 +90,14 @@ func (s *Server) Active() int64 { return s.active.Load() }
 // the count are one atomic step, so concurrent callers cannot overshoot
 // MaxConns between Pick and Acquire. Call Release when done.
 func (s *Server) Acquire() bool {
-	if s.MaxConns <= 0 {
+	maxConns := int64(s.cfg().MaxConns)
+	if maxConns <= 0 {
 		s.active.Add(1)
 		return true
 	}
 	for {
 		n := s.active.Load()
-		if n >= int64(s.MaxConns) {
+		if n >= maxConns {
 			return false
 		}
 		if s.active.CompareAndSwap(n, n+1) {
@@ -162,16 +202,19 @@ func (p *Pool) SetServers(list []*Server) {
 	}
 	next := make([]*Server, 0, len(list))
 	for _, s := range list {
+		st := s.cfg().normalized()
 		if prev, ok := old[s.Address]; ok {
-			prev.Weight, prev.MaxConns, prev.Backup, prev.Down = s.Weight, s.MaxConns, s.Backup, s.Down
-			s = prev
 			delete(old, s.Address)
+			s = prev
+		} else if s.token == "" {
+			// A server new to the pool: nothing reads it concurrently
+			// until it is in p.servers.
+			s.token = serverToken(p.Name, s.Address)
 		}
-		if s.Weight < 1 {
-			s.Weight = 1
+		if *s.cfg() != *st {
+			s.settings.Store(st)
 		}
 		s.removed.Store(false)
-		s.token = serverToken(p.Name, s.Address)
 		next = append(next, s)
 	}
 	for _, s := range old {
@@ -240,7 +283,7 @@ func (p *Pool) Pick(r *Request, tried []*Server) (*Server, error) {
 func (p *Pool) candidates(backup bool, tried []*Server, now time.Time) (cands []*Server, open int) {
 	cands = p.cands[:0]
 	for _, s := range p.servers {
-		if s.Backup != backup || !p.usable(s, now) {
+		if s.cfg().Backup != backup || !p.usable(s, now) {
 			continue
 		}
 		if contains(tried, s) {
@@ -268,10 +311,13 @@ func (p *Pool) byTokenLocked(token string) *Server {
 
 // usable: in service and, as far as health knows, up.
 func (p *Pool) usable(s *Server, now time.Time) bool {
-	return !s.Down && !s.removed.Load() && s.health.up(now)
+	return !s.cfg().Down && !s.removed.Load() && s.health.up(now)
 }
 
-func (s *Server) full() bool { return s.MaxConns > 0 && s.active.Load() >= int64(s.MaxConns) }
+func (s *Server) full() bool {
+	maxConns := int64(s.cfg().MaxConns)
+	return maxConns > 0 && s.active.Load() >= maxConns
+}
 
 // ReportFailure records a failed attempt on s (dial error, handshake
 // timeout, 5xx answer to a handshake) for passive health.

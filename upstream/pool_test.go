@@ -2,12 +2,13 @@ package upstream
 
 import (
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
 
 func TestPickSmoothWeighted(t *testing.T) {
-	a, b, c := &Server{Address: "a", Weight: 5}, &Server{Address: "b", Weight: 1}, &Server{Address: "c", Weight: 1}
+	a, b, c := NewServer("a", Settings{Weight: 5}), NewServer("b", Settings{Weight: 1}), NewServer("c", Settings{Weight: 1})
 	p := NewPool("p", []*Server{a, b, c}, Options{})
 	var got string
 	for range 7 {
@@ -76,7 +77,7 @@ func pickAll(t *testing.T, p *Pool, r *Request, n int) map[string]int {
 }
 
 func TestMaxConns(t *testing.T) {
-	a, b := &Server{Address: "a", MaxConns: 1}, &Server{Address: "b", MaxConns: 2}
+	a, b := NewServer("a", Settings{MaxConns: 1}), NewServer("b", Settings{MaxConns: 2})
 	p := NewPool("p", []*Server{a, b}, Options{})
 	a.Acquire()
 	// a is full: every pick goes to b until b is full too.
@@ -105,9 +106,9 @@ func TestMaxConns(t *testing.T) {
 
 func TestBackup(t *testing.T) {
 	now := time.Unix(1000, 0)
-	a := &Server{Address: "a", MaxConns: 1}
-	b := &Server{Address: "b", MaxConns: 1}
-	bk := &Server{Address: "backup", Backup: true}
+	a := NewServer("a", Settings{MaxConns: 1})
+	b := NewServer("b", Settings{MaxConns: 1})
+	bk := NewServer("backup", Settings{Backup: true})
 	p := NewPool("p", []*Server{a, b, bk}, Options{MaxFails: 1, FailTimeout: 10 * time.Second, Now: func() time.Time { return now }})
 
 	if c := pickAll(t, p, &Request{}, 10); c["backup"] != 0 {
@@ -127,7 +128,7 @@ func TestBackup(t *testing.T) {
 		t.Fatalf("primaries tried: %v, %v; want the backup", s, err)
 	}
 	// One primary down (by configuration), one left: still no backup.
-	a.Down = true
+	p.SetServers([]*Server{NewServer("a", Settings{MaxConns: 1, Down: true}), b, bk})
 	if c := pickAll(t, p, &Request{}, 10); c["b"] != 10 {
 		t.Fatalf("a down: counts %v, want all on b", c)
 	}
@@ -148,9 +149,9 @@ func TestBackup(t *testing.T) {
 }
 
 func TestDownAndRemovedNeverPicked(t *testing.T) {
-	a, b, c := &Server{Address: "a", Down: true}, &Server{Address: "b"}, &Server{Address: "c"}
+	a, b, c := NewServer("a", Settings{Down: true}), &Server{Address: "b"}, &Server{Address: "c"}
 	p := NewPool("p", []*Server{a, b, c}, Options{})
-	p.SetServers([]*Server{{Address: "a", Down: true}, {Address: "b"}})
+	p.SetServers([]*Server{NewServer("a", Settings{Down: true}), {Address: "b"}})
 	if counts := pickAll(t, p, &Request{}, 100); counts["b"] != 100 {
 		t.Fatalf("counts %v, want all on b (a down, c removed)", counts)
 	}
@@ -239,5 +240,44 @@ func TestSticky(t *testing.T) {
 	c := servers[2]
 	if s, err := p.Pick(&Request{Sticky: c.Token()}, []*Server{c}); err != nil || s == c {
 		t.Fatalf("sticky server tried: %v, %v; want another server", s, err)
+	}
+}
+
+// picker runs n Pick/Acquire/Release rounds on p, reading the picked
+// server's settings and token outside the pool's lock as the proxy does.
+func picker(p *Pool, n int) {
+	for range n {
+		s, err := p.Pick(&Request{Key: "k"}, nil)
+		if err != nil {
+			continue
+		}
+		if s.Acquire() {
+			_, _ = s.Settings(), s.Token()
+			p.ReportFailure(s)
+			s.Release()
+		}
+	}
+}
+
+// SetServers changing a kept server's settings must not race with picks
+// and leases, which read them without the pool's lock (run under -race).
+func TestSetServersRacesPicks(t *testing.T) {
+	list := func(i int) []*Server {
+		return []*Server{
+			NewServer("a", Settings{Weight: i%3 + 1, MaxConns: i%5 + 1}),
+			NewServer("b", Settings{Weight: (i+1)%3 + 1, MaxConns: (i+2)%5 + 1}),
+			NewServer("c", Settings{Weight: 1, MaxConns: i%2 + 1, Backup: i%4 == 0}),
+		}
+	}
+	for _, b := range []string{"round_robin", "least_conn", "hash"} {
+		p := NewPool("p", list(0), Options{Balance: b, HashBoundedLoad: 1.25, MaxFails: 1000})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() { picker(p, 2000) })
+		}
+		for i := range 300 {
+			p.SetServers(list(i))
+		}
+		wg.Wait()
 	}
 }
