@@ -109,8 +109,10 @@ func (s *Server) Acquire() bool {
 // Release ends a lease taken with Acquire.
 func (s *Server) Release() { s.active.Add(-1) }
 
-// Removed reports whether s left its pool (gone from DNS); a server that
-// returns later is a new Server.
+// Removed reports whether s left its pool (gone from DNS, or from the
+// configuration). A server that returns while it still holds leases is the
+// same Server again, no longer removed; one that returns after its last
+// lease ended is a new Server.
 func (s *Server) Removed() bool { return s.removed.Load() }
 
 // Token is the opaque sticky-cookie value that names s within its pool.
@@ -168,6 +170,11 @@ type Pool struct {
 	// the list is handed to the balancer through an interface, so escape
 	// analysis would move it to the heap on every call.
 	cands []*Server
+	// retired holds, by address, the servers SetServers dropped while
+	// they still held leases: listed again, such a server comes back as
+	// the same object, so its live tunnels, health and sticky token carry
+	// on. A server is forgotten once it holds no lease.
+	retired map[string]*Server
 }
 
 // NewPool returns a pool over servers. Weights below 1 count as 1.
@@ -190,9 +197,11 @@ func (p *Pool) Servers() []*Server {
 
 // SetServers replaces the pool's servers (discovery, reload). A server
 // whose address is already in the pool keeps its object, and so its
-// leases, health and counters; servers that are no longer listed are
-// marked removed: they take no new connections, while their live tunnels
-// carry on until they end.
+// leases, health and counters, and takes the listed server's settings;
+// servers that are no longer listed are marked removed: they take no new
+// connections, while their live tunnels carry on until they end. A
+// removed server listed again while it still holds leases is revived:
+// the same object, no longer removed.
 func (p *Pool) SetServers(list []*Server) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -206,6 +215,9 @@ func (p *Pool) SetServers(list []*Server) {
 		if prev, ok := old[s.Address]; ok {
 			delete(old, s.Address)
 			s = prev
+		} else if prev, ok := p.retired[s.Address]; ok {
+			delete(p.retired, s.Address)
+			s = prev
 		} else if s.token == "" {
 			// A server new to the pool: nothing reads it concurrently
 			// until it is in p.servers.
@@ -217,8 +229,20 @@ func (p *Pool) SetServers(list []*Server) {
 		s.removed.Store(false)
 		next = append(next, s)
 	}
-	for _, s := range old {
+	for addr, s := range old {
 		s.removed.Store(true)
+		if p.retired == nil {
+			p.retired = map[string]*Server{}
+		}
+		p.retired[addr] = s
+	}
+	for addr, s := range p.retired {
+		// Pick no longer offers a removed server, so one without
+		// leases has nothing left to carry on. (An Acquire racing the
+		// removal at worst makes a later return a new object.)
+		if s.Active() == 0 {
+			delete(p.retired, addr)
+		}
 	}
 	p.servers = next
 	p.cands = make([]*Server, 0, len(next))

@@ -281,3 +281,54 @@ func TestSetServersRacesPicks(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// A server dropped while it holds leases (live tunnels) and listed again
+// comes back as the same object: its tunnels count against it, and its
+// health and sticky token carry on. One whose leases ended is forgotten.
+func TestRemovedServerRevives(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a, b := NewServer("a", Settings{}), NewServer("b", Settings{})
+	p := NewPool("p", []*Server{a, b}, Options{Balance: "least_conn", MaxFails: 2, FailTimeout: time.Minute,
+		Now: func() time.Time { return now }})
+	if !a.Acquire() {
+		t.Fatal("a refused a lease")
+	}
+	p.ReportFailure(a) // one of max_fails 2
+
+	p.SetServers([]*Server{NewServer("b", Settings{})})
+	if !a.Removed() || serverAt(p, "a") != nil {
+		t.Fatal("a dropped from the list is still in the pool")
+	}
+	p.SetServers([]*Server{NewServer("a", Settings{Weight: 3}), NewServer("b", Settings{})})
+	got := serverAt(p, "a")
+	if got != a {
+		t.Fatalf("a listed again with a live tunnel: a new server (removed=%v, %d leases on the old one)", a.Removed(), a.Active())
+	}
+	if a.Removed() || a.Active() != 1 || a.Settings().Weight != 3 {
+		t.Fatalf("revived a: removed %v, %d leases, weight %d; want false, 1, 3", a.Removed(), a.Active(), a.Settings().Weight)
+	}
+	if p.ByToken(a.Token()) != a {
+		t.Error("the revived server's sticky token does not name it")
+	}
+	p.ReportFailure(a) // the second failure: a's health carried on
+	if c := pickAll(t, p, &Request{}, 10); c["a"] != 0 {
+		t.Errorf("a down after two failures across its removal: counts %v, want none on a", c)
+	}
+
+	// Leases ended while removed: the server is forgotten, and the
+	// address comes back as a new server.
+	p.SetServers([]*Server{NewServer("b", Settings{})})
+	a.Release()
+	p.SetServers([]*Server{NewServer("b", Settings{})})
+	p.SetServers([]*Server{NewServer("a", Settings{}), NewServer("b", Settings{})})
+	if serverAt(p, "a") == a || !a.Removed() {
+		t.Error("a server without leases was kept after it left the list")
+	}
+	// Neither is one dropped without leases.
+	old := serverAt(p, "b")
+	p.SetServers([]*Server{NewServer("a", Settings{})})
+	p.SetServers([]*Server{NewServer("a", Settings{}), NewServer("b", Settings{})})
+	if serverAt(p, "b") == old {
+		t.Error("a server dropped without leases came back as the same object")
+	}
+}
