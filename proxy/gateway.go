@@ -141,7 +141,11 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		if err != nil {
 			return nil, err
 		}
-		pools[name] = g.newPool(name, uc, cfg.Resolver, ut)
+		pool, err := g.newPool(name, uc, cfg.Resolver, ut)
+		if err != nil {
+			return nil, err
+		}
+		pools[name] = pool
 		policies[name] = newPolicy(uc)
 		upstreamTLSs[name] = ut
 	}
@@ -162,7 +166,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 // fixed; names and SRV records are resolved when the gateway starts and
 // again every resolve_interval. Health checks also start with the gateway;
 // they speak TLS when the upstream does (ut not nil).
-func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut *upstreamTLS) *upstream.Pool {
+func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut *upstreamTLS) (*upstream.Pool, error) {
 	opts := upstream.Options{
 		Balance: uc.Balance, HashBoundedLoad: uc.HashBoundedLoad,
 		FailTimeout: uc.FailTimeout.Std(),
@@ -184,15 +188,21 @@ func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut 
 		for _, sp := range specs {
 			servers = append(servers, upstream.NewServer(sp.Address, sp.Settings))
 		}
-		pool := upstream.NewPool(name, servers, opts)
+		pool, err := upstream.NewPool(name, servers, opts)
+		if err != nil {
+			return nil, err
+		}
 		g.addHealthCheck(pool, uc.HealthCheck, ut)
-		return pool
+		return pool, nil
 	}
-	pool := upstream.NewPool(name, nil, opts)
+	pool, err := upstream.NewPool(name, nil, opts)
+	if err != nil {
+		return nil, err
+	}
 	g.discoveries = append(g.discoveries,
 		upstream.NewDiscovery(pool, specs, resolver, uc.ResolveInterval.Std(), g.errorf))
 	g.addHealthCheck(pool, uc.HealthCheck, ut)
-	return pool
+	return pool, nil
 }
 
 // addHealthCheck arranges for pool's health check to run from Start.

@@ -689,7 +689,10 @@ func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
 	}
 	a := upstream.NewServer("127.0.0.1:1001", upstream.Settings{})
 	b := upstream.NewServer("127.0.0.1:1002", upstream.Settings{})
-	pool := upstream.NewPool("p", []*upstream.Server{a, b}, upstream.Options{})
+	pool, err := upstream.NewPool("p", []*upstream.Server{a, b}, upstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rt := &Route{Pool: pool}
 	hcA := g.clientFor(rt, a)
 	g.clientFor(rt, b)

@@ -14,8 +14,13 @@ type routerCase struct {
 
 // routerRoute builds a route whose pool is named after it, so a failing case
 // says which route it got.
-func routerRoute(host, path, name string) *Route {
-	return &Route{Host: host, Path: path, Pool: upstream.NewPool(name, nil, upstream.Options{})}
+func routerRoute(t *testing.T, host, path, name string) *Route {
+	t.Helper()
+	pool, err := upstream.NewPool(name, nil, upstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Route{Host: host, Path: path, Pool: pool}
 }
 
 func checkRouterCases(t *testing.T, r *Router, cases []routerCase) {
@@ -35,10 +40,10 @@ func TestRouterHostPrecedence(t *testing.T) {
 	// Given in the least specific order first, so the router's own ordering
 	// is what is tested, not the config's.
 	r := NewRouter([]*Route{
-		routerRoute("", "/", "any"),
-		routerRoute("*.example.com", "/", "wild"),
-		routerRoute("*.b.example.com", "/", "wild-b"),
-		routerRoute("a.example.com", "/", "exact"),
+		routerRoute(t, "", "/", "any"),
+		routerRoute(t, "*.example.com", "/", "wild"),
+		routerRoute(t, "*.b.example.com", "/", "wild-b"),
+		routerRoute(t, "a.example.com", "/", "exact"),
 	})
 	checkRouterCases(t, r, []routerCase{
 		{"a.example.com", "/", "exact"},
@@ -53,7 +58,7 @@ func TestRouterHostPrecedence(t *testing.T) {
 }
 
 func TestRouterWildcardDepth(t *testing.T) {
-	r := NewRouter([]*Route{routerRoute("*.example.com", "/", "wild")})
+	r := NewRouter([]*Route{routerRoute(t, "*.example.com", "/", "wild")})
 	checkRouterCases(t, r, []routerCase{
 		{"a.example.com", "/", "wild"},
 		{"a.b.example.com", "/", "wild"},
@@ -65,11 +70,11 @@ func TestRouterWildcardDepth(t *testing.T) {
 
 func TestRouterLongestPrefix(t *testing.T) {
 	r := NewRouter([]*Route{
-		routerRoute("", "/", "root"),
-		routerRoute("", "/api/v1/", "v1"),
-		routerRoute("", "/api/", "api"),
-		routerRoute("h.test", "/socket", "hsock"),
-		routerRoute("h.test", "/socket/admin", "hadmin"),
+		routerRoute(t, "", "/", "root"),
+		routerRoute(t, "", "/api/v1/", "v1"),
+		routerRoute(t, "", "/api/", "api"),
+		routerRoute(t, "h.test", "/socket", "hsock"),
+		routerRoute(t, "h.test", "/socket/admin", "hadmin"),
 	})
 	checkRouterCases(t, r, []routerCase{
 		{"x", "/", "root"},
@@ -87,10 +92,10 @@ func TestRouterLongestPrefix(t *testing.T) {
 
 func TestRouterHostForms(t *testing.T) {
 	r := NewRouter([]*Route{
-		routerRoute("WS.Example.COM", "/", "mixed"),
-		routerRoute("[::1]", "/", "v6"),
-		routerRoute("127.0.0.1", "/", "v4"),
-		routerRoute("*.Wild.Test", "/", "wild"),
+		routerRoute(t, "WS.Example.COM", "/", "mixed"),
+		routerRoute(t, "[::1]", "/", "v6"),
+		routerRoute(t, "127.0.0.1", "/", "v4"),
+		routerRoute(t, "*.Wild.Test", "/", "wild"),
 	})
 	checkRouterCases(t, r, []routerCase{
 		{"ws.example.com", "/", "mixed"},
@@ -106,9 +111,9 @@ func TestRouterHostForms(t *testing.T) {
 
 func TestRouterFallThroughAndNoMatch(t *testing.T) {
 	r := NewRouter([]*Route{
-		routerRoute("ws.repo", "/ws", "ws"),
-		routerRoute("*.repo", "/api", "wild-api"),
-		routerRoute("", "/static", "static"),
+		routerRoute(t, "ws.repo", "/ws", "ws"),
+		routerRoute(t, "*.repo", "/api", "wild-api"),
+		routerRoute(t, "", "/static", "static"),
 	})
 	checkRouterCases(t, r, []routerCase{
 		{"ws.repo", "/ws/1", "ws"},

@@ -3,6 +3,7 @@ package upstream
 import (
 	"fmt"
 	"math"
+	"strings"
 )
 
 // balancer chooses one server among Pick's candidates: usable, untried,
@@ -18,21 +19,46 @@ type balancer interface {
 	pick(cands []*Server, key string) *Server
 }
 
-// newBalancer returns the balancer opts.Balance names.
-func newBalancer(opts Options) balancer {
-	switch opts.Balance {
-	case "", "round_robin":
-		return roundRobin{}
-	case "least_conn":
-		return leastConn{}
-	case "hash":
+// balancers are the balancers by the names Options.Balance gives them:
+// the one table of names, which the configuration checks against too
+// (Balancers).
+var balancers = []struct {
+	name string
+	new  func(Options) balancer
+}{
+	{"least_conn", func(Options) balancer { return leastConn{} }},
+	{"round_robin", func(Options) balancer { return roundRobin{} }},
+	{"hash", func(opts Options) balancer {
 		bound := opts.HashBoundedLoad
 		if bound > 0 && bound < 1 {
 			bound = 1
 		}
 		return &rendezvous{bound: bound}
+	}},
+}
+
+// Balancers returns the names Options.Balance accepts besides "".
+func Balancers() []string {
+	names := make([]string, len(balancers))
+	for i, b := range balancers {
+		names[i] = b.name
 	}
-	panic(fmt.Sprintf("upstream: unknown balance %q", opts.Balance))
+	return names
+}
+
+// newBalancer returns a new balancer, with fresh state, of the kind
+// opts.Balance names.
+func newBalancer(opts Options) (balancer, error) {
+	name := opts.Balance
+	if name == "" {
+		name = "round_robin"
+	}
+	for _, b := range balancers {
+		if b.name == name {
+			return b.new(opts), nil
+		}
+	}
+	return nil, fmt.Errorf("balance %q is unknown (known: %s)", opts.Balance, strings.Join(Balancers(), ", "))
 }
 
 // roundRobin is nginx's smooth weighted round robin: over any run of picks

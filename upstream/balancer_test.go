@@ -9,7 +9,7 @@ import (
 )
 
 func TestRoundRobinWeights(t *testing.T) {
-	p := NewPool("p", []*Server{NewServer("a", Settings{Weight: 3}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "round_robin"})
+	p := newTestPool(t, "p", []*Server{NewServer("a", Settings{Weight: 3}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "round_robin"})
 	c := pickAll(t, p, &Request{}, 400)
 	t.Logf("round_robin 3:1 over 400 picks: a=%d b=%d", c["a"], c["b"])
 	if abs(c["a"]-300) > 2 || abs(c["b"]-100) > 2 {
@@ -19,7 +19,7 @@ func TestRoundRobinWeights(t *testing.T) {
 
 func TestLeastConnRefillsEmptiedServer(t *testing.T) {
 	servers := []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}}
-	p := NewPool("p", servers, Options{Balance: "least_conn"})
+	p := newTestPool(t, "p", servers, Options{Balance: "least_conn"})
 	// 150 long-lived leases: 50 each.
 	held := map[*Server]int{}
 	for range 150 {
@@ -54,14 +54,14 @@ func TestLeastConnRefillsEmptiedServer(t *testing.T) {
 
 func TestLeastConnWeights(t *testing.T) {
 	// Short picks (no lease held): counts stay equal, weights decide.
-	p := NewPool("p", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
+	p := newTestPool(t, "p", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
 	c := pickAll(t, p, &Request{}, 300)
 	t.Logf("least_conn 2:1, equal counts, 300 picks: %v", c)
 	if c["a"] != 200 {
 		t.Fatalf("counts %v, want 200/100", c)
 	}
 	// Long-lived leases: counts follow weights.
-	q := NewPool("q", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
+	q := newTestPool(t, "q", []*Server{NewServer("a", Settings{Weight: 2}), NewServer("b", Settings{Weight: 1})}, Options{Balance: "least_conn"})
 	for range 300 {
 		s, _ := q.Pick(&Request{}, nil)
 		s.Acquire()
@@ -74,7 +74,7 @@ func TestLeastConnWeights(t *testing.T) {
 }
 
 func TestLeastConnTiesShared(t *testing.T) {
-	p := NewPool("p", []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}, {Address: "d"}}, Options{Balance: "least_conn"})
+	p := newTestPool(t, "p", []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}, {Address: "d"}}, Options{Balance: "least_conn"})
 	c := pickAll(t, p, &Request{}, 400)
 	for _, n := range c {
 		if n != 100 {
@@ -103,7 +103,7 @@ func randomKeys(n int) []string {
 }
 
 func TestHashSameKeySameServer(t *testing.T) {
-	p := NewPool("p", fiveServers(), Options{Balance: "hash"})
+	p := newTestPool(t, "p", fiveServers(), Options{Balance: "hash"})
 	c := pickAll(t, p, &Request{Key: "42", ClientIP: "192.0.2.1"}, 100)
 	if len(c) != 1 {
 		t.Fatalf("one key over 100 picks reached %v, want one server", c)
@@ -121,7 +121,7 @@ func TestHashSameKeySameServer(t *testing.T) {
 
 func TestHashDistributionAndRemoval(t *testing.T) {
 	servers := fiveServers()
-	p := NewPool("p", servers, Options{Balance: "hash"})
+	p := newTestPool(t, "p", servers, Options{Balance: "hash"})
 	keys := randomKeys(10000)
 	before := make([]*Server, len(keys))
 	counts := map[string]int{}
@@ -144,7 +144,7 @@ func TestHashDistributionAndRemoval(t *testing.T) {
 	// order (another gateway process), agrees on every key.
 	other := fiveServers()
 	other[0], other[1], other[2], other[3], other[4] = other[3], other[0], other[4], other[2], other[1]
-	q := NewPool("p", other, Options{Balance: "hash"})
+	q := newTestPool(t, "p", other, Options{Balance: "hash"})
 	for i, k := range keys {
 		if s, _ := q.Pick(&Request{Key: k}, nil); s.Address != before[i].Address {
 			t.Fatalf("key %s: second pool %s, first %s", k, s.Address, before[i].Address)
@@ -173,7 +173,7 @@ func TestHashDistributionAndRemoval(t *testing.T) {
 }
 
 func TestHashWeights(t *testing.T) {
-	p := NewPool("p", []*Server{NewServer("a:1", Settings{Weight: 3}), NewServer("b:1", Settings{Weight: 1})}, Options{Balance: "hash"})
+	p := newTestPool(t, "p", []*Server{NewServer("a:1", Settings{Weight: 3}), NewServer("b:1", Settings{Weight: 1})}, Options{Balance: "hash"})
 	counts := map[string]int{}
 	for _, k := range randomKeys(10000) {
 		s, _ := p.Pick(&Request{Key: k}, nil)
@@ -190,7 +190,7 @@ func TestHashWeights(t *testing.T) {
 func hotLoad(t *testing.T, bound float64) []int64 {
 	t.Helper()
 	servers := fiveServers()
-	p := NewPool("p", servers, Options{Balance: "hash", HashBoundedLoad: bound})
+	p := newTestPool(t, "p", servers, Options{Balance: "hash", HashBoundedLoad: bound})
 	keys := randomKeys(500)
 	for i := range 1000 {
 		key := "hot"
@@ -233,7 +233,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 			if bound > 0 && b != "hash" {
 				continue
 			}
-			p := NewPool("p", fiveServers(), Options{Balance: b, HashBoundedLoad: bound})
+			p := newTestPool(t, "p", fiveServers(), Options{Balance: b, HashBoundedLoad: bound})
 			allocs := testing.AllocsPerRun(1000, func() {
 				s, _ := p.Pick(&Request{Key: "user-1234", ClientIP: "192.0.2.1"}, nil)
 				s.Acquire()
@@ -257,7 +257,7 @@ func BenchmarkPick(b *testing.B) {
 		{"hash_bounded", Options{Balance: "hash", HashBoundedLoad: 1.25}, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			p := NewPool("p", fiveServers(), c.opts)
+			p := newTestPool(b, "p", fiveServers(), c.opts)
 			keys := randomKeys(1024)
 			b.ReportAllocs()
 			i := 0

@@ -110,7 +110,7 @@ func TestCheckDownAndBackUp(t *testing.T) {
 	addrA, _ := flippable(t)
 	addrB, statusB := flippable(t)
 	a, b := &Server{Address: addrA}, &Server{Address: addrB}
-	p := NewPool("web", []*Server{a, b}, Options{Balance: "round_robin"})
+	p := newTestPool(t, "web", []*Server{a, b}, Options{Balance: "round_robin"})
 
 	var probesB atomic.Int64
 	probe := func(ctx context.Context, address string) error {
@@ -214,7 +214,7 @@ func TestCheckFollowsServerList(t *testing.T) {
 	defer up.Close()
 	addrA, addrB := up.Listener.Addr().String(), closedPort(t)
 	a := &Server{Address: addrA}
-	p := NewPool("web", []*Server{a}, Options{Balance: "round_robin"})
+	p := newTestPool(t, "web", []*Server{a}, Options{Balance: "round_robin"})
 
 	release := make(chan struct{})
 	var probesA, probesB atomic.Int64
@@ -277,7 +277,7 @@ func TestCheckStopsOnCancel(t *testing.T) {
 	for i := range servers {
 		servers[i] = &Server{Address: fmt.Sprintf("%s#%d", ln.Addr(), i)}
 	}
-	p := NewPool("web", servers, Options{Balance: "round_robin"})
+	p := newTestPool(t, "web", servers, Options{Balance: "round_robin"})
 
 	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())

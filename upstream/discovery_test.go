@@ -121,7 +121,7 @@ func serverAt(p *Pool, addr string) *Server {
 func TestDiscoverFollowsDNS(t *testing.T) {
 	z := startZone(t)
 	z.set("chat.test", "A 127.0.0.1", "AAAA ::1")
-	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	var logs logRecorder
 	const interval = 200 * time.Millisecond
 	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Settings: Settings{Weight: 2, MaxConns: 50}}}, z.addr, interval, logs.logf)
@@ -189,7 +189,7 @@ func TestDiscoverSRV(t *testing.T) {
 	z.set("a.chat.test", "A 127.0.0.1")
 	z.set("b.chat.test", "A 127.0.0.2")
 	z.set("c.chat.test", "A 127.0.0.3", "A 127.0.0.4")
-	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	specs := []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 9}}, {Address: "127.0.0.9:7000", Settings: Settings{Weight: 4}}}
 	d := NewDiscovery(p, specs, z.addr, time.Minute, nil)
 	if err := d.ResolveNow(context.Background()); err != nil {
@@ -229,7 +229,7 @@ func TestDiscoverSRV(t *testing.T) {
 func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 	z := startZone(t)
 	z.set("chat.test", "A 127.0.0.1", "A 127.0.0.2")
-	p := NewPool("chat", nil, Options{Balance: "round_robin"})
+	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	var logs logRecorder
 	const interval = 100 * time.Millisecond
 	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "127.0.0.9:80"}}, z.addr, interval, logs.logf)
@@ -285,7 +285,7 @@ func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 func TestDiscoverResolveNowFails(t *testing.T) {
 	z := startZone(t)
 	z.set("chat.test", "A 127.0.0.1")
-	p := NewPool("chat", nil, Options{})
+	p := newTestPool(t, "chat", nil, Options{})
 	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "missing.test:80"}}, z.addr, time.Minute, nil)
 	err := d.ResolveNow(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "missing.test") {
@@ -309,7 +309,7 @@ func TestDiscoverRacesPicks(t *testing.T) {
 			"SRV "+strconv.Itoa(10+i%2)+" 5 9002 b.chat.test.")
 	}
 	srv(0)
-	p := NewPool("chat", nil, Options{Balance: "least_conn", MaxFails: 1000})
+	p := newTestPool(t, "chat", nil, Options{Balance: "least_conn", MaxFails: 1000})
 	d := NewDiscovery(p, []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 3}}}, z.addr, 5*time.Millisecond, nil)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)

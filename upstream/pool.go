@@ -6,6 +6,7 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,8 +123,8 @@ func (s *Server) Token() string { return s.token }
 type Options struct {
 	// Balance names the balancer: "round_robin" (smooth weighted round
 	// robin, also when empty), "least_conn" or "hash" (weighted rendezvous
-	// hashing of Request.Key). NewPool panics on any other name: the
-	// configuration validates it first.
+	// hashing of Request.Key); Balancers lists them. Any other name is
+	// an error of NewPool and Configure.
 	Balance string
 	// HashBoundedLoad, when > 0 with "hash", caps each server at this
 	// factor of the mean load (consistent hashing with bounded loads);
@@ -160,9 +161,9 @@ func (r *Request) hashKey() string {
 type Pool struct {
 	Name string
 
-	opts Options
-	bal  balancer // its state is guarded by mu
 	mu   sync.Mutex
+	opts Options  // replaced whole by Configure; guarded by mu
+	bal  balancer // replaced by Configure; it and its state guarded by mu
 	// servers is replaced, never modified, so readers may keep a copy.
 	servers []*Server
 	// cands is Pick's candidate list, reused under mu with room for every
@@ -177,14 +178,37 @@ type Pool struct {
 	retired map[string]*Server
 }
 
-// NewPool returns a pool over servers. Weights below 1 count as 1.
-func NewPool(name string, servers []*Server, opts Options) *Pool {
+// NewPool returns a pool over servers with the policies opts, or an
+// error when opts.Balance names no balancer. Weights below 1 count as 1.
+func NewPool(name string, servers []*Server, opts Options) (*Pool, error) {
+	p := &Pool{Name: name}
+	if err := p.Configure(opts); err != nil {
+		return nil, err
+	}
+	p.SetServers(servers)
+	return p, nil
+}
+
+// Configure replaces the pool's policies (a reload): a new balancer with
+// fresh state, and the bound, max_fails and fail_timeout that Pick and
+// ReportFailure use from then on. The servers stay, with their leases,
+// health and sticky tokens. An unknown balance is an error and leaves the
+// pool as it was.
+func (p *Pool) Configure(opts Options) error {
+	bal, err := newBalancer(opts)
+	if err != nil {
+		return fmt.Errorf("upstream %s: %w", p.Name, err)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	p := &Pool{Name: name, opts: opts, bal: newBalancer(opts)}
-	p.SetServers(servers)
-	return p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.opts, p.bal = opts, bal
+	for _, s := range p.servers {
+		s.current = 0 // the smooth round robin counters are the balancers' state
+	}
+	return nil
 }
 
 // Servers returns the pool's current servers. The slice must not be
@@ -346,7 +370,11 @@ func (s *Server) full() bool {
 // ReportFailure records a failed attempt on s (dial error, handshake
 // timeout, 5xx answer to a handshake) for passive health.
 func (p *Pool) ReportFailure(s *Server) {
-	s.health.fail(p.opts.Now(), p.opts.MaxFails, p.opts.FailTimeout)
+	// One snapshot of the options, which Configure may replace.
+	p.mu.Lock()
+	now, maxFails, failTimeout := p.opts.Now(), p.opts.MaxFails, p.opts.FailTimeout
+	p.mu.Unlock()
+	s.health.fail(now, maxFails, failTimeout)
 }
 
 // ReportSuccess records a successful attempt on s.

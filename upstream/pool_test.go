@@ -7,9 +7,19 @@ import (
 	"time"
 )
 
+// newTestPool is NewPool for options that must be valid.
+func newTestPool(tb testing.TB, name string, servers []*Server, opts Options) *Pool {
+	tb.Helper()
+	p, err := NewPool(name, servers, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 func TestPickSmoothWeighted(t *testing.T) {
 	a, b, c := NewServer("a", Settings{Weight: 5}), NewServer("b", Settings{Weight: 1}), NewServer("c", Settings{Weight: 1})
-	p := NewPool("p", []*Server{a, b, c}, Options{})
+	p := newTestPool(t, "p", []*Server{a, b, c}, Options{})
 	var got string
 	for range 7 {
 		s, err := p.Pick(&Request{}, nil)
@@ -26,7 +36,7 @@ func TestPickSmoothWeighted(t *testing.T) {
 
 func TestPickEvenSpread(t *testing.T) {
 	servers := []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}}
-	p := NewPool("p", servers, Options{})
+	p := newTestPool(t, "p", servers, Options{})
 	counts := map[string]int{}
 	for range 300 {
 		s, _ := p.Pick(&Request{}, nil)
@@ -41,7 +51,7 @@ func TestPickEvenSpread(t *testing.T) {
 
 func TestPickSkipsTried(t *testing.T) {
 	a, b := &Server{Address: "a"}, &Server{Address: "b"}
-	p := NewPool("p", []*Server{a, b}, Options{})
+	p := newTestPool(t, "p", []*Server{a, b}, Options{})
 	first, _ := p.Pick(&Request{}, nil)
 	second, err := p.Pick(&Request{}, []*Server{first})
 	if err != nil || second == first {
@@ -78,7 +88,7 @@ func pickAll(t *testing.T, p *Pool, r *Request, n int) map[string]int {
 
 func TestMaxConns(t *testing.T) {
 	a, b := NewServer("a", Settings{MaxConns: 1}), NewServer("b", Settings{MaxConns: 2})
-	p := NewPool("p", []*Server{a, b}, Options{})
+	p := newTestPool(t, "p", []*Server{a, b}, Options{})
 	a.Acquire()
 	// a is full: every pick goes to b until b is full too.
 	for range 2 {
@@ -109,7 +119,7 @@ func TestBackup(t *testing.T) {
 	a := NewServer("a", Settings{MaxConns: 1})
 	b := NewServer("b", Settings{MaxConns: 1})
 	bk := NewServer("backup", Settings{Backup: true})
-	p := NewPool("p", []*Server{a, b, bk}, Options{MaxFails: 1, FailTimeout: 10 * time.Second, Now: func() time.Time { return now }})
+	p := newTestPool(t, "p", []*Server{a, b, bk}, Options{MaxFails: 1, FailTimeout: 10 * time.Second, Now: func() time.Time { return now }})
 
 	if c := pickAll(t, p, &Request{}, 10); c["backup"] != 0 {
 		t.Fatalf("primaries up: counts %v, want no backup", c)
@@ -150,7 +160,7 @@ func TestBackup(t *testing.T) {
 
 func TestDownAndRemovedNeverPicked(t *testing.T) {
 	a, b, c := NewServer("a", Settings{Down: true}), &Server{Address: "b"}, &Server{Address: "c"}
-	p := NewPool("p", []*Server{a, b, c}, Options{})
+	p := newTestPool(t, "p", []*Server{a, b, c}, Options{})
 	p.SetServers([]*Server{NewServer("a", Settings{Down: true}), {Address: "b"}})
 	if counts := pickAll(t, p, &Request{}, 100); counts["b"] != 100 {
 		t.Fatalf("counts %v, want all on b (a down, c removed)", counts)
@@ -165,7 +175,7 @@ func TestPassiveHealth(t *testing.T) {
 	now := start
 	clock := func() time.Time { return now }
 	a, b := &Server{Address: "a"}, &Server{Address: "b"}
-	p := NewPool("p", []*Server{a, b}, Options{MaxFails: 2, FailTimeout: 10 * time.Second, Now: clock})
+	p := newTestPool(t, "p", []*Server{a, b}, Options{MaxFails: 2, FailTimeout: 10 * time.Second, Now: clock})
 
 	// Two failures within fail_timeout: a is out for fail_timeout.
 	p.ReportFailure(a)
@@ -192,7 +202,7 @@ func TestPassiveHealth(t *testing.T) {
 	}
 
 	// MaxFails 0 disables passive health.
-	off := NewPool("off", []*Server{{Address: "a"}, {Address: "b"}}, Options{MaxFails: 0, FailTimeout: 10 * time.Second, Now: clock})
+	off := newTestPool(t, "off", []*Server{{Address: "a"}, {Address: "b"}}, Options{MaxFails: 0, FailTimeout: 10 * time.Second, Now: clock})
 	for range 5 {
 		off.ReportFailure(off.Servers()[0])
 	}
@@ -203,7 +213,7 @@ func TestPassiveHealth(t *testing.T) {
 
 func TestSticky(t *testing.T) {
 	servers := []*Server{{Address: "a"}, {Address: "b"}, {Address: "c"}}
-	p := NewPool("p", servers, Options{Balance: "least_conn", MaxFails: 1, FailTimeout: 10 * time.Second})
+	p := newTestPool(t, "p", servers, Options{Balance: "least_conn", MaxFails: 1, FailTimeout: 10 * time.Second})
 	for _, s := range servers {
 		if p.ByToken(s.Token()) != s {
 			t.Fatalf("ByToken(%s's token) is not %s", s.Address, s.Address)
@@ -259,6 +269,33 @@ func picker(p *Pool, n int) {
 	}
 }
 
+// during runs work in 4 goroutines and calls change(0), change(1), ...
+// until they are all done (at most 100000 times), so that the changes
+// overlap the work however the goroutines are scheduled.
+func during(t *testing.T, work func(), change func(i int)) {
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(work)
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	for i := range 100000 {
+		select {
+		case <-done:
+			if i < 10 {
+				t.Logf("only %d changes overlapped the work", i)
+			}
+			return
+		default:
+		}
+		change(i)
+	}
+	<-done
+}
+
 // SetServers changing a kept server's settings must not race with picks
 // and leases, which read them without the pool's lock (run under -race).
 func TestSetServersRacesPicks(t *testing.T) {
@@ -270,15 +307,8 @@ func TestSetServersRacesPicks(t *testing.T) {
 		}
 	}
 	for _, b := range []string{"round_robin", "least_conn", "hash"} {
-		p := NewPool("p", list(0), Options{Balance: b, HashBoundedLoad: 1.25, MaxFails: 1000})
-		var wg sync.WaitGroup
-		for range 4 {
-			wg.Go(func() { picker(p, 2000) })
-		}
-		for i := range 300 {
-			p.SetServers(list(i))
-		}
-		wg.Wait()
+		p := newTestPool(t, "p", list(0), Options{Balance: b, HashBoundedLoad: 1.25, MaxFails: 1000})
+		during(t, func() { picker(p, 2000) }, func(i int) { p.SetServers(list(i)) })
 	}
 }
 
@@ -288,7 +318,7 @@ func TestSetServersRacesPicks(t *testing.T) {
 func TestRemovedServerRevives(t *testing.T) {
 	now := time.Unix(1000, 0)
 	a, b := NewServer("a", Settings{}), NewServer("b", Settings{})
-	p := NewPool("p", []*Server{a, b}, Options{Balance: "least_conn", MaxFails: 2, FailTimeout: time.Minute,
+	p := newTestPool(t, "p", []*Server{a, b}, Options{Balance: "least_conn", MaxFails: 2, FailTimeout: time.Minute,
 		Now: func() time.Time { return now }})
 	if !a.Acquire() {
 		t.Fatal("a refused a lease")
@@ -331,4 +361,68 @@ func TestRemovedServerRevives(t *testing.T) {
 	if serverAt(p, "b") == old {
 		t.Error("a server dropped without leases came back as the same object")
 	}
+}
+
+// An unknown balance is an error of NewPool and Configure, never a panic,
+// and a failed Configure leaves the pool as it was.
+func TestUnknownBalance(t *testing.T) {
+	want := `upstream p: balance "random" is unknown (known: least_conn, round_robin, hash)`
+	if _, err := NewPool("p", nil, Options{Balance: "random"}); err == nil || err.Error() != want {
+		t.Fatalf("NewPool: %v, want %q", err, want)
+	}
+	a, b := NewServer("a", Settings{}), NewServer("b", Settings{})
+	p := newTestPool(t, "p", []*Server{a, b}, Options{Balance: "least_conn"})
+	if err := p.Configure(Options{Balance: "random"}); err == nil || err.Error() != want {
+		t.Fatalf("Configure: %v, want %q", err, want)
+	}
+	a.Acquire()
+	if c := pickAll(t, p, &Request{}, 10); c["b"] != 10 {
+		t.Fatalf("after a failed Configure: counts %v, want least_conn's all on b", c)
+	}
+}
+
+// Configure changes the policies of a pool that keeps its servers, with
+// their leases, health and sticky tokens.
+func TestConfigureKeepsServers(t *testing.T) {
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	a, b, c := NewServer("a", Settings{}), NewServer("b", Settings{}), NewServer("c", Settings{})
+	p := newTestPool(t, "p", []*Server{a, b, c}, Options{Balance: "round_robin", MaxFails: 3, FailTimeout: time.Minute, Now: clock})
+	a.Acquire()
+	a.Acquire()
+	b.Acquire()
+	p.ReportFailure(c)
+	token := c.Token()
+
+	if err := p.Configure(Options{Balance: "least_conn", MaxFails: 2, FailTimeout: time.Minute, Now: clock}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Servers(); len(got) != 3 || got[0] != a || got[1] != b || got[2] != c || a.Active() != 2 || b.Active() != 1 {
+		t.Fatalf("servers after Configure: %v, leases a=%d b=%d; want the same three, 2 and 1", got, a.Active(), b.Active())
+	}
+	if c.Token() != token || p.ByToken(token) != c {
+		t.Error("c's sticky token changed")
+	}
+	// least_conn now: c has no lease, so it takes every pick.
+	if got := pickAll(t, p, &Request{}, 10); got["c"] != 10 {
+		t.Fatalf("least_conn after Configure: counts %v, want all on c", got)
+	}
+	// max_fails 2 now: c's failure from before and this one put it down.
+	p.ReportFailure(c)
+	if got := pickAll(t, p, &Request{}, 10); got["c"] != 0 {
+		t.Fatalf("c failed twice with max_fails 2: counts %v, want c skipped", got)
+	}
+}
+
+// Configure while connections are placed and failures reported must not
+// race with them (run under -race).
+func TestConfigureRacesPicks(t *testing.T) {
+	p := newTestPool(t, "p", []*Server{NewServer("a", Settings{MaxConns: 2}), NewServer("b", Settings{Weight: 2})}, Options{})
+	names := append(Balancers(), "")
+	during(t, func() { picker(p, 2000) }, func(i int) {
+		opts := Options{Balance: names[i%len(names)], HashBoundedLoad: 1.25, MaxFails: 1000 + i, FailTimeout: time.Duration(i) * time.Millisecond}
+		if err := p.Configure(opts); err != nil {
+			t.Error(err)
+		}
+	})
 }
