@@ -2,7 +2,11 @@
 // and its validation. Errors name the file, line and key they are about.
 package config
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Config is one whole wsgate configuration file.
 type Config struct {
@@ -132,6 +136,39 @@ const (
 	TunnelWebSocket = "websocket"
 	TunnelRaw       = "raw"
 )
+
+// The kinds of HashKey, what hash_key names before its colon.
+const (
+	HashKeyIP     = "ip"     // the client's address
+	HashKeyHeader = "header" // a request header
+	HashKeyCookie = "cookie" // a cookie of the request
+	HashKeyQuery  = "query"  // a query parameter
+)
+
+// HashKey is a parsed Upstream.HashKey.
+type HashKey struct {
+	// Kind is HashKeyIP, HashKeyHeader, HashKeyCookie or HashKeyQuery.
+	Kind string
+	// Name is the header's, cookie's or query parameter's name; "" for
+	// HashKeyIP.
+	Name string
+}
+
+// ParseHashKey parses a hash_key: ip, header:NAME, cookie:NAME or
+// query:NAME. Validation and the proxy both read hash_key through it.
+func ParseHashKey(s string) (HashKey, error) {
+	if s == HashKeyIP {
+		return HashKey{Kind: HashKeyIP}, nil
+	}
+	kind, name, _ := strings.Cut(s, ":")
+	switch kind {
+	case HashKeyHeader, HashKeyCookie, HashKeyQuery:
+		if name != "" {
+			return HashKey{Kind: kind, Name: name}, nil
+		}
+	}
+	return HashKey{}, fmt.Errorf("hash_key %q is not ip, header:NAME, cookie:NAME or query:NAME", s)
+}
 
 // Upstream is a pool of servers and how to choose among them.
 type Upstream struct {

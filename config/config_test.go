@@ -375,3 +375,21 @@ func TestValidateConfigBuiltInGo(t *testing.T) {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }
+
+func TestParseHashKey(t *testing.T) {
+	for s, want := range map[string]HashKey{
+		"ip":            {Kind: HashKeyIP},
+		"header:X-User": {Kind: HashKeyHeader, Name: "X-User"},
+		"cookie:sid":    {Kind: HashKeyCookie, Name: "sid"},
+		"query:room":    {Kind: HashKeyQuery, Name: "room"},
+	} {
+		if got, err := ParseHashKey(s); err != nil || got != want {
+			t.Errorf("ParseHashKey(%q) = %+v, %v; want %+v", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "ip:x", "header", "header:", "body:x", "IP"} {
+		if got, err := ParseHashKey(s); err == nil {
+			t.Errorf("ParseHashKey(%q) = %+v, want an error", s, got)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/wsgate/wsgate/upstream"
 )
 
 // Problem is one thing wrong with a configuration.
@@ -341,16 +343,14 @@ func (v *validator) upstreams(us map[string]*Upstream) {
 			v.add(p, "has no settings; it needs at least servers")
 			continue
 		}
-		switch u.Balance {
-		case "round_robin", "least_conn", "hash":
-		default:
-			v.add(p.key("balance"), "balance %q is unknown (known: least_conn, round_robin, hash)", u.Balance)
+		if !slices.Contains(upstream.Balancers(), u.Balance) {
+			v.add(p.key("balance"), "balance %q is unknown (known: %s)", u.Balance, strings.Join(upstream.Balancers(), ", "))
 		}
 		if u.HashKey != "" {
 			if u.Balance != "hash" {
 				v.add(p.key("hash_key"), "hash_key needs balance: hash")
-			} else if msg := checkHashKey(u.HashKey); msg != "" {
-				v.add(p.key("hash_key"), "%s", msg)
+			} else if _, err := ParseHashKey(u.HashKey); err != nil {
+				v.add(p.key("hash_key"), "%v", err)
 			}
 		}
 		if u.HashBoundedLoad != 0 {
@@ -442,18 +442,6 @@ func (v *validator) healthCheck(p keyPath, hc *HealthCheck) {
 	if hc.WebSocket && hc.ExpectStatus != 0 && hc.ExpectStatus != 101 {
 		v.add(p.key("expect_status"), "a websocket check expects 101")
 	}
-}
-
-// checkHashKey accepts ip, header:NAME, cookie:NAME and query:NAME.
-func checkHashKey(key string) string {
-	if key == "ip" {
-		return ""
-	}
-	kind, name, ok := strings.Cut(key, ":")
-	if !ok || name == "" || (kind != "header" && kind != "cookie" && kind != "query") {
-		return fmt.Sprintf("hash_key %q is not ip, header:NAME, cookie:NAME or query:NAME", key)
-	}
-	return ""
 }
 
 // isToken reports whether name is an HTTP token (RFC 9110), which header

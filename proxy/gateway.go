@@ -146,7 +146,11 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			return nil, err
 		}
 		pools[name] = pool
-		policies[name] = newPolicy(uc)
+		policy, err := newPolicy(uc)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", name, err)
+		}
+		policies[name] = policy
 		upstreamTLSs[name] = ut
 	}
 	var routes []*Route

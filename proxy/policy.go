@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -13,34 +12,37 @@ import (
 // Policy is how the requests of one upstream are placed: what the hash
 // key is, which cookie pins a client, how many servers to try.
 type Policy struct {
-	hashKind, hashName string // "ip", "header", "cookie", "query"; the name
-	stickyCookie       string
-	retries            int // -1: every other server
-	tryTimeout         time.Duration
+	hashKey      config.HashKey // with balance hash; Kind "" otherwise
+	stickyCookie string
+	retries      int // -1: every other server
+	tryTimeout   time.Duration
 }
 
-func newPolicy(u *config.Upstream) *Policy {
+func newPolicy(u *config.Upstream) (*Policy, error) {
 	p := &Policy{stickyCookie: u.StickyCookie, retries: -1, tryTimeout: u.TryTimeout.Std()}
 	if u.Retries != nil {
 		p.retries = *u.Retries
 	}
 	if u.Balance == "hash" {
-		p.hashKind, p.hashName, _ = strings.Cut(u.HashKey, ":")
+		var err error
+		if p.hashKey, err = config.ParseHashKey(u.HashKey); err != nil {
+			return nil, err
+		}
 	}
-	return p
+	return p, nil
 }
 
 // request describes ctx's request to the pool: its hash key and the server
 // its sticky cookie names.
 func (p *Policy) request(ctx *fasthttp.RequestCtx, clientIP string) upstream.Request {
 	r := upstream.Request{ClientIP: clientIP}
-	switch p.hashKind {
-	case "header":
-		r.Key = string(peekFold(&ctx.Request.Header, p.hashName))
-	case "cookie":
-		r.Key = string(ctx.Request.Header.Cookie(p.hashName))
-	case "query":
-		r.Key = string(ctx.QueryArgs().Peek(p.hashName))
+	switch p.hashKey.Kind {
+	case config.HashKeyHeader:
+		r.Key = string(peekFold(&ctx.Request.Header, p.hashKey.Name))
+	case config.HashKeyCookie:
+		r.Key = string(ctx.Request.Header.Cookie(p.hashKey.Name))
+	case config.HashKeyQuery:
+		r.Key = string(ctx.QueryArgs().Peek(p.hashKey.Name))
 	}
 	if p.stickyCookie != "" {
 		r.Sticky = string(ctx.Request.Header.Cookie(p.stickyCookie))
