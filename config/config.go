@@ -25,6 +25,10 @@ type Config struct {
 	// Warnings are things that work but will not for long (a certificate
 	// about to expire); Parse and Validate fill it, callers print it.
 	Warnings []Problem `yaml:"-"`
+
+	// src is the tree the file was decoded from, for ErrorAt; nil when
+	// built in Go.
+	src *source
 }
 
 // Listener is one address the gateway accepts connections on.

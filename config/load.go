@@ -100,6 +100,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, newError(v.problems)
 	}
 	c.Warnings = v.warnings
+	c.src = src
 	return c, nil
 }
 

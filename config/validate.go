@@ -67,6 +67,19 @@ func newError(problems []Problem) *Error {
 	return &Error{Problems: problems}
 }
 
+// ErrorAt is a problem with the value at a key path (such as "listeners",
+// 1, "address") found after the file was loaded, such as an address that
+// cannot be bound, named by file, line and key as validation problems
+// are.
+func (c *Config) ErrorAt(msg string, path ...any) *Error {
+	src := c.src
+	if src == nil {
+		src = &source{file: c.File}
+	}
+	_, line, _ := src.lookup(path)
+	return &Error{Problems: []Problem{{File: src.file, Line: line, Key: keyPath(path).String(), Msg: msg}}}
+}
+
 // Validate checks a Config built in Go, after ApplyDefaults, by the same
 // rules Parse applies to a file. Its problems carry key paths but no lines.
 // The error is nil or an *Error.

@@ -17,12 +17,11 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/wsgate/wsgate/acmecert"
+	"github.com/wsgate/wsgate/admin"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/shrinkset"
 	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/tlsterm"
-	"github.com/wsgate/wsgate/upstream"
 )
 
 // clientKeepAlive is how long an idle keep-alive client connection is kept
@@ -38,6 +37,9 @@ type Options struct {
 	// CertPollInterval is how often TLS certificate files are checked for
 	// changes; 0 means 2s.
 	CertPollInterval time.Duration
+	// ConfigPath is the file Reload reads; "" when the configuration was
+	// built in Go (-demo), which leaves nothing to reload.
+	ConfigPath string
 }
 
 // defaultCertPoll: a renewed certificate is in use within seconds, for
@@ -48,27 +50,47 @@ type timeouts struct {
 	connect, handshake, idle, drain time.Duration
 }
 
-// Gateway is a running wsgate data plane built from one configuration.
+// Gateway is a running wsgate: the process layer that lives as long as the
+// process (listening sockets and their servers, the relay, the registry of
+// live tunnels and the drain, the logs) in front of the generation in
+// service, which a reload replaces (see generation and Reload).
+//
+// Ownership of a client connection: the listener's accept loop owns it
+// until a fasthttp server takes it (serverView.Accept); fasthttp owns it
+// while it serves requests; a tunnel owns it from unwrapHijacked on, and
+// the relay (or the goroutine tunnel) closes it when the tunnel ends.
 type Gateway struct {
-	router         *Router
-	timeouts       timeouts
-	maxHeaderBytes int
-	clientsMu      sync.Mutex
-	clients        map[*upstream.Server]*fasthttp.HostClient // a server belongs to one pool
+	// gen is the generation in service: loaded once per request.
+	gen        atomic.Pointer[generation]
+	starting   *generation // built by New, published by Start
+	configPath string
+	certPoll   time.Duration
 
-	discoveries    []*upstream.Discovery       // pools that follow DNS
-	background     []func(ctx context.Context) // health checks, started by Start
-	stopBackground context.CancelFunc
+	// lmu guards the listeners: bound (by configured address) and the
+	// servers in front of them, changed by Start, Reload and Shutdown.
+	lmu   sync.Mutex
+	bound map[string]*boundListener
+	// admin serves the admin endpoints on adminAddress (as configured);
+	// nil when admin.address is not set. lmu.
+	admin        *admin.Server
+	adminAddress string
+	// serving counts the fasthttp Serve loops and the shutdowns of servers
+	// a reload replaced; a drain waits for both. retired is cancelled at
+	// the end of a drain: replaced servers stop waiting for their last
+	// requests then.
+	serving       sync.WaitGroup
+	retired       context.Context
+	cancelRetired context.CancelFunc
 
-	listenerInfos []*listenerInfo
-	certPoll      time.Duration
-	listeners     []net.Listener
-	servers       []*fasthttp.Server
-	wg            sync.WaitGroup // Serve loops
-
-	// certHeaders are every listener's client-certificate header name,
-	// removed from requests on all listeners.
-	certHeaders certHeaderNames
+	// reloadMu serializes reloads, and a reload with the drain.
+	reloadMu sync.Mutex
+	reloads  int64 // reloads attempted; reloadMu
+	// draining is set once Shutdown began: a reload is refused.
+	draining atomic.Bool
+	// leaving are the timers that end the tunnels of servers and routes a
+	// reload took out, at timeouts.drain after it.
+	leavingMu sync.Mutex
+	leaving   map[*time.Timer]struct{}
 
 	mu      sync.Mutex
 	tunnels *shrinkset.Set[liveTunnel]
@@ -92,8 +114,7 @@ type Gateway struct {
 
 	accessLog   *accessLog
 	errorLog    *log.Logger
-	errorWriter io.Writer           // behind errorLog, for parts that format their own lines
-	acme        []*acmecert.Manager // of the TLS listeners with acme
+	errorWriter io.Writer // behind errorLog, for parts that format their own lines
 }
 
 // New builds a gateway from a validated configuration. Defaults must have
@@ -106,223 +127,171 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		opts.ErrorLog = os.Stderr
 	}
 	g := &Gateway{
-		timeouts: timeouts{
-			connect:   cfg.Timeouts.Connect.Std(),
-			handshake: cfg.Timeouts.Handshake.Std(),
-			idle:      cfg.Timeouts.Idle.Std(),
-			drain:     cfg.Timeouts.Drain.Std(),
-		},
-		maxHeaderBytes: cfg.Limits.MaxHeaderBytes,
-		certPoll:       opts.CertPollInterval,
-		clients:        map[*upstream.Server]*fasthttp.HostClient{},
-		tunnels:        shrinkset.New[liveTunnel](),
-		accessLog:      newAccessLog(opts.AccessLog),
-		errorLog:       log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
-		errorWriter:    opts.ErrorLog,
+		configPath:  opts.ConfigPath,
+		certPoll:    opts.CertPollInterval,
+		bound:       map[string]*boundListener{},
+		leaving:     map[*time.Timer]struct{}{},
+		tunnels:     shrinkset.New[liveTunnel](),
+		accessLog:   newAccessLog(opts.AccessLog),
+		errorLog:    log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
+		errorWriter: opts.ErrorLog,
 	}
+	g.retired, g.cancelRetired = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.mu)
 	if g.certPoll <= 0 {
 		g.certPoll = defaultCertPoll
 	}
-	for _, lc := range cfg.Listeners {
-		li, err := g.newListenerInfo(lc)
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", lc.Address, err)
-		}
-		g.listenerInfos = append(g.listenerInfos, li)
-	}
-	g.certHeaders = clientCertHeaderNames(cfg.Listeners)
-
-	pools := map[string]*upstream.Pool{}
-	policies := map[string]*Policy{}
-	upstreamTLSs := map[string]*upstreamTLS{}
-	for name, uc := range cfg.Upstreams {
-		ut, err := newUpstreamTLS(name, uc.TLS)
-		if err != nil {
-			return nil, err
-		}
-		pool, err := g.newPool(name, uc, cfg.Resolver, ut)
-		if err != nil {
-			return nil, err
-		}
-		pools[name] = pool
-		policy, err := newPolicy(uc)
-		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", name, err)
-		}
-		policies[name] = policy
-		upstreamTLSs[name] = ut
-	}
-	var routes []*Route
-	for _, rc := range cfg.Routes {
-		pool, ok := pools[rc.Upstream]
-		if !ok {
-			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
-		}
-		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: pool, Policy: policies[rc.Upstream],
-			RawTunnel: rc.Tunnel == config.TunnelRaw, tls: upstreamTLSs[rc.Upstream]})
-	}
-	g.router = NewRouter(routes)
-	return g, nil
-}
-
-// newPool builds an upstream's pool. Servers given as IP addresses are
-// fixed; names and SRV records are resolved when the gateway starts and
-// again every resolve_interval. Health checks also start with the gateway;
-// they speak TLS when the upstream does (ut not nil).
-func (g *Gateway) newPool(name string, uc *config.Upstream, resolver string, ut *upstreamTLS) (*upstream.Pool, error) {
-	opts := upstream.Options{
-		Balance: uc.Balance, HashBoundedLoad: uc.HashBoundedLoad,
-		FailTimeout: uc.FailTimeout.Std(),
-	}
-	if uc.MaxFails != nil {
-		opts.MaxFails = *uc.MaxFails
-	}
-	var specs []upstream.ServerSpec
-	static := true
-	for _, sc := range uc.Servers {
-		specs = append(specs, upstream.ServerSpec{Address: sc.Address, SRV: sc.SRV, Settings: upstream.Settings{
-			Weight: sc.Weight, MaxConns: sc.MaxConns, Backup: sc.Backup, Down: sc.Down}})
-		if sc.SRV != "" || !isIPAddress(sc.Address) {
-			static = false
-		}
-	}
-	if static {
-		var servers []*upstream.Server
-		for _, sp := range specs {
-			servers = append(servers, upstream.NewServer(sp.Address, sp.Settings))
-		}
-		pool, err := upstream.NewPool(name, servers, opts)
-		if err != nil {
-			return nil, err
-		}
-		g.addHealthCheck(pool, uc.HealthCheck, ut)
-		return pool, nil
-	}
-	pool, err := upstream.NewPool(name, nil, opts)
+	gen, err := g.buildGeneration(cfg, nil)
 	if err != nil {
 		return nil, err
 	}
-	g.discoveries = append(g.discoveries,
-		upstream.NewDiscovery(pool, specs, resolver, uc.ResolveInterval.Std(), g.errorf))
-	g.addHealthCheck(pool, uc.HealthCheck, ut)
-	return pool, nil
-}
-
-// addHealthCheck arranges for pool's health check to run from Start.
-func (g *Gateway) addHealthCheck(pool *upstream.Pool, hc *config.HealthCheck, ut *upstreamTLS) {
-	if hc == nil {
-		return
-	}
-	probe := httpProbe(hc.Path, hc.ExpectStatus, ut)
-	if hc.WebSocket {
-		probe = websocketProbe(hc.Path, ut)
-	}
-	cc := upstream.CheckConfig{Interval: hc.Interval.Std(), Timeout: hc.Timeout.Std(), Healthy: hc.Healthy, Unhealthy: hc.Unhealthy}
-	g.background = append(g.background, func(ctx context.Context) { pool.StartChecks(ctx, cc, probe, g.errorf) })
-}
-
-// isIPAddress reports whether host:port names an IP address (or no host),
-// which needs no resolving.
-func isIPAddress(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	return err == nil && (host == "" || net.ParseIP(host) != nil)
-}
-
-// clientFor returns the HTTP client of rt's server srv, made on first use:
-// servers come and go with discovery. Clients are per upstream, not per
-// address alone: two upstreams may reach one address, one over TLS.
-func (g *Gateway) clientFor(rt *Route, srv *upstream.Server) *fasthttp.HostClient {
-	g.clientsMu.Lock()
-	defer g.clientsMu.Unlock()
-	hc, ok := g.clients[srv]
-	if !ok {
-		// A new server: forget the clients of servers that left their
-		// pool and have nothing in flight, or a discovery that churns
-		// (pods come and go) would grow the map for ever.
-		for s := range g.clients {
-			if s.Removed() && s.Active() == 0 {
-				delete(g.clients, s)
-			}
-		}
-		hc = g.newHostClient(srv, rt.tls)
-		g.clients[srv] = hc
-	}
-	return hc
+	gen.id = 1
+	g.starting = gen
+	return g, nil
 }
 
 // Start binds every listener and serves them in the background. If one
 // address cannot be bound, none stays bound.
 func (g *Gateway) Start() error {
-	for _, li := range g.listenerInfos {
-		tcp, err := net.Listen("tcp", li.address)
-		if err != nil {
-			g.closeListeners()
-			return fmt.Errorf("listen %s: %w", li.address, err)
-		}
-		var ln net.Listener = &clientListener{Listener: newRetryingListener(tcp, g.errorf), idle: g.timeouts.idle}
-		if term := li.tls; term != nil {
-			ln = term.Listener(ln)
-		}
-		g.listeners = append(g.listeners, ln)
-	}
-	bg, cancel := context.WithCancel(context.Background())
-	for _, d := range g.discoveries {
-		// The first resolve happens now: a name that resolves to nothing
-		// is a configuration error, better found before serving.
-		rctx, rcancel := context.WithTimeout(bg, 10*time.Second)
-		err := d.ResolveNow(rctx)
-		rcancel()
-		if err != nil {
-			cancel()
-			g.closeListeners()
-			return err
-		}
-	}
-	r, err := relay.New(relay.Options{Idle: g.timeouts.idle})
+	gen := g.starting
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	added, err := g.bindNew(gen)
 	if err != nil {
-		cancel()
-		g.closeListeners()
-		return fmt.Errorf("relay: %w", err)
+		return err
 	}
-	for _, d := range g.discoveries {
-		go d.Run(bg)
-	}
-	for _, run := range g.background {
-		go run(bg)
-	}
-	for _, li := range g.listenerInfos {
-		if li.tls != nil {
-			go li.tls.Watch(bg, g.certPoll)
+	fail := func(err error) error {
+		for _, b := range added {
+			b.close()
+			delete(g.bound, b.address)
 		}
+		gen.discardACME(nil)
+		return err
 	}
-	g.stopBackground = cancel
+	if err := gen.resolveNew(context.Background()); err != nil {
+		return fail(err)
+	}
+	adm, err := g.bindAdmin(gen.cfg)
+	if err != nil {
+		return fail(err)
+	}
+	r, err := relay.New(relay.Options{Idle: gen.timeouts.idle})
+	if err != nil {
+		if adm != nil {
+			closeAdmin(adm)
+		}
+		return fail(fmt.Errorf("relay: %w", err))
+	}
+	g.switchAdmin(adm, gen.cfg.Admin.Address)
 	g.relay = r
 	g.accessLog.start()
-	for i, ln := range g.listeners {
-		srv := g.newServer(g.listenerInfos[i])
-		g.servers = append(g.servers, srv)
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			if err := srv.Serve(ln); err != nil {
-				g.errorf("serve %s: %v", ln.Addr(), err)
-			}
-		}()
+	gen.setHTTPSPort(g.boundAddr)
+	g.gen.Store(gen)
+	gen.start(g)
+	for _, b := range added {
+		b.info.Store(gen.listeners[b.address])
+		g.serve(b, gen)
 	}
 	return nil
 }
 
-func (g *Gateway) closeListeners() {
-	for _, ln := range g.listeners {
-		ln.Close()
+// bindNew binds the addresses of gen's listeners that are not bound yet
+// and returns them; if one cannot be bound, none of them stays bound.
+// g.lmu is held.
+func (g *Gateway) bindNew(gen *generation) ([]*boundListener, error) {
+	var added []*boundListener
+	for _, addr := range gen.order {
+		if g.bound[addr] != nil {
+			continue
+		}
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, b := range added {
+				b.close()
+				delete(g.bound, b.address)
+			}
+			return nil, &bindError{address: addr, err: err}
+		}
+		b := newBoundListener(addr, newRetryingListener(tcp, g.errorf))
+		g.bound[addr] = b
+		added = append(added, b)
 	}
-	g.listeners = nil
+	return added, nil
 }
 
-func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
+// boundAddr is the bound address of the listener configured as address.
+// g.lmu is held.
+func (g *Gateway) boundAddr(address string) net.Addr { return g.bound[address].ln.Addr() }
+
+// serve starts b's accept loop and a server for it. g.lmu is held.
+func (g *Gateway) serve(b *boundListener, gen *generation) {
+	go b.acceptLoop(func(c net.Conn) net.Conn { return g.wrapAccepted(b, c) })
+	g.startServer(b, gen)
+}
+
+// startServer puts a new fasthttp server made with gen's settings in front
+// of b. g.lmu is held.
+func (g *Gateway) startServer(b *boundListener, gen *generation) {
+	b.settings = serverSettingsOf(gen)
+	b.server = g.newServer(b, b.settings)
+	b.view = b.newView()
+	srv, view := b.server, b.view
+	g.serving.Add(1)
+	go func() {
+		defer g.serving.Done()
+		if err := srv.Serve(view); err != nil {
+			g.errorf("serve %s: %v", b.address, err)
+		}
+	}()
+}
+
+func serverSettingsOf(gen *generation) serverSettings {
+	return serverSettings{headTimeout: int64(gen.timeouts.handshake), maxHeaderBytes: gen.maxHeaderBytes}
+}
+
+// retireServer stops b's current server from taking connections and lets
+// it finish its requests in the background, until the end of a drain at
+// the latest. g.lmu is held.
+func (g *Gateway) retireServer(b *boundListener) {
+	srv := b.server
+	b.server, b.view = nil, nil
+	g.serving.Add(1)
+	go func() {
+		defer g.serving.Done()
+		srv.ShutdownWithContext(g.retired)
+	}()
+}
+
+// wrapAccepted makes an accepted conn what fasthttp reads: a clientConn
+// whose writes must progress within the idle timeout in service, under
+// TLS when the listener's settings in service say so.
+func (g *Gateway) wrapAccepted(b *boundListener, c net.Conn) net.Conn {
+	gen := g.gen.Load()
+	if tcp, ok := c.(*net.TCPConn); ok {
+		c = &clientConn{pollConn: newPollConn(tcp), write: idleDeadline{idle: gen.timeouts.idle}}
+	}
+	if li := gen.listener(b); li != nil && li.tls != nil {
+		return li.tls.Server(c)
+	}
+	return c
+}
+
+// listener returns the settings of the listener b, or nil when gen has
+// none for it (a reload removed it).
+func (gen *generation) listener(b *boundListener) *listenerInfo { return gen.listeners[b.address] }
+
+func (g *Gateway) newServer(b *boundListener, st serverSettings) *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:      func(ctx *fasthttp.RequestCtx) { g.handle(ctx, li) },
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			gen := g.gen.Load()
+			li := gen.listener(b)
+			if li == nil {
+				// A reload removed the listener while this connection
+				// was open: its last requests keep its last settings.
+				li = b.info.Load()
+			}
+			g.handle(ctx, gen, li)
+		},
 		ErrorHandler: g.handleParseError,
 		// The client's head is relayed as it came: names unchanged, no
 		// Server/Date/Content-Type the upstream did not send.
@@ -335,7 +304,7 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		// included, wherever they end up.
 		SecureErrorLogMessage: true,
 		// ReadBufferSize is also the largest request head (431 beyond).
-		ReadBufferSize:    g.maxHeaderBytes,
+		ReadBufferSize:    st.maxHeaderBytes,
 		StreamRequestBody: true,
 		// After a hijack handler returns, fasthttp closes the conn and
 		// takes back its read buffer (16 KiB by default) and request
@@ -344,7 +313,7 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 		// hijacked conns instead would leave a read buffer to the garbage
 		// collector at every handshake.
 		KeepHijackedConns: false,
-		ReadTimeout:       g.timeouts.handshake, // the request head must arrive within it
+		ReadTimeout:       time.Duration(st.headTimeout), // the request head must arrive within it
 		IdleTimeout:       clientKeepAlive,
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			// A request body (an upload, a long-poll POST) may take as long
@@ -359,7 +328,7 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 			// streamed all the same (ContinueReadBodyStream), as bodies
 			// over the default 4 MiB always were, and a chunked one is not
 			// read ahead at all.
-			return fasthttp.RequestConfig{ReadTimeout: g.timeouts.idle, MaxRequestBodySize: 1}
+			return fasthttp.RequestConfig{ReadTimeout: g.gen.Load().timeouts.idle, MaxRequestBodySize: 1}
 		},
 		Logger: fasthttpLogger{g},
 		// A worker goroutine keeps the stack its last connection grew
@@ -370,30 +339,13 @@ func (g *Gateway) newServer(li *listenerInfo) *fasthttp.Server {
 	}
 }
 
-// clientListener hands fasthttp conns whose every write must make progress
-// within the idle timeout: fasthttp's WriteTimeout would bound a whole
-// streamed response, cutting SSE, while no timeout at all would let a
-// client that stopped reading hold a stream and its upstream conn forever.
-type clientListener struct {
-	net.Listener
-	idle time.Duration
-}
-
-func (l *clientListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tcp, ok := c.(*net.TCPConn)
-	if !ok {
-		return c, nil // not from net.Listen("tcp"): nothing of ours applies
-	}
-	return &clientConn{pollConn: newPollConn(tcp), write: idleDeadline{idle: l.idle}}, nil
-}
-
-// clientConn is a client's TCP conn. Its reads can be told not to wait
-// (pollConn), so a wss:// tunnel idles without a relay buffer, as one to a
-// TLS upstream does.
+// clientConn is a client's TCP conn. Every write must make progress within
+// the idle timeout: fasthttp's WriteTimeout would bound a whole streamed
+// response, cutting SSE, while no timeout at all would let a client that
+// stopped reading hold a stream and its upstream conn forever.
+//
+// Its reads can be told not to wait (pollConn), so a wss:// tunnel idles
+// without a relay buffer, as one to a TLS upstream does.
 type clientConn struct {
 	*pollConn
 	write idleDeadline
@@ -492,7 +444,7 @@ const headReadErrorPrefix = "error when reading request headers"
 const connectAllow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 // handle is the entry point of every request.
-func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
+func (g *Gateway) handle(ctx *fasthttp.RequestCtx, gen *generation, li *listenerInfo) {
 	if ctx.IsConnect() {
 		// A reverse proxy is no tunnel to any host:port a client names;
 		// nginx refuses CONNECT with 405 as well.
@@ -500,20 +452,20 @@ func (g *Gateway) handle(ctx *fasthttp.RequestCtx, li *listenerInfo) {
 		ctx.Response.Header.Set("Allow", connectAllow)
 		return
 	}
-	if li.tls == nil && len(g.acme) > 0 && g.answerACMEChallenge(ctx) {
+	if li.tls == nil && len(gen.acme) > 0 && gen.answerACMEChallenge(ctx) {
 		// HTTP-01 comes to port 80, before any redirect or route.
 		return
 	}
 	if li.redirectHTTPS {
-		g.redirectToHTTPS(ctx)
+		g.redirectToHTTPS(ctx, gen)
 		return
 	}
-	rt := g.router.Match(string(ctx.Host()), string(ctx.Path()))
+	rt := gen.router.Match(string(ctx.Host()), string(ctx.Path()))
 	if rt == nil {
 		g.refuse(ctx, fasthttp.StatusNotFound, "no route for host "+string(ctx.Host())+" and path "+string(ctx.Path()))
 		return
 	}
-	f := newForwarded(ctx, li, g.certHeaders)
+	f := newForwarded(ctx, li, gen.certHeaders)
 	if isUpgrade(&ctx.Request.Header) {
 		g.serveWebSocket(ctx, rt, f)
 		return
@@ -562,9 +514,14 @@ func (g *Gateway) ActiveTunnels() int {
 
 // Addrs returns the bound address of every listener, in config order.
 func (g *Gateway) Addrs() []net.Addr {
+	gen := g.gen.Load()
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
 	var addrs []net.Addr
-	for _, ln := range g.listeners {
-		addrs = append(addrs, ln.Addr())
+	for _, addr := range gen.order {
+		if b := g.bound[addr]; b != nil {
+			addrs = append(addrs, b.ln.Addr())
+		}
 	}
 	return addrs
 }
@@ -599,18 +556,37 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 
 // drain is Shutdown's work, done once.
 func (g *Gateway) drain(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, g.timeouts.drain)
+	// No reload from here on: the configuration being drained stays.
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	g.draining.Store(true)
+	g.leavingMu.Lock()
+	for t := range g.leaving {
+		t.Stop() // the drain below ends every tunnel
+	}
+	g.leavingMu.Unlock()
+	gen := g.gen.Load()
+	if gen == nil {
+		return nil // never started
+	}
+	ctx, cancel := context.WithTimeout(ctx, gen.timeouts.drain)
 	defer cancel()
-	// Close the listeners here too: a Serve goroutine that has not taken
-	// its listener yet would miss fasthttp's Shutdown and serve forever.
-	for _, ln := range g.listeners {
-		ln.Close()
-	}
+	// The servers a reload replaced finish their requests by the same
+	// deadline as the current ones.
+	stopRetired := context.AfterFunc(ctx, g.cancelRetired)
+	defer stopRetired()
 	var wg sync.WaitGroup
-	for _, srv := range g.servers {
-		wg.Add(1)
-		go func() { defer wg.Done(); srv.ShutdownWithContext(ctx) }()
+	g.lmu.Lock()
+	for _, b := range g.bound {
+		// Close the sockets first: a Serve goroutine that has not taken
+		// its view yet would miss fasthttp's Shutdown and serve forever.
+		b.close()
+		if srv := b.server; srv != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); srv.ShutdownWithContext(ctx) }()
+		}
 	}
+	g.lmu.Unlock()
 
 	// Wait for the tunnels; a goroutine turns ctx's end into a broadcast so
 	// the wait below can see it.
@@ -640,14 +616,19 @@ func (g *Gateway) drain(ctx context.Context) error {
 	}
 	g.mu.Unlock()
 	wg.Wait()
-	g.wg.Wait()
+	g.cancelRetired()
+	g.serving.Wait()
 	if g.relay != nil {
 		g.relay.Stop()
 	}
-	if g.stopBackground != nil {
-		g.stopBackground()
+	gen.stop()
+	g.lmu.Lock()
+	if g.admin != nil {
+		closeAdmin(g.admin) // last: /readyz said "draining" until now
+		g.admin = nil
 	}
-	for _, m := range g.acme {
+	g.lmu.Unlock()
+	for _, m := range gen.acme {
 		m.Close() // its renewal timers cannot be stopped; this mutes them
 	}
 	g.accessLog.close()

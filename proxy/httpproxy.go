@@ -71,8 +71,8 @@ func (tlsIdleConn) Handshake() error { return nil }
 // handshake to the first write, bounded by nothing but the idle deadline,
 // and reports its failure as a failed request instead of a server that
 // could not be reached, so the next server would not be tried.
-func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp.HostClient {
-	connect, idle := g.timeouts.connect, g.timeouts.idle
+func newHostClient(srv *upstream.Server, s clientSettings) *fasthttp.HostClient {
+	connect, idle, ut := s.connect, s.idle, s.tls
 	return &fasthttp.HostClient{
 		Addr:  srv.Address,
 		IsTLS: ut != nil,
@@ -86,7 +86,7 @@ func (g *Gateway) newHostClient(srv *upstream.Server, ut *upstreamTLS) *fasthttp
 			}
 			return newIdleConn(c, idle), nil
 		},
-		ReadBufferSize:      g.maxHeaderBytes,
+		ReadBufferSize:      s.readBufferSize,
 		MaxConns:            1 << 20, // long-polls hold conns; the OS limit is the real one
 		MaxIdleConnDuration: upstreamKeepAlive,
 	}
@@ -103,7 +103,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	defer requestHeads.Put(headBuf)
 	out := &outgoing{req: &ctx.Request}
 	if ctx.Request.IsBodyStream() {
-		out.src = &uploadSource{conn: ctx.Conn(), read: idleDeadline{idle: g.timeouts.idle}}
+		out.src = &uploadSource{conn: ctx.Conn(), read: idleDeadline{idle: rt.gen.timeouts.idle}}
 	}
 	clientClose := false
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
@@ -112,7 +112,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 		*headBuf, clientClose = appendHTTPRequestHead((*headBuf)[:0], &ctx.Request.Header, f, srv.Address)
 		out.head = *headBuf
 		resp := fasthttp.AcquireResponse()
-		err := forward(g.clientFor(rt, srv), out, resp)
+		err := forward(rt.set.clients.get(srv), out, resp)
 		if err != nil {
 			fasthttp.ReleaseResponse(resp)
 			return g.exchangeFailed(ctx, rt, srv, err)

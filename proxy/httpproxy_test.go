@@ -683,36 +683,32 @@ func TestDeadServerStaleConnsFailOver(t *testing.T) {
 // The HTTP clients of servers that left their pool (DNS churn) are
 // forgotten once nothing is in flight on them; live servers keep theirs.
 func TestClientsOfRemovedServersAreForgotten(t *testing.T) {
-	g, err := New(configFor("127.0.0.1:1"), Options{AccessLog: io.Discard, ErrorLog: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
+	clients := newHostClients(clientSettings{})
 	a := upstream.NewServer("127.0.0.1:1001", upstream.Settings{})
 	b := upstream.NewServer("127.0.0.1:1002", upstream.Settings{})
 	pool, err := upstream.NewPool("p", []*upstream.Server{a, b}, upstream.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := &Route{Pool: pool}
-	hcA := g.clientFor(rt, a)
-	g.clientFor(rt, b)
-	if g.clientFor(rt, a) != hcA {
+	hcA := clients.get(a)
+	clients.get(b)
+	if clients.get(a) != hcA {
 		t.Fatal("a server got a second client")
 	}
 	b.Acquire() // a request in flight on b
 	pool.SetServers([]*upstream.Server{upstream.NewServer("127.0.0.1:1003", upstream.Settings{})})
 	c := pool.Servers()[0]
-	g.clientFor(rt, c)
-	if _, ok := g.clients[a]; ok {
+	clients.get(c)
+	if _, ok := clients.m[a]; ok {
 		t.Error("the client of a removed idle server is kept")
 	}
-	if _, ok := g.clients[b]; !ok {
+	if _, ok := clients.m[b]; !ok {
 		t.Error("the client of a removed server with a request in flight was dropped")
 	}
 	b.Release()
 	pool.SetServers([]*upstream.Server{upstream.NewServer("127.0.0.1:1004", upstream.Settings{})})
-	g.clientFor(rt, pool.Servers()[0])
-	if len(g.clients) != 1 {
-		t.Errorf("%d clients left, want 1", len(g.clients))
+	clients.get(pool.Servers()[0])
+	if len(clients.m) != 1 {
+		t.Errorf("%d clients left, want 1", len(clients.m))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -33,6 +34,22 @@ func startTLSGateway(t *testing.T, upstream string, tc *config.TLS, errLog io.Wr
 		errLog = testLog{t}
 	}
 	return startGatewayOpts(t, cfg, Options{AccessLog: io.Discard, ErrorLog: errLog, CertPollInterval: 50 * time.Millisecond})
+}
+
+// startTLSGatewayFile is startTLSGateway for one certificate, run from a
+// configuration file as wsgate -config does, so that Reload (SIGHUP) reads
+// it again.
+func startTLSGatewayFile(t *testing.T, upstream string, cert config.Certificate, errLog io.Writer) *Gateway {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "wsgate.yaml")
+	writeFile(t, path, "listeners:\n  - address: "+freeAddr(t)+"\n    tls:\n      certificates:\n"+
+		"        - cert_file: "+cert.CertFile+"\n          key_file: "+cert.KeyFile+"\n"+
+		"routes:\n  - path: /\n    upstream: backend\nupstreams:\n  backend:\n    servers:\n      - address: "+upstream+"\n")
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startGatewayOpts(t, cfg, Options{AccessLog: io.Discard, ErrorLog: errLog, CertPollInterval: 50 * time.Millisecond, ConfigPath: path})
 }
 
 // servedCert opens a TLS connection with the given SNI name (none when
@@ -185,7 +202,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	errLog := &syncbuf.Buffer{}
 	cert := ca.server(t, "live", 1, "s.test")
-	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
+	g := startTLSGatewayFile(t, echoUpstream(t, websocket.Upgrader{}), cert, errLog)
 	addr := g.Addrs()[0].String()
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "s.test"}}
 	before, _, err := d.Dial("wss://"+addr+"/", nil)
@@ -210,18 +227,18 @@ func TestTLSCertificateReload(t *testing.T) {
 	if got := servedCert(t, addr, "s.test", ca.Pool).SerialNumber.Int64(); got != 2 {
 		t.Fatalf("after a corrupt replacement the gateway serves serial %d", got)
 	}
-	if err := g.ReloadCertificates(); err == nil {
-		t.Fatal("ReloadCertificates accepted a corrupt certificate")
+	if _, err := g.Reload(); err == nil {
+		t.Fatal("Reload accepted a corrupt certificate")
 	}
 
 	third := ca.server(t, "third", 3, "s.test")
 	os.Rename(third.CertFile, cert.CertFile)
 	os.Rename(third.KeyFile, cert.KeyFile)
-	if err := g.ReloadCertificates(); err != nil {
+	if _, err := g.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if got := servedCert(t, addr, "s.test", ca.Pool).SerialNumber.Int64(); got != 3 {
-		t.Fatalf("after ReloadCertificates: serial %d", got)
+		t.Fatalf("after Reload: serial %d", got)
 	}
 	echoOnce(t, before, "still open after two reloads")
 }
@@ -234,7 +251,7 @@ func TestTLSReloadRefusesNotYetValidCertificate(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	errLog := &syncbuf.Buffer{}
 	cert := ca.server(t, "live", 1, "s.test")
-	g := startTLSGateway(t, echoUpstream(t, websocket.Upgrader{}), &config.TLS{Certificates: []config.Certificate{cert}}, errLog)
+	g := startTLSGatewayFile(t, echoUpstream(t, websocket.Upgrader{}), cert, errLog)
 	addr := g.Addrs()[0].String()
 
 	var handshakes atomic.Int64
@@ -301,8 +318,8 @@ func TestTLSReloadRefusesNotYetValidCertificate(t *testing.T) {
 		return strings.Contains(errLog.String(), refusal)
 	})
 	handshaking(3)
-	if err := g.ReloadCertificates(); err == nil {
-		t.Fatal("ReloadCertificates accepted a certificate not valid yet")
+	if _, err := g.Reload(); err == nil {
+		t.Fatal("Reload accepted a certificate not valid yet")
 	}
 	handshaking(3)
 	if strings.Contains(errLog.String(), "certificates reloaded") {

@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"net"
-	"strconv"
 	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/wsgate/wsgate/acmecert"
@@ -14,33 +14,47 @@ import (
 // listenerInfo is one configured listener: its address, and what handling
 // a request needs to know about the listener it arrived on.
 type listenerInfo struct {
+	cfg     config.Listener
 	address string              // as configured
 	tls     *tlsterm.Terminator // nil on a plain listener
+	acme    *acmecert.Manager   // the certificates tls manages, or nil
 	// clientCertHeader carries the verified subject, with clientCerts
 	// (it is removed from requests on every listener, with the others:
-	// Gateway.certHeaders).
+	// generation.certHeaders).
 	clientCertHeader []byte
 	clientCerts      bool
 	// redirectHTTPS answers every request with a redirect to https.
 	redirectHTTPS bool
 }
 
-func (g *Gateway) newListenerInfo(lc config.Listener) (*listenerInfo, error) {
-	li := &listenerInfo{address: lc.Address, redirectHTTPS: lc.RedirectHTTPS}
+// newListenerInfo builds a listener's settings. Its certificates are read
+// now, so a reload with a certificate that does not load fails. was is
+// the listener of the same address in the generation in service, or nil:
+// its ACME manager is carried when the acme block did not change, since a
+// manager's renewal timers cannot be stopped.
+func (g *Gateway) newListenerInfo(lc config.Listener, handshake time.Duration, was *listenerInfo) (*listenerInfo, error) {
+	li := &listenerInfo{cfg: lc, address: lc.Address, redirectHTTPS: lc.RedirectHTTPS}
 	if lc.TLS == nil {
 		return li, nil
 	}
-	opts := tlsterm.Options{Logf: g.errorf, HandshakeTimeout: g.timeouts.handshake}
+	opts := tlsterm.Options{Logf: g.errorf, HandshakeTimeout: handshake}
 	if lc.TLS.ACME != nil {
-		m, err := acmecert.New(lc.TLS.ACME, g.errorWriter)
-		if err != nil {
-			return nil, err
+		if was != nil && was.acme != nil && sameConfig(was.cfg.TLS.ACME, lc.TLS.ACME) {
+			li.acme = was.acme
+		} else {
+			m, err := acmecert.New(lc.TLS.ACME, g.errorWriter)
+			if err != nil {
+				return nil, err
+			}
+			li.acme = m
 		}
-		g.acme = append(g.acme, m)
-		opts.Managed = m
+		opts.Managed = li.acme
 	}
 	term, err := tlsterm.New(lc.TLS, opts)
 	if err != nil {
+		if li.acme != nil && (was == nil || li.acme != was.acme) {
+			li.acme.Close()
+		}
 		return nil, err
 	}
 	li.tls = term
@@ -62,22 +76,6 @@ func clientCertHeaderNames(ls []config.Listener) certHeaderNames {
 	return newCertHeaderNames(names...)
 }
 
-// ReloadCertificates reads every TLS listener's certificate files again
-// (SIGHUP). Handshakes after it use the new certificates; live connections
-// are untouched. A listener whose files do not load keeps the certificates
-// it has; the error is logged and returned.
-func (g *Gateway) ReloadCertificates() error {
-	var first error
-	for _, li := range g.listenerInfos {
-		if li.tls != nil {
-			if err := li.tls.Reload(); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
-}
-
 // redirectToHTTPS answers a request on a redirect_https listener: 308 to
 // the same host, path and query on the first TLS listener's port (308, not
 // 301, so a POST stays a POST). A WebSocket upgrade cannot follow a
@@ -85,7 +83,7 @@ func (g *Gateway) ReloadCertificates() error {
 // what to use instead. The host is the Host header's and the path and
 // query are the target's as sent: an absolute-form target
 // ("http://other/x") lends neither its scheme nor its host.
-func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
+func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx, gen *generation) {
 	host := string(ctx.Request.Header.Host())
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
@@ -97,7 +95,7 @@ func (g *Gateway) redirectToHTTPS(ctx *fasthttp.RequestCtx) {
 	if strings.Contains(host, ":") { // an IPv6 literal
 		host = "[" + host + "]"
 	}
-	if port := g.httpsPort(); port != "" && port != "443" {
+	if port := gen.httpsPort; port != "" && port != "443" {
 		host += ":" + port
 	}
 	target := redirectTarget(ctx.URI())
@@ -124,22 +122,10 @@ func redirectTarget(u *fasthttp.URI) string {
 	return string(path)
 }
 
-// httpsPort is the bound port of the first TLS listener.
-func (g *Gateway) httpsPort() string {
-	for i, li := range g.listenerInfos {
-		if li.tls != nil && i < len(g.listeners) {
-			if tcp, ok := g.listeners[i].Addr().(*net.TCPAddr); ok {
-				return strconv.Itoa(tcp.Port)
-			}
-		}
-	}
-	return ""
-}
-
 // answerACMEChallenge answers an HTTP-01 challenge for one of the ACME
 // managers' names; it reports whether it did.
-func (g *Gateway) answerACMEChallenge(ctx *fasthttp.RequestCtx) bool {
-	for _, m := range g.acme {
+func (gen *generation) answerACMEChallenge(ctx *fasthttp.RequestCtx) bool {
+	for _, m := range gen.acme {
 		if m.ServeHTTPChallenge(ctx) {
 			return true
 		}

@@ -21,6 +21,11 @@ type Route struct {
 	// tls is how to speak TLS to Pool's servers; nil means plain TCP.
 	// Routes to one upstream share it.
 	tls *upstreamTLS
+	// set is the upstream of Pool in gen, the generation the route
+	// belongs to: its HTTP clients, and gen's timeouts, serve the
+	// requests the route matched.
+	set *upstreamSet
+	gen *generation
 }
 
 // Router finds the route of a request: the most specific host group that
@@ -64,6 +69,18 @@ func NewRouter(routes []*Route) *Router {
 	sort.Slice(r.wildcard, func(i, j int) bool { return len(r.wildcard[i].suffix) > len(r.wildcard[j].suffix) })
 	r.any = byLongestPath(r.any)
 	return r
+}
+
+// routes returns every route of r.
+func (r *Router) routes() []*Route {
+	all := append([]*Route(nil), r.any...)
+	for _, list := range r.exact {
+		all = append(all, list...)
+	}
+	for _, w := range r.wildcard {
+		all = append(all, w.routes...)
+	}
+	return all
 }
 
 func byLongestPath(list []*Route) []*Route {

@@ -34,6 +34,9 @@ const (
 	ClosedByUpstream Closer = "upstream"
 	ClosedIdle       Closer = "idle"
 	ClosedDrain      Closer = "drain"
+	// ClosedReload: a reload took the tunnel's server or route out, and
+	// the drain timeout after it passed.
+	ClosedReload Closer = "reload"
 	// ClosedInternal: the gateway failed the tunnel (it could not hand it
 	// to the relay, say); the error log says why.
 	ClosedInternal Closer = "internal"
@@ -44,6 +47,7 @@ const (
 // readability first and borrows a pooled buffer only to move what arrived,
 // so an idle tunnel is two parked goroutines and its two conns.
 type tunnel struct {
+	placed
 	client, upstream net.Conn
 	idle             time.Duration
 

@@ -11,15 +11,26 @@ import (
 )
 
 // liveTunnel is an open tunnel, registered so a drain can wait for it and
-// end it.
+// end it, and a reload can end those whose server or route it took out.
 type liveTunnel interface {
 	abort(why Closer)
+	placement() placed
 }
+
+// placed is where a tunnel was placed: the route it matched (in the
+// generation of its handshake) and the server it reached.
+type placed struct {
+	route  *Route
+	server *upstream.Server
+}
+
+func (p placed) placement() placed { return p }
 
 // relayedTunnel is a tunnel carried by the event-loop relay. It is
 // registered before the relay has taken it, so an abort that comes first
 // is remembered and applied once the relay's handle exists.
 type relayedTunnel struct {
+	placed
 	mu      sync.Mutex
 	handle  *relay.Tunnel
 	aborted Closer
@@ -65,10 +76,11 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	var relayed *relayedTunnel
 	var carried *tunnel
 	if g.relay != nil && clientOK && upOK {
-		relayed = &relayedTunnel{}
+		relayed = &relayedTunnel{placed: placed{info.route, info.server}}
 		live = relayed
 	} else {
-		carried = newTunnel(client, up, g.timeouts.idle)
+		carried = newTunnel(client, up, info.route.gen.timeouts.idle)
+		carried.placed = placed{info.route, info.server}
 		live = carried
 	}
 	g.mu.Lock()
@@ -92,7 +104,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	// The relay path writes the switch bytes on the caller's goroutine
 	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
 	// socket do not block, and a goroutine per handshake is saved.
-	if closer := writeSwitchBytes(client, up, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+	if closer := writeSwitchBytes(client, up, toClient, toUpstream, info.route.gen.timeouts.handshake); closer != "" {
 		client.Close()
 		up.Close()
 		g.endTunnel(live, info, tunnelCounts{}, closer)
@@ -138,7 +150,7 @@ func (g *Gateway) relayFailed(info tunnelInfo, err error) {
 // switch bytes (the 101 head's 4 KiB read buffer, at least) are garbage
 // once written: a closure would keep them for the tunnel's life.
 func (g *Gateway) runCarried(t *tunnel, info tunnelInfo, toClient, toUpstream []byte) {
-	if closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, g.timeouts.handshake); closer != "" {
+	if closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, info.route.gen.timeouts.handshake); closer != "" {
 		t.abort(closer)
 		g.endTunnel(t, info, tunnelCounts{}, closer)
 		return

@@ -37,7 +37,7 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 	head := appendUpgradeRequestHead(nil, &ctx.Request.Header, f)
 
 	g.tryServers(ctx, rt, func(pl *placement, srv *upstream.Server) *tryFailure {
-		conn, err := dialTimeout(srv.Address, rt.tls, g.timeouts.connect)
+		conn, err := dialTimeout(srv.Address, rt.tls, rt.gen.timeouts.connect)
 		if err != nil {
 			return g.dialFailure(rt, srv, err)
 		}
@@ -51,12 +51,12 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 // wrong Accept) is returned, so the next server can be tried.
 func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *placement, srv *upstream.Server, conn net.Conn, head []byte, key string) *tryFailure {
 	start := time.Now()
-	conn.SetDeadline(start.Add(g.timeouts.handshake))
+	conn.SetDeadline(start.Add(rt.gen.timeouts.handshake))
 	resp, err := roundTripHead(conn, head)
 	if err != nil {
 		conn.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, g.timeouts.handshake)
+			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, rt.gen.timeouts.handshake)
 			return &tryFailure{status: fasthttp.StatusGatewayTimeout, reason: "upstream did not answer the handshake in time"}
 		}
 		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wsgate/wsgate/internal/shrinkset"
@@ -30,8 +31,8 @@ var pendingBuffers = sync.Pool{New: func() any { b := make([]byte, 0, readBuffer
 // owns, and a queue of commands other goroutines hand it through an eventfd.
 type loop struct {
 	epfd, wakefd int
-	idle         time.Duration
-	reports      *reporter // delivers the stats of ended tunnels
+	idle         *atomic.Int64 // the relay's idle timeout for new tunnels (SetIdle)
+	reports      *reporter     // delivers the stats of ended tunnels
 
 	mu      sync.Mutex
 	queue   []func(*loop)
@@ -45,7 +46,7 @@ type loop struct {
 	now     int64 // unix nanoseconds, read once per wakeup
 }
 
-func newLoop(idle time.Duration, reports *reporter) (*loop, error) {
+func newLoop(idle *atomic.Int64, reports *reporter) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -99,13 +100,9 @@ func (l *loop) stop() {
 
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
-	// epoll_wait wakes at least this often to find idle tunnels.
-	scanEvery := time.Second
-	if l.idle > 0 && l.idle < 4*time.Second {
-		scanEvery = l.idle / 4
-	}
-	nextScan := time.Now().Add(scanEvery).UnixNano()
+	nextScan := time.Now().Add(l.scanEvery()).UnixNano()
 	for {
+		scanEvery := l.scanEvery()
 		wait := scanEvery
 		if l.closing > 0 {
 			wait = goodbyeGrace / 10
@@ -316,15 +313,25 @@ func (l *loop) setInterest(s *side) {
 	}
 }
 
+// scanEvery is how often epoll_wait wakes at least to find idle tunnels:
+// every second, or four times per idle timeout when that is shorter. A
+// tunnel added before SetIdle lengthened the timeout is still found, a
+// little late at worst.
+func (l *loop) scanEvery() time.Duration {
+	if idle := time.Duration(l.idle.Load()); idle > 0 && idle < 4*time.Second {
+		return idle / 4
+	}
+	return time.Second
+}
+
 // closeIdle closes the tunnels idle for too long, and those whose goodbye
 // grace is over.
 func (l *loop) closeIdle() {
-	limit := l.now - int64(l.idle)
 	for t := range l.tunnels.All {
 		switch {
 		case t.closing && l.now >= t.closeAt:
 			l.closeTunnel(t, ClosedDrain)
-		case l.idle > 0 && t.lastActive < limit:
+		case t.idle > 0 && t.lastActive < l.now-t.idle:
 			l.closeTunnel(t, ClosedIdle)
 		}
 	}
@@ -349,11 +356,11 @@ func (l *loop) shrinkSides() {
 	l.sides = sides
 }
 
-// end ends a tunnel for reason: with ClosedDrain a goodbye if its frames
-// are tracked, otherwise a close.
+// end ends a tunnel for reason: with ClosedDrain or ClosedReload a
+// goodbye if its frames are tracked, otherwise a close.
 func (l *loop) end(t *tunnel, reason string) {
-	if reason == ClosedDrain && (t.client.tracking || t.upstream.tracking) {
-		l.goodbye(t)
+	if (reason == ClosedDrain || reason == ClosedReload) && (t.client.tracking || t.upstream.tracking) {
+		l.goodbye(t, reason)
 		return
 	}
 	l.closeTunnel(t, reason)
@@ -363,12 +370,12 @@ func (l *loop) end(t *tunnel, reason string) {
 // owed to it, and the stream towards it at a frame boundary), shuts the
 // write side of both, and leaves the tunnel to end when both endpoints
 // close or the grace is over.
-func (l *loop) goodbye(t *tunnel) {
+func (l *loop) goodbye(t *tunnel, reason string) {
 	if t.closed || t.closing {
 		return
 	}
 	if t.closedBy == "" {
-		t.closedBy = ClosedDrain
+		t.closedBy = reason
 	}
 	t.closing = true
 	l.closing++

@@ -30,6 +30,9 @@ const (
 	ClosedByUpstream = "upstream"
 	ClosedIdle       = "idle"
 	ClosedDrain      = "drain"
+	// ClosedReload: a reload took the tunnel's server out of its pool and
+	// the drain timeout after it passed; ended as a drain is.
+	ClosedReload = "reload"
 	// ClosedInternal: the relay itself failed (Stats.Err says how).
 	ClosedInternal = "internal"
 )
@@ -46,7 +49,8 @@ type Stats struct {
 type Options struct {
 	// Loops is the number of event loops; 0 means DefaultLoops().
 	Loops int
-	// Idle closes a tunnel that moved no byte either way for this long.
+	// Idle closes a tunnel that moved no byte either way for this long;
+	// SetIdle changes it for tunnels added later.
 	Idle time.Duration
 }
 
@@ -56,6 +60,7 @@ type Relay struct {
 	next    atomic.Uint32
 	wg      sync.WaitGroup
 	reports *reporter
+	idle    atomic.Int64 // nanoseconds; read by Add and the loops
 }
 
 // ErrClosed is returned by Add after Stop.
@@ -68,8 +73,9 @@ func New(opts Options) (*Relay, error) {
 		n = DefaultLoops()
 	}
 	r := &Relay{reports: newReporter()}
+	r.idle.Store(int64(opts.Idle))
 	for range n {
-		l, err := newLoop(opts.Idle, r.reports)
+		l, err := newLoop(&r.idle, r.reports)
 		if err != nil {
 			r.Stop()
 			return nil, err
@@ -96,8 +102,8 @@ type Tunnel struct {
 	t *tunnel
 }
 
-// Close ends the tunnel; reason goes to its Stats. With ClosedDrain a
-// frame-tracked tunnel says goodbye first (see CloseAll).
+// Close ends the tunnel; reason goes to its Stats. With ClosedDrain or
+// ClosedReload a frame-tracked tunnel says goodbye first (see CloseAll).
 func (h Tunnel) Close(reason string) {
 	h.l.do(func(l *loop) { l.end(h.t, reason) })
 }
@@ -129,7 +135,7 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done 
 		return Tunnel{}, err
 	}
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
-	t := newTunnel(cfd, ufd, frames, sent, done)
+	t := newTunnel(cfd, ufd, frames, sent, time.Duration(r.idle.Load()), done)
 	if !l.do(func(l *loop) { l.addTunnel(t) }) {
 		unix.Close(cfd)
 		unix.Close(ufd)
@@ -137,6 +143,10 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done 
 	}
 	return Tunnel{l: l, t: t}, nil
 }
+
+// SetIdle sets the idle timeout of the tunnels added from now on (a
+// configuration reload); live tunnels keep the one they started with.
+func (r *Relay) SetIdle(d time.Duration) { r.idle.Store(int64(d)) }
 
 // CloseAll ends every tunnel with reason. With ClosedDrain, a tunnel whose
 // frames are tracked gets a WebSocket Close 1001 ("going away") on each

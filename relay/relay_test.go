@@ -508,7 +508,7 @@ func TestUnwatchableTunnelEndsAsInternal(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan Stats, 1)
-	tn := newTunnel(cfd, ffd, true, Sent{}, func(s Stats) { done <- s })
+	tn := newTunnel(cfd, ffd, true, Sent{}, 0, func(s Stats) { done <- s })
 	if !r.loops[0].do(func(l *loop) { l.addTunnel(tn) }) {
 		t.Fatal("loop stopped")
 	}

@@ -1,11 +1,16 @@
 package relay
 
-import "github.com/wsgate/wsgate/wsframe"
+import (
+	"time"
+
+	"github.com/wsgate/wsgate/wsframe"
+)
 
 // tunnel is the state of one relayed connection pair, owned by its loop.
 type tunnel struct {
 	client, upstream side
 	lastActive       int64 // unix nanoseconds of the last byte read either way
+	idle             int64 // nanoseconds without a byte that end the tunnel; 0: never
 	closedBy         string
 	err              error // why the relay failed it (ClosedInternal)
 	closed           bool
@@ -36,8 +41,8 @@ type side struct {
 	tracking bool
 }
 
-func newTunnel(clientFD, upstreamFD int, frames bool, sent Sent, done func(Stats)) *tunnel {
-	t := &tunnel{done: done}
+func newTunnel(clientFD, upstreamFD int, frames bool, sent Sent, idle time.Duration, done func(Stats)) *tunnel {
+	t := &tunnel{done: done, idle: int64(idle)}
 	t.client = side{fd: clientFD, name: ClosedByClient, t: t, peer: &t.upstream, read: int64(len(sent.Up))}
 	t.upstream = side{fd: upstreamFD, name: ClosedByUpstream, t: t, peer: &t.client, read: int64(len(sent.Down))}
 	if frames {

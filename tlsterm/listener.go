@@ -40,7 +40,13 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: tls.Server(c, l.t.tlsConfig), t: l.t}, nil
+	return l.t.Server(c), nil
+}
+
+// Server returns c as the server side of a TLS connection with t's
+// configuration; the handshake runs as it does on Listener's conns.
+func (t *Terminator) Server(c net.Conn) *Conn {
+	return &Conn{Conn: tls.Server(c, t.tlsConfig), t: t}
 }
 
 // Conn is a server-side TLS connection whose handshake is bounded and

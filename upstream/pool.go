@@ -358,6 +358,20 @@ func (p *Pool) byTokenLocked(token string) *Server {
 }
 
 // usable: in service and, as far as health knows, up.
+// Usable counts the servers that may take a new connection now, full or
+// not: in service and, as far as health knows, up (GET /readyz).
+func (p *Pool) Usable() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now, n := p.opts.Now(), 0
+	for _, s := range p.servers {
+		if p.usable(s, now) {
+			n++
+		}
+	}
+	return n
+}
+
 func (p *Pool) usable(s *Server, now time.Time) bool {
 	return !s.cfg().Down && !s.removed.Load() && s.health.up(now)
 }

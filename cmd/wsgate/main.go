@@ -1,6 +1,7 @@
 // Command wsgate runs the WebSocket-aware reverse proxy gateway.
 //
-//	wsgate -config wsgate.yaml         run
+//	wsgate -config wsgate.yaml         run; SIGHUP reloads the file in place
+//	wsgate -watch -config wsgate.yaml  run, and reload whenever the file's content changes
 //	wsgate -check -config wsgate.yaml  validate the file and exit 0 or 1, like nginx -t
 //	wsgate -demo                       run on 127.0.0.1:8080 with two built-in upstreams
 package main
@@ -34,6 +35,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	check := fs.Bool("check", false, "validate the configuration, print \"ok\" or the errors, and exit")
 	demoMode := fs.Bool("demo", false, "run on the demo address with two built-in upstreams; no config file")
 	demoListen := fs.String("listen", "127.0.0.1:8080", "listen address of -demo")
+	watch := fs.Bool("watch", false, "reload the configuration whenever the file's content changes (checked every 2s)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -72,7 +74,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	gw, err := proxy.New(cfg, proxy.Options{AccessLog: stdout, ErrorLog: stderr})
+	opts := proxy.Options{AccessLog: stdout, ErrorLog: stderr}
+	if !*demoMode {
+		opts.ConfigPath = *configPath
+	}
+	gw, err := proxy.New(cfg, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, "wsgate:", err)
 		return 1
@@ -90,20 +96,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, a := range gw.Addrs() {
 		fmt.Fprintf(stderr, "wsgate: listening on %s\n", a)
 	}
+	if a := gw.AdminAddr(); a != nil {
+		fmt.Fprintf(stderr, "wsgate: admin on http://%s/\n", a)
+	}
 	if *demoMode {
 		fmt.Fprintf(stderr, "wsgate: demo page at http://%s/\n", gw.Addrs()[0])
+	}
+	stopWatch := func() {}
+	if *watch && !*demoMode {
+		ctx, cancel := context.WithCancel(context.Background())
+		stopWatch = cancel
+		go watchFile(ctx, *configPath, watchInterval, func() {
+			fmt.Fprintf(stderr, "wsgate: %s changed: reloading\n", *configPath)
+			gw.Reload() // the error log says how it went
+		})
 	}
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			// Certificates are read again (the error log says whether they
-			// loaded); the rest of the file is not reloaded yet.
-			gw.ReloadCertificates()
-			fmt.Fprintln(stderr, "wsgate: SIGHUP: TLS certificates read again; reloading the rest of the configuration is not supported yet, restart to apply it")
+			// The error log says how the reload went.
+			if _, err := gw.Reload(); err != nil && *demoMode {
+				fmt.Fprintln(stderr, "wsgate: SIGHUP:", err)
+			}
 			continue
 		}
 		break
 	}
+	stopWatch()
 	fmt.Fprintf(stderr, "wsgate: draining %d tunnels (up to %v; send the signal again to close them now)\n",
 		gw.ActiveTunnels(), cfg.Timeouts.Drain.Std())
 	ctx, cancel := context.WithCancel(context.Background())
