@@ -73,8 +73,9 @@ func NewServer(address string, st Settings) *Server {
 // Settings returns the server's current settings.
 func (s *Server) Settings() Settings { return *s.cfg() }
 
-// cfg returns the published settings; callers read them once per decision
-// so that a concurrent SetServers cannot mix two versions.
+// cfg returns the published settings. They change only under the pool's
+// lock (SetServers): code without it reads them once per decision, so as
+// not to mix two versions.
 func (s *Server) cfg() *Settings {
 	if st := s.settings.Load(); st != nil {
 		return st
@@ -242,10 +243,11 @@ func (p *Pool) SetServers(list []*Server) {
 		} else if prev, ok := p.retired[s.Address]; ok {
 			delete(p.retired, s.Address)
 			s = prev
-		} else if s.token == "" {
-			// A server new to the pool: nothing reads it concurrently
-			// until it is in p.servers.
-			s.token = serverToken(p.Name, s.Address)
+		} else if token := serverToken(p.Name, s.Address); s.token != token {
+			// A server new to the pool. Written only when it differs:
+			// a caller may hand back a server the pool forgot, whose
+			// token the proxy may still be reading.
+			s.token = token
 		}
 		if *s.cfg() != *st {
 			s.settings.Store(st)
