@@ -158,10 +158,6 @@ func switchingProtocols(req *http.Request) string {
 		AcceptKey(req.Header.Get("Sec-WebSocket-Key")))
 }
 
-func closePayload(code uint16, reason string) []byte {
-	return append(binary.BigEndian.AppendUint16(nil, code), reason...)
-}
-
 func mustContain(t testing.TB, s, sub string) {
 	t.Helper()
 	if !strings.Contains(s, sub) {

@@ -363,6 +363,9 @@ type clientConn struct {
 	// upload sends an upload's bytes on to the upstream before a read
 	// from the client may wait (see copyUpload).
 	upload uploadFlusher
+	// handover is what a hijack handler is due to take over; Close
+	// releases it if fasthttp closes the conn without running that handler.
+	handover handoverSlot
 }
 
 // clientConnOf returns the clientConn under the conn a request came on,
@@ -394,12 +397,15 @@ func clientAddress(ctx *fasthttp.RequestCtx) (ip, addr string) {
 	return cc.remoteIP, cc.remoteAddr
 }
 
-// Close closes the conn unless a tunnel took it over.
+// Close closes the conn unless a tunnel took it over, and releases a
+// handover whose hijack handler did not run.
 func (c *clientConn) Close() error {
 	if c.detached.Load() {
 		return nil
 	}
-	return c.TCPConn.Close()
+	err := c.TCPConn.Close()
+	c.handover.closed()
+	return err
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {

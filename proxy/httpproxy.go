@@ -240,18 +240,29 @@ func (g *Gateway) relayUntilClose(ctx *fasthttp.RequestCtx, body *upstreamBody) 
 	g.mu.Lock()
 	g.streams++
 	g.mu.Unlock()
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(c net.Conn) {
-		// Writes go to the client's conn itself (its write deadline
-		// included), each body read as it arrives.
-		if _, err := c.Write(head); err == nil {
-			body.WriteTo(c)
-		}
+	// end releases the body (the upstream conn and the server's lease) and
+	// the stream's count, whether the body was sent or not.
+	end := func() {
 		body.Close()
 		g.mu.Lock()
 		g.streams--
 		g.tunnelsChanged()
 		g.mu.Unlock()
+	}
+	// The client conn owns them until the hijack handler takes them: if
+	// fasthttp skips that handler, it closes the conn, which ends them.
+	take := handOver(ctx, end)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		if !take() {
+			return // the client conn closed first and ended them
+		}
+		// Writes go to the client's conn itself (its write deadline
+		// included), each body read as it arrives.
+		if _, err := c.Write(head); err == nil {
+			body.WriteTo(c)
+		}
+		end()
 		// fasthttp closes c when this returns: the body's end.
 	})
 }

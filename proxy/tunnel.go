@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,15 +14,8 @@ import (
 )
 
 // relayBufferSize is the size of the buffers a tunnel borrows while bytes
-// move. A read that fills one whole suggests a bulk transfer, which then
-// goes through splice(2).
+// move.
 const relayBufferSize = 32 << 10
-
-// spliceChunk bounds one splice(2) run. splice borrows a pipe pair (two fds)
-// from Go's pool and keeps it until the run ends, so runs are bounded in
-// bytes instead of lasting the connection's life (DESIGN.md: a relay that
-// splices for a tunnel's life holds 6 fds per tunnel).
-const spliceChunk = 1 << 20
 
 var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
 
@@ -42,10 +36,12 @@ const (
 	ClosedInternal Closer = "internal"
 )
 
-// tunnel carries the bytes of one upgraded connection in both directions.
-// It holds no buffer while both sides are quiet: each direction waits for
-// readability first and borrows a pooled buffer only to move what arrived,
-// so an idle tunnel is two parked goroutines and its two conns.
+// tunnel carries the bytes of one upgraded connection in both directions
+// when one side at least speaks TLS; plain TCP on both sides goes to the
+// event-loop relay instead (startTunnel). It holds no buffer while both
+// sides are quiet: each direction waits for readability first and borrows
+// a pooled buffer only to move what arrived, so an idle tunnel is two
+// parked goroutines and its two conns.
 type tunnel struct {
 	placed
 	client, upstream net.Conn
@@ -125,33 +121,19 @@ func (t *tunnel) direction(src, dst net.Conn, count *atomic.Int64, side Closer) 
 
 var errIdle = errors.New("tunnel idle")
 
-// copy moves bytes from src to dst until EOF (nil) or an error.
+// copy moves bytes from src to dst until EOF (nil) or an error. src is a
+// TCP conn, or a TLS conn over a conn whose reads can be told not to wait:
+// the gateway's listeners and dialer make no other kind.
 func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
+	relayOnce, err := t.relayFrom(src, dst)
+	if err != nil {
+		return err
+	}
 	if err := src.SetReadDeadline(time.Now().Add(t.idle)); err != nil {
 		return err
 	}
-	srcTCP, _ := src.(*net.TCPConn)
-	dstTCP, _ := dst.(*net.TCPConn)
-	var raw syscall.RawConn
-	if srcTCP != nil {
-		raw, _ = srcTCP.SyscallConn()
-	}
-	srcTLS, _ := src.(*tls.Conn)
-	var srcPoll noWaitReader
-	if srcTLS != nil {
-		srcPoll, _ = srcTLS.NetConn().(noWaitReader)
-	}
 	for {
-		var n int
-		var err error
-		switch {
-		case raw != nil:
-			n, err = t.waitAndRelay(raw, dst)
-		case srcPoll != nil:
-			n, err = t.tlsWaitAndRelay(srcTLS, srcPoll, dst)
-		default:
-			n, err = t.readAndRelay(src, dst)
-		}
+		n, err := relayOnce()
 		if n > 0 {
 			count.Add(int64(n))
 			t.touch()
@@ -167,22 +149,26 @@ func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
 			}
 			return err
 		}
-		if n == relayBufferSize && srcTCP != nil && dstTCP != nil {
-			// A full buffer: more is likely queued. Let the kernel move the
-			// next run without copying it through user space.
-			if err := t.spliceRun(srcTCP, dstTCP, count); err != nil {
-				if err == io.EOF {
-					return nil
-				}
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					if err = t.extendDeadline(src); err == nil {
-						continue
-					}
-				}
-				return err
-			}
-		}
 	}
+}
+
+// relayFrom returns the function that waits for src's next bytes and
+// writes them to dst, each way holding no buffer while src is quiet.
+func (t *tunnel) relayFrom(src, dst net.Conn) (func() (int, error), error) {
+	switch src := src.(type) {
+	case *net.TCPConn:
+		raw, err := src.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		return func() (int, error) { return t.waitAndRelay(raw, dst) }, nil
+	case *tls.Conn:
+		if pc, ok := src.NetConn().(noWaitReader); ok {
+			return func() (int, error) { return t.tlsWaitAndRelay(src, pc, dst) }, nil
+		}
+		return nil, fmt.Errorf("tunnel: cannot relay from TLS over a %T", src.NetConn())
+	}
+	return nil, fmt.Errorf("tunnel: cannot relay from a %T", src)
 }
 
 // extendDeadline is called when src's read deadline passed. The deadline is
@@ -276,39 +262,6 @@ func (t *tunnel) tlsWaitAndRelay(src *tls.Conn, pc noWaitReader, dst net.Conn) (
 		return n, werr
 	}
 	return n, err
-}
-
-// readAndRelay is the path for any other conn (neither TCP nor TLS over a
-// conn of the gateway's own listeners or dialer): the buffer is held
-// during the read.
-func (t *tunnel) readAndRelay(src, dst net.Conn) (int, error) {
-	buf := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(buf)
-	n, err := src.Read(*buf)
-	if n > 0 {
-		if _, werr := writeAll(dst, (*buf)[:n]); werr != nil {
-			return n, werr
-		}
-	}
-	return n, err
-}
-
-// spliceRun moves up to spliceChunk bytes from src to dst with splice(2).
-// It returns io.EOF when src ended before the chunk was done.
-func (t *tunnel) spliceRun(src, dst *net.TCPConn, count *atomic.Int64) error {
-	lr := &io.LimitedReader{R: src, N: spliceChunk}
-	n, err := dst.ReadFrom(lr)
-	if n > 0 {
-		count.Add(n)
-		t.touch()
-	}
-	if err != nil {
-		return err
-	}
-	if lr.N > 0 {
-		return io.EOF
-	}
-	return nil
 }
 
 // writeError is a failure to write to the destination side, so the access

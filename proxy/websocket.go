@@ -89,17 +89,28 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	g.mu.Unlock()
 	_, clientAddr := clientAddress(ctx)
 	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
+	// abandon releases what the 101 took (the upstream conn, the server's
+	// lease, the pending count) when no tunnel will start.
+	abandon := func() {
+		conn.Close()
+		srv.Release()
+		g.tunnelAborted()
+	}
+	// The client conn owns them until the hijack handler takes them: if
+	// fasthttp skips that handler, it closes the conn, which abandons them.
+	take := handOver(ctx, abandon)
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		// This runs on a goroutine fasthttp started for it; it must return
 		// at once so the RequestCtx and its read buffer go back to their
 		// pools.
+		if !take() {
+			return // the client conn closed first and abandoned them
+		}
+		// This handler owns them now, until startTunnel takes them.
 		client, early, err := unwrapHijacked(c)
 		if err != nil {
-			conn.Close()
-			c.Close()
-			srv.Release()
-			g.tunnelAborted()
+			abandon() // fasthttp closes c when this returns
 			return
 		}
 		g.startTunnel(client, conn, resp.raw, early, info)

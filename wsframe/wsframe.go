@@ -2,7 +2,7 @@
 // stream that a proxy relays unchanged. It parses frame headers only and
 // counts payload bytes down; it never unmasks, copies or modifies payload.
 // Knowing the boundaries is what lets a relay inject a frame of its own
-// (Close on drain, Ping to idle peers) without corrupting the stream.
+// (Close on drain) without corrupting the stream.
 package wsframe
 
 import (
@@ -66,7 +66,6 @@ const (
 	opPong         = 0xA
 
 	finBit  = 0x80
-	rsv1Bit = 0x40
 	maskBit = 0x80
 
 	maxHeader         = 14 // 2 + 8 (64-bit length) + 4 (mask key)
@@ -81,7 +80,6 @@ type Tracker struct {
 	remaining  uint64 // payload bytes of the current frame still to come
 	msgLen     uint64 // payload bytes of the open data message so far
 	maxMessage uint64 // 0: no limit
-	frames     uint64
 	messages   uint64
 
 	hdr    [maxHeader]byte // a header split across Feed calls
@@ -93,7 +91,6 @@ type Tracker struct {
 	inMessage   bool // a data message has started and its FIN frame is not yet complete
 	endsMessage bool // the current frame is the FIN frame of a data message
 	closeSeen   bool
-	compressed  bool
 }
 
 // New returns a Tracker for one direction. fromClient: frames must be masked
@@ -128,7 +125,10 @@ func (t *Tracker) Feed(p []byte) (n int, err error) {
 		if t.remaining > 0 {
 			k := min(uint64(len(p)-n), t.remaining)
 			n += int(k)
-			t.Skip(k)
+			t.remaining -= k
+			if t.remaining == 0 {
+				t.endFrame()
+			}
 			continue
 		}
 		start := n - int(t.hdrLen) // negative if the header began in an earlier call
@@ -245,7 +245,6 @@ func (t *Tracker) startFrame(h []byte) uint8 {
 	}
 	if op != opContinuation {
 		t.inMessage = true
-		t.compressed = b0&rsv1Bit != 0 // permessage-deflate marks only the first frame
 	}
 	t.msgLen = msgLen + length
 	t.endsMessage = fin
@@ -255,7 +254,6 @@ func (t *Tracker) startFrame(h []byte) uint8 {
 
 // endFrame records the end of the current frame's payload.
 func (t *Tracker) endFrame() {
-	t.frames++
 	if t.endsMessage {
 		t.messages++
 		t.inMessage, t.endsMessage = false, false
@@ -268,44 +266,12 @@ func (t *Tracker) endFrame() {
 // of a message, RFC 6455 5.4).
 func (t *Tracker) AtFrameBoundary() bool { return t.hdrLen == 0 && t.remaining == 0 }
 
-// AtMessageBoundary reports whether the stream is at a frame boundary and no
-// fragmented data message is open.
-func (t *Tracker) AtMessageBoundary() bool { return t.AtFrameBoundary() && !t.inMessage }
-
-// PayloadRemaining returns how many payload bytes of the current frame are
-// still to come (0 while in a header or at a boundary). A relay may move that
-// many bytes without looking (splice) and then call Skip.
-func (t *Tracker) PayloadRemaining() uint64 { return t.remaining }
-
-// Skip accounts for n payload bytes that went by without being fed. It panics
-// if n > PayloadRemaining(): the relay moved bytes the tracker has not seen a
-// header for, which is a programming error.
-func (t *Tracker) Skip(n uint64) {
-	if n > t.remaining {
-		panic("wsframe: Skip past the end of the frame payload")
-	}
-	if n == 0 {
-		return
-	}
-	t.remaining -= n
-	if t.remaining == 0 {
-		t.endFrame()
-	}
-}
-
-// Frames returns the number of complete frames seen.
-func (t *Tracker) Frames() uint64 { return t.frames }
-
 // Messages returns the number of complete data messages seen: the FIN frame
 // of a text/binary message, or of its last continuation, has ended.
 func (t *Tracker) Messages() uint64 { return t.messages }
 
 // CloseSeen reports whether a Close frame's header has been seen in this direction.
 func (t *Tracker) CloseSeen() bool { return t.closeSeen }
-
-// Compressed reports whether the last data message started with RSV1 set
-// (permessage-deflate). It is informative only: payload passes through as is.
-func (t *Tracker) Compressed() bool { return t.compressed }
 
 // AppendClose appends a Close frame with the status code and reason to dst.
 // mask is for frames the gateway writes to an upstream, where it acts as a
@@ -323,19 +289,6 @@ func AppendClose(dst []byte, code uint16, reason string, mask bool, maskKey [4]b
 	start := len(dst)
 	dst = binary.BigEndian.AppendUint16(dst, code)
 	dst = append(dst, reason...)
-	maskInPlace(dst[start:], mask, maskKey)
-	return dst
-}
-
-// AppendPing appends a Ping frame carrying payload to dst, masked if mask is
-// set (see AppendClose). It panics on a payload over 125 bytes.
-func AppendPing(dst []byte, payload []byte, mask bool, maskKey [4]byte) []byte {
-	if len(payload) > maxControlPayload {
-		panic("wsframe: ping payload over 125 bytes")
-	}
-	dst = appendControlHeader(dst, opPing, len(payload), mask, maskKey)
-	start := len(dst)
-	dst = append(dst, payload...)
 	maskInPlace(dst[start:], mask, maskKey)
 	return dst
 }

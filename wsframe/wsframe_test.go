@@ -12,7 +12,7 @@ import (
 
 const (
 	fin  = finBit
-	rsv1 = rsv1Bit
+	rsv1 = 0x40
 	rsv2 = 0x20
 	rsv3 = 0x10
 )
@@ -67,58 +67,50 @@ func TestFeedValid(t *testing.T) {
 		client    bool
 		max       int64
 		stream    []byte
-		skip      uint64 // payload still due after stream; checked, then skipped unless midFrame
-		midFrame  bool
-		frames    uint64
+		remaining uint64 // payload still due after stream
 		messages  uint64
 		atFrame   bool
 		atMessage bool
 		close     bool
-		comp      bool
 	}
 	var tests []tc
 	for _, client := range []bool{false, true} {
 		for _, n := range []int{0, 1, 125, 126, 65535, 65536} {
 			tests = append(tests, tc{name: "len", client: client, stream: frame(fin|opBinary, n, client),
-				frames: 1, messages: 1, atFrame: true, atMessage: true})
+				messages: 1, atFrame: true, atMessage: true})
 		}
 		for _, enc := range []int{enc16, enc64} {
 			tests = append(tests, tc{name: "non-shortest", client: client,
-				stream: cat(header(fin|opText, 5, client, enc), payload(5)),
-				frames: 1, messages: 1, atFrame: true, atMessage: true})
+				stream:   cat(header(fin|opText, 5, client, enc), payload(5)),
+				messages: 1, atFrame: true, atMessage: true})
 		}
 		big := uint64(1)<<32 + 1
 		tests = append(tests,
-			tc{name: "2^32+1 via Skip", client: client, stream: header(fin|opBinary, big, client, encShort),
-				skip: big, frames: 1, messages: 1, atFrame: true, atMessage: true},
-			tc{name: "max 64-bit length via Skip", client: client, stream: header(fin|opBinary, 1<<63-1, client, encShort),
-				skip: 1<<63 - 1, frames: 1, messages: 1, atFrame: true, atMessage: true},
+			tc{name: "2^32+1", client: client, stream: header(fin|opBinary, big, client, encShort), remaining: big},
+			tc{name: "max 64-bit length", client: client, stream: header(fin|opBinary, 1<<63-1, client, encShort), remaining: 1<<63 - 1},
 			tc{name: "partial header", client: client, stream: header(fin|opBinary, 300, client, encShort)[:3]},
 			tc{name: "partial payload", client: client, stream: frame(fin|opBinary, 10, client)[:len(header(0, 10, client, encShort))+3],
-				skip: 7, midFrame: true},
+				remaining: 7},
 			tc{name: "control frames between fragments", client: client,
 				stream: cat(frame(opText, 3, client), frame(fin|opPing, 125, client), frame(opContinuation, 0, client),
 					frame(fin|opPong, 0, client), frame(fin|opContinuation, 4, client)),
-				frames: 5, messages: 1, atFrame: true, atMessage: true},
+				messages: 1, atFrame: true, atMessage: true},
 			tc{name: "fragmented message open", client: client,
-				stream: cat(frame(opBinary, 3, client), frame(fin|opPing, 1, client)),
-				frames: 2, atFrame: true},
+				stream:  cat(frame(opBinary, 3, client), frame(fin|opPing, 1, client)),
+				atFrame: true},
 			tc{name: "close", client: client, stream: frame(fin|opClose, 2, client),
-				frames: 1, atFrame: true, atMessage: true, close: true},
+				atFrame: true, atMessage: true, close: true},
 			tc{name: "close stays seen", client: client, stream: cat(frame(fin|opClose, 0, client), frame(fin|opPing, 0, client)),
-				frames: 2, atFrame: true, atMessage: true, close: true},
+				atFrame: true, atMessage: true, close: true},
 			tc{name: "close header only", client: client, stream: header(fin|opClose, 2, client, encShort),
-				skip: 2, midFrame: true, close: true},
+				remaining: 2, close: true},
 			tc{name: "rsv bits pass", client: client,
-				stream: cat(frame(fin|rsv1|rsv2|rsv3|opText, 3, client), frame(fin|rsv2|opPing, 0, client)),
-				frames: 2, messages: 1, atFrame: true, atMessage: true, comp: true},
-			tc{name: "compressed is per message", client: client,
-				stream: cat(frame(fin|rsv1|opText, 3, client), frame(opText, 3, client), frame(fin|rsv1|opContinuation, 3, client)),
-				frames: 3, messages: 2, atFrame: true, atMessage: true},
+				stream:   cat(frame(fin|rsv1|rsv2|rsv3|opText, 3, client), frame(fin|rsv2|opPing, 0, client)),
+				messages: 1, atFrame: true, atMessage: true},
 			tc{name: "limit reached exactly", client: client, max: 10,
 				stream: cat(frame(opText, 6, client), frame(fin|opPing, 20, client), frame(fin|opContinuation, 4, client),
 					frame(fin|opBinary, 10, client)),
-				frames: 4, messages: 2, atFrame: true, atMessage: true},
+				messages: 2, atFrame: true, atMessage: true},
 		)
 	}
 	for _, tt := range tests {
@@ -128,19 +120,12 @@ func TestFeedValid(t *testing.T) {
 			t.Errorf("%s (client=%v): Feed = %d, %v; want %d, nil", tt.name, tt.client, n, err, len(tt.stream))
 			continue
 		}
-		if got := tr.PayloadRemaining(); got != tt.skip {
-			t.Errorf("%s (client=%v): PayloadRemaining = %d, want %d", tt.name, tt.client, got, tt.skip)
-			continue
-		}
-		if !tt.midFrame {
-			tr.Skip(tt.skip)
-		}
 		type state struct {
-			frames, messages                uint64
-			atFrame, atMessage, close, comp bool
+			remaining, messages       uint64
+			atFrame, atMessage, close bool
 		}
-		got := state{tr.Frames(), tr.Messages(), tr.AtFrameBoundary(), tr.AtMessageBoundary(), tr.CloseSeen(), tr.Compressed()}
-		want := state{tt.frames, tt.messages, tt.atFrame, tt.atMessage, tt.close, tt.comp}
+		got := state{tr.remaining, tr.Messages(), tr.AtFrameBoundary(), atMessageBoundary(&tr), tr.CloseSeen()}
+		want := state{tt.remaining, tt.messages, tt.atFrame, tt.atMessage, tt.close}
 		if got != want {
 			t.Errorf("%s (client=%v): state %+v, want %+v", tt.name, tt.client, got, want)
 		}
@@ -153,8 +138,8 @@ func TestFeedErrors(t *testing.T) {
 		name   string
 		client bool
 		max    int64
-		prefix []byte // valid: consumed; frames is its frame count
-		frames uint64
+		prefix []byte // valid: consumed; msgs is its message count
+		msgs   uint64
 		bad    []byte
 		want   error
 	}
@@ -171,11 +156,11 @@ func TestFeedErrors(t *testing.T) {
 			tc{"continuation first", client, 0, nil, 0, frame(fin|opContinuation, 1, client), ErrContinuation},
 			tc{"continuation after message", client, 0, ok(client), 1, frame(fin|opContinuation, 1, client), ErrContinuation},
 			tc{"data frame inside fragmented message", client, 0,
-				cat(frame(opText, 1, client), frame(fin|opPing, 0, client)), 2, frame(fin|opBinary, 1, client), ErrContinuation},
+				cat(frame(opText, 1, client), frame(fin|opPing, 0, client)), 0, frame(fin|opBinary, 1, client), ErrContinuation},
 			tc{"64-bit length top bit", client, 0, ok(client), 1, header(fin|opBinary, 1<<63, client, encShort), ErrLength},
 			tc{"single frame over limit", client, 10, ok(client), 1, frame(fin|opBinary, 11, client), ErrMessageTooBig},
 			tc{"fragments over limit", client, 10,
-				cat(frame(opBinary, 6, client), frame(fin|opPing, 50, client)), 2, frame(fin|opContinuation, 5, client), ErrMessageTooBig},
+				cat(frame(opBinary, 6, client), frame(fin|opPing, 50, client)), 0, frame(fin|opContinuation, 5, client), ErrMessageTooBig},
 			tc{"huge length over limit", client, 10, ok(client), 1, header(fin|opBinary, 1<<63-1, client, encShort), ErrMessageTooBig},
 		)
 		for _, op := range []byte{0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF} {
@@ -196,15 +181,15 @@ func TestFeedErrors(t *testing.T) {
 		if isProto := errors.Is(err, ErrProtocol); isProto == (tt.want == ErrMessageTooBig) {
 			t.Errorf("%s: errors.Is(err, ErrProtocol) = %v", name, isProto)
 		}
-		if !tr.AtFrameBoundary() || tr.Frames() != tt.frames || tr.PayloadRemaining() != 0 {
-			t.Errorf("%s: after error AtFrameBoundary=%v Frames=%d PayloadRemaining=%d; want true, %d, 0",
-				name, tr.AtFrameBoundary(), tr.Frames(), tr.PayloadRemaining(), tt.frames)
+		if !tr.AtFrameBoundary() || tr.Messages() != tt.msgs || tr.remaining != 0 {
+			t.Errorf("%s: after error AtFrameBoundary=%v Messages=%d remaining=%d; want true, %d, 0",
+				name, tr.AtFrameBoundary(), tr.Messages(), tr.remaining, tt.msgs)
 		}
 		if n, err := tr.Feed(ok(tt.client)); n != 0 || err != tt.want {
 			t.Errorf("%s: Feed after error = %d, %v; want 0, %v", name, n, err, tt.want)
 		}
-		if tr.Frames() != tt.frames {
-			t.Errorf("%s: Frames after error = %d, want %d", name, tr.Frames(), tt.frames)
+		if tr.Messages() != tt.msgs {
+			t.Errorf("%s: Messages after error = %d, want %d", name, tr.Messages(), tt.msgs)
 		}
 	}
 }
@@ -222,37 +207,10 @@ func TestErrorInSplitHeader(t *testing.T) {
 		if n, err := tr.Feed(rest); n != 0 || err != ErrMessageTooBig {
 			t.Errorf("cut %d: second Feed = %d, %v; want 0, ErrMessageTooBig", cut, n, err)
 		}
-		if tr.AtFrameBoundary() || tr.Frames() != 1 {
-			t.Errorf("cut %d: AtFrameBoundary=%v Frames=%d; want false, 1", cut, tr.AtFrameBoundary(), tr.Frames())
+		if tr.AtFrameBoundary() || tr.Messages() != 1 {
+			t.Errorf("cut %d: AtFrameBoundary=%v Messages=%d; want false, 1", cut, tr.AtFrameBoundary(), tr.Messages())
 		}
 	}
-}
-
-func TestSkip(t *testing.T) {
-	tr := New(true, 0)
-	tr.Feed(header(fin|opBinary, 100, true, encShort))
-	tr.Skip(0)
-	tr.Skip(60)
-	if tr.PayloadRemaining() != 40 || tr.AtFrameBoundary() {
-		t.Fatalf("after Skip(60): PayloadRemaining=%d AtFrameBoundary=%v", tr.PayloadRemaining(), tr.AtFrameBoundary())
-	}
-	if n, err := tr.Feed(payload(10)); n != 10 || err != nil {
-		t.Fatalf("Feed = %d, %v", n, err)
-	}
-	tr.Skip(30)
-	if !tr.AtMessageBoundary() || tr.Frames() != 1 || tr.Messages() != 1 {
-		t.Fatalf("after payload: AtMessageBoundary=%v Frames=%d Messages=%d", tr.AtMessageBoundary(), tr.Frames(), tr.Messages())
-	}
-	tr.Skip(0) // at a boundary: must not count a frame
-	if tr.Frames() != 1 {
-		t.Fatalf("Skip(0) at boundary counted a frame")
-	}
-	defer func() {
-		if recover() == nil {
-			t.Error("Skip past the payload did not panic")
-		}
-	}()
-	tr.Skip(1)
 }
 
 func TestZeroTrackerPanics(t *testing.T) {
@@ -325,11 +283,11 @@ func (m *model) check(tb testing.TB, tr *Tracker, pos int, how string) {
 			remaining = uint64(f.end - pos)
 		}
 	}
-	if tr.AtFrameBoundary() != atFrame || tr.AtMessageBoundary() != (atFrame && !m.openThen[done]) ||
-		tr.PayloadRemaining() != remaining || tr.Frames() != uint64(done) || tr.Messages() != m.msgsThen[done] {
-		tb.Fatalf("%s, at offset %d: AtFrameBoundary=%v AtMessageBoundary=%v PayloadRemaining=%d Frames=%d Messages=%d; "+
-			"want %v %v %d %d %d", how, pos, tr.AtFrameBoundary(), tr.AtMessageBoundary(), tr.PayloadRemaining(),
-			tr.Frames(), tr.Messages(), atFrame, atFrame && !m.openThen[done], remaining, done, m.msgsThen[done])
+	if tr.AtFrameBoundary() != atFrame || atMessageBoundary(tr) != (atFrame && !m.openThen[done]) ||
+		tr.remaining != remaining || tr.Messages() != m.msgsThen[done] {
+		tb.Fatalf("%s, at offset %d: AtFrameBoundary=%v at message boundary=%v remaining=%d Messages=%d; "+
+			"want %v %v %d %d", how, pos, tr.AtFrameBoundary(), atMessageBoundary(tr), tr.remaining,
+			tr.Messages(), atFrame, atFrame && !m.openThen[done], remaining, m.msgsThen[done])
 	}
 }
 
@@ -366,8 +324,8 @@ func TestSplits(t *testing.T) {
 		for i := range m.data {
 			m.feed(t, &tr, i, i+1, "byte by byte")
 		}
-		if tr.Frames() != 12 || tr.Messages() != 6 || !tr.CloseSeen() {
-			t.Errorf("end: Frames=%d Messages=%d CloseSeen=%v; want 12, 6, true", tr.Frames(), tr.Messages(), tr.CloseSeen())
+		if tr.Messages() != 6 || !tr.CloseSeen() {
+			t.Errorf("end: Messages=%d CloseSeen=%v; want 6, true", tr.Messages(), tr.CloseSeen())
 		}
 	}
 }
@@ -418,8 +376,8 @@ func randomStream(r *rand.Rand, client bool) *model {
 
 // FuzzTracker feeds a random valid stream (from seed) in pieces chosen by
 // splits and checks the tracker against the model at every step. Each split
-// byte: low 6 bits+1 = piece size, bit 6 scales it by 1024, bit 7 moves the
-// piece with Skip instead of Feed where the tracker is inside a payload.
+// byte: low 6 bits+1 = piece size, bit 6 scales it by 1024 (bit 7 is
+// ignored; the seed corpus has it set in places).
 func FuzzTracker(f *testing.F) {
 	f.Add(uint64(1), []byte{})
 	f.Add(uint64(2), []byte{0})
@@ -440,18 +398,15 @@ func FuzzTracker(f *testing.F) {
 				size <<= 10
 			}
 			size = min(size, len(m.data)-pos)
-			if rem := tr.PayloadRemaining(); b&0x80 != 0 && rem > 0 {
-				k := min(uint64(size), rem)
-				tr.Skip(k)
-				pos += int(k)
-				m.check(t, &tr, pos, "skip")
-				continue
-			}
 			m.feed(t, &tr, pos, pos+size, "feed")
 			pos += size
 		}
 	})
 }
+
+// atMessageBoundary reports whether tr is at a frame boundary with no
+// fragmented data message open.
+func atMessageBoundary(tr *Tracker) bool { return tr.AtFrameBoundary() && !tr.inMessage }
 
 // xorKey masks b as RFC 6455 5.3 says, independently of the package's code.
 func xorKey(b []byte, key [4]byte) {
@@ -479,8 +434,8 @@ func TestAppendClose(t *testing.T) {
 			t.Errorf("masked close carries the reason in clear")
 		}
 		tr := New(mask, 0) // a masked frame is what a client sends
-		if n, err := tr.Feed(got[len("prefix"):]); err != nil || !tr.AtMessageBoundary() || !tr.CloseSeen() {
-			t.Errorf("mask=%v: tracker on AppendClose output: %d, %v, boundary %v", mask, n, err, tr.AtMessageBoundary())
+		if n, err := tr.Feed(got[len("prefix"):]); err != nil || !atMessageBoundary(&tr) || !tr.CloseSeen() {
+			t.Errorf("mask=%v: tracker on AppendClose output: %d, %v, boundary %v", mask, n, err, atMessageBoundary(&tr))
 		}
 	}
 	for _, bad := range []func(){
@@ -498,31 +453,6 @@ func TestAppendClose(t *testing.T) {
 			bad()
 		}()
 	}
-}
-
-func TestAppendPing(t *testing.T) {
-	for _, mask := range []bool{false, true} {
-		for _, n := range []int{0, 4, 125} {
-			p := bytes.Repeat([]byte{0xAB}, n)
-			got := AppendPing(nil, p, mask, testKey)
-			want := cat(header(fin|opPing, uint64(n), mask, encShort), p)
-			if mask {
-				xorKey(want[len(want)-n:], testKey)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("mask=%v n=%d: AppendPing = % x, want % x", mask, n, got, want)
-			}
-			if !bytes.Equal(p, bytes.Repeat([]byte{0xAB}, n)) {
-				t.Errorf("AppendPing modified its payload argument")
-			}
-		}
-	}
-	defer func() {
-		if recover() == nil {
-			t.Error("AppendPing with 126 bytes did not panic")
-		}
-	}()
-	AppendPing(nil, make([]byte, 126), false, testKey)
 }
 
 func TestNoAllocs(t *testing.T) {
@@ -549,7 +479,6 @@ func TestNoAllocs(t *testing.T) {
 	}
 	buf := make([]byte, 0, 256)
 	checks["AppendClose"] = func() { buf = AppendClose(buf[:0], 1001, "going away", true, testKey) }
-	checks["AppendPing"] = func() { buf = AppendPing(buf[:0], []byte("ping"), true, testKey) }
 	for name, fn := range checks {
 		if a := testing.AllocsPerRun(1000, fn); a != 0 {
 			t.Errorf("%s: %v allocations per run, want 0", name, a)
