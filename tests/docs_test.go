@@ -53,8 +53,8 @@ var (
 	fenceRE   = regexp.MustCompile("^\\s*(```|~~~)")
 	headingRE = regexp.MustCompile(`^#{1,6}\s+(.*?)\s*#*\s*$`)
 	codeRE    = regexp.MustCompile("`+[^`]*`+")
-	// linkRE matches [text](target) and ![alt](target); the text may hold
-	// inline code with brackets stripped already by codeRE.
+	// linkRE matches [text](target) and ![alt](target), in a line whose
+	// inline code codeRE has already replaced.
 	linkRE      = regexp.MustCompile(`!?\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)`)
 	emphasisRE  = regexp.MustCompile(`[*]+`)
 	slugDropRE  = regexp.MustCompile(`[^\p{L}\p{N}\s_-]`)
@@ -124,6 +124,13 @@ func TestDocsLinks(t *testing.T) {
 	files := docFiles(t)
 	for _, f := range files {
 		docs[f] = parseMarkdown(t, filepath.Join(moduleRoot, f))
+	}
+	total := 0
+	for _, f := range files {
+		total += len(docs[f].links)
+	}
+	if total < 50 {
+		t.Fatalf("found only %d links in %d files; the Markdown parsing is broken", total, len(files))
 	}
 	for _, f := range files {
 		for _, l := range docs[f].links {
