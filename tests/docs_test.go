@@ -15,7 +15,8 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// docFiles lists README.md and every docs/*.md, relative to the module root.
+// docFiles lists README.md, first, and every docs/*.md, relative to the
+// module root.
 func docFiles(t *testing.T) []string {
 	t.Helper()
 	pages, err := filepath.Glob(filepath.Join(moduleRoot, "docs", "*.md"))
@@ -116,8 +117,9 @@ func githubSlug(heading string) string {
 }
 
 // TestDocsLinks checks that every relative link in README.md and docs/*.md
-// names a file or directory that exists, and that every #anchor (on the
-// same page or on another .md page) is the slug of a heading there.
+// names a file or directory that exists, that every #anchor (on the same
+// page or on another .md page) is the slug of a heading there, and that
+// README.md links to every docs/*.md page.
 func TestDocsLinks(t *testing.T) {
 	t.Parallel()
 	docs := make(map[string]mdDoc) // by path relative to the module root
@@ -131,6 +133,17 @@ func TestDocsLinks(t *testing.T) {
 	}
 	if total < 50 {
 		t.Fatalf("found only %d links in %d files; the Markdown parsing is broken", total, len(files))
+	}
+	// The README is the way in: every page must be reachable from it.
+	linked := make(map[string]bool)
+	for _, l := range docs["README.md"].links {
+		file, _, _ := strings.Cut(l.target, "#")
+		linked[filepath.Clean(file)] = true
+	}
+	for _, f := range files[1:] {
+		if !linked[f] {
+			t.Errorf("README.md has no link to %s", f)
+		}
 	}
 	for _, f := range files {
 		for _, l := range docs[f].links {
