@@ -107,7 +107,7 @@ func Parse(file string, data []byte) (*Config, error) {
 // ApplyDefaults fills every unset field with its default: balance
 // least_conn, server weight 1, route path "/", timeouts connect 5s,
 // handshake 10s, idle 1h, drain 30s, limits.max_header_bytes 16384, TLS
-// min_version 1.2 (see the README for every key's default).
+// min_version 1.2 (docs/configuration.md lists every key's default).
 // Parse calls it; code that builds a Config in Go should call it too.
 // It is idempotent and leaves set (even invalid) values alone, so Validate
 // still sees them.

@@ -371,7 +371,7 @@ func TestHandshakeWithBody(t *testing.T) {
 	}
 }
 
-// The head of a 101 may be at most 64 KiB (README, step 7), as
+// The head of a 101 may be at most 64 KiB (docs/proxying.md, step 7), as
 // maxResponseHead says.
 func TestUpstream101HeadLimit(t *testing.T) {
 	for _, tc := range []struct {

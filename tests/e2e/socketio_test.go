@@ -238,7 +238,7 @@ type ioPageState struct {
 }
 
 // TestSocketIOWithoutSticky is the same setup without sticky_cookie, to
-// show what the README's advice prevents: Socket.IO's polling requests are
+// show what the advice in docs/backends.md prevents: Socket.IO's polling requests are
 // spread over both servers, and the server that did not make the session
 // answers 400 "Session ID unknown" (Engine.IO error code 1), as Socket.IO's
 // "Using multiple nodes" documentation describes.
