@@ -3,12 +3,24 @@
 
 GO ?= go
 
+# BIN is where build writes the binary: make build BIN=/out/wsgate.
+BIN ?= bin/wsgate
+# VERSION is what `wsgate -version` prints: the checkout's `git describe`
+# (tag, commits since it, commit, -dirty), or "dev" outside a git checkout
+# (a source tarball, a Docker build without .git). make build VERSION=1.2.3
+# overrides it; an environment variable does not, so a stray VERSION in a
+# shell cannot mislabel a binary.
+VERSION = $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 .PHONY: all build test fmt-check vet peers unit e2e demo clean
 
 all: build
 
+# build makes the binary the Dockerfile ships: static (CGO_ENABLED=0, so it
+# runs on an image without a C library), without the build machine's paths
+# (-trimpath), stamped with VERSION.
 build:
-	$(GO) build -o bin/wsgate ./cmd/wsgate
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/wsgate
 
 # test is what CI runs: formatting, vet, the end-to-end suite's peers
 # (installed when missing), then every test with the race detector (unit
