@@ -12,6 +12,11 @@ BIN ?= bin/wsgate
 # shell cannot mislabel a binary.
 VERSION = $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
+# KUBECHECK is a Go module of its own (its k8s.io dependencies stay out of
+# wsgate's go.mod), so ./... from here does not reach it: test and vet run
+# it by name.
+KUBECHECK = deploy/kubernetes/check
+
 .PHONY: all build test fmt-check vet peers unit e2e demo clean
 
 all: build
@@ -25,9 +30,11 @@ build:
 # test is what CI runs: formatting, vet, the end-to-end suite's peers
 # (installed when missing), then every test with the race detector (unit
 # tests beside the code, end-to-end tests in tests/ that run the built
-# binary, tests/e2e with real browsers and backends).
+# binary, tests/e2e with real browsers and backends), and the Kubernetes
+# manifests' check.
 test: fmt-check vet peers
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd $(KUBECHECK) && $(GO) test -count=1 ./...
 
 # peers installs what tests/e2e needs when any of it is missing: Chromium
 # and python3-tornado from Debian, node and npm, and the pinned npm
@@ -41,6 +48,7 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	cd $(KUBECHECK) && $(GO) vet ./...
 
 demo:
 	$(GO) run ./cmd/wsgate -demo
