@@ -40,7 +40,7 @@ func (s *handoverSlot) closed() {
 
 // handOver makes ctx's client conn the owner of a handover until the
 // hijack handler calls take; release ends what it holds. Every conn the
-// gateway serves is a clientConn or TLS over one (clientListener); a conn
+// gateway serves is a clientConn or TLS over one (wrapAccepted); a conn
 // of any other kind would have no slot, and its handover would be the
 // hijack handler's alone, take reporting true.
 func handOver(ctx *fasthttp.RequestCtx, release func()) (take func() bool) {

@@ -57,7 +57,7 @@ func TestHijackSkippedReleasesHandover(t *testing.T) {
 			cfg.Timeouts.Drain = config.Duration(time.Minute) // a drain waiting for the handover would stand out
 			g := startGateway(t, cfg)
 			addr := g.Addrs()[0].String()
-			srv := g.router.Match("gw.test", "/").Pool.Servers()[0]
+			srv := g.gen.Load().router.Match("gw.test", "/").Pool.Servers()[0]
 
 			// Both requests in one write: fasthttp keeps the answer to the
 			// first buffered while the second is already read, and
