@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,7 @@ var gateNames = [2]string{"wsgate-a", "wsgate-b"}
 // fleet is two wsgates behind HAProxy.
 type fleet struct {
 	gates   [2]*proc // wsgate-a and wsgate-b
+	ports   [2]int   // their listeners' ports
 	haproxy *proc
 	port    int    // HAProxy's frontend: the address clients use
 	stats   string // HAProxy's stats socket
@@ -71,10 +73,9 @@ func startFleet(t *testing.T, body string) *fleet {
 	t.Helper()
 	requirePeers(t)
 	f := &fleet{}
-	var ports [2]int
 	for i := range f.gates {
-		ports[i] = freePort(t)
-		f.gates[i] = startWsgate(t, ports[i], fmt.Sprintf("listeners:\n  - address: 127.0.0.1:%d\n%s", ports[i], body))
+		f.ports[i] = freePort(t)
+		f.gates[i] = startWsgate(t, f.ports[i], fmt.Sprintf("listeners:\n  - address: 127.0.0.1:%d\n%s", f.ports[i], body))
 	}
 	// A directory of its own, short enough for a unix socket's path
 	// (108 bytes).
@@ -86,7 +87,7 @@ func startFleet(t *testing.T, body string) *fleet {
 	f.stats = filepath.Join(dir, "stats.sock")
 	f.port = freePort(t)
 	cfg := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(haproxyConfig, f.stats, f.port, ports[0], ports[1])), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(haproxyConfig, f.stats, f.port, f.ports[0], f.ports[1])), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// -db: in the foreground, not daemonized, so that killing this
@@ -253,6 +254,19 @@ upstreams:
 `, ports[0], ports[1]))
 	addrs := map[string]string{"io-1": fmt.Sprintf("127.0.0.1:%d", ports[0]), "io-2": fmt.Sprintf("127.0.0.1:%d", ports[1])}
 
+	// Each wsgate's round robin starts at the first server, so both
+	// would send a client's first request to io-1 and agree by chance.
+	// One request straight to wsgate-a (not through HAProxy) moves its
+	// turn on: now the two pick different servers for a request without
+	// the cookie, and only the cookie can keep the page's requests
+	// through both wsgates on one server.
+	const prime = "/fleet-prime"
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(fmt.Sprintf("http://127.0.0.1:%d%s", f.ports[0], prime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
 	out := runBrowser(t, "scenarios/fleet_socketio.js", fmt.Sprintf("http://127.0.0.1:%d/", f.port), "wsgate_srv")
 	var got struct {
 		Hello struct {
@@ -305,7 +319,12 @@ upstreams:
 	// line is in an access log, after the session's polling requests.
 	sid := "sid=" + got.SID
 	f.waitAccess(t, "", "transport=websocket&"+sid, 1)
-	lines := f.access("", "/")
+	var lines []gateLine
+	for _, l := range f.access("", "/") {
+		if l.URI != prime {
+			lines = append(lines, l)
+		}
+	}
 	perGate := map[string]int{}
 	sessionGates := map[string]int{}
 	pollGates := map[string]int{}
