@@ -36,8 +36,8 @@ test: fmt-check vet peers
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd $(KUBECHECK) && $(GO) test -count=1 ./...
 
-# peers installs what tests/e2e needs when any of it is missing: Chromium
-# and python3-tornado from Debian, node and npm, and the pinned npm
+# peers installs what tests/e2e needs when any of it is missing: Chromium,
+# python3-tornado and HAProxy from Debian, node and npm, and the pinned npm
 # packages. It says nothing when everything is there.
 peers:
 	@bash tests/e2e/setup.sh --quiet

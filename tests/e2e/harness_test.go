@@ -1,7 +1,7 @@
 // Package e2e runs wsgate in front of the realtime stacks people put behind
 // it (Tornado, node ws, long-poll, Socket.IO, SockJS), each a small server of
 // our own written with the real library, with headless Chromium as the
-// client where the client is a page. Peers come from tests/e2e/setup.sh;
+// client where the client is a page, and two wsgates behind HAProxy. Peers come from tests/e2e/setup.sh;
 // a missing peer fails the test with the setup step to run instead of
 // skipping, so CI cannot pass by testing nothing.
 package e2e
@@ -38,6 +38,10 @@ const chromiumPath = "/usr/bin/chromium"
 // systemPython is Debian's interpreter: the python3 first on PATH may be a
 // pyenv one that does not see python3-tornado.
 const systemPython = "/usr/bin/python3"
+
+// haproxyPath is the Debian package's HAProxy, the L4 balancer that
+// fleet_test.go puts in front of two wsgates.
+const haproxyPath = "/usr/sbin/haproxy"
 
 func TestMain(m *testing.M) {
 	os.Exit(buildAndRun(m))
@@ -86,6 +90,9 @@ func checkPeers() string {
 	}
 	if out, err := exec.Command(systemPython, "-c", "import tornado").CombinedOutput(); err != nil {
 		missing = append(missing, fmt.Sprintf("%s with tornado (Debian package python3-tornado): %v %s", systemPython, err, strings.TrimSpace(string(out))))
+	}
+	if _, err := os.Stat(haproxyPath); err != nil {
+		missing = append(missing, haproxyPath+" (Debian package haproxy)")
 	}
 	if _, err := exec.LookPath("node"); err != nil {
 		missing = append(missing, "node (Debian package nodejs)")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs every peer the end-to-end suite in tests/e2e needs, on a fresh
 # Debian machine or again on one that already has them (idempotent):
-#   - Debian packages: chromium (the browser the pages run in) and
+#   - Debian packages: chromium (the browser the pages run in),
 #     python3-tornado (the Tornado push server, run with /usr/bin/python3
-#     because the python3 on PATH may be another interpreter);
+#     because the python3 on PATH may be another interpreter), and haproxy
+#     (the L4 balancer in front of two wsgates in fleet_test.go);
 #   - node and npm (from Debian only if missing);
 #   - the pinned npm packages of tests/e2e/package-lock.json (npm ci).
 # playwright-core never downloads a browser: browser.js launches
@@ -45,6 +46,9 @@ fi
 if ! /usr/bin/python3 -c 'import tornado' 2>/dev/null; then
 	missing+=(python3-tornado)
 fi
+if [ ! -x /usr/sbin/haproxy ]; then
+	missing+=(haproxy)
+fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 	missing+=(nodejs npm)
 fi
@@ -56,7 +60,7 @@ if $quiet && [ ${#missing[@]} -eq 0 ] && [ node_modules/.package-lock.json -nt p
 	exit 0
 fi
 
-echo "setup.sh: node $(node --version), npm $(npm --version), $(/usr/bin/chromium --version 2>/dev/null || echo chromium), tornado $(/usr/bin/python3 -c 'import tornado; print(tornado.version)')"
+echo "setup.sh: node $(node --version), npm $(npm --version), $(/usr/bin/chromium --version 2>/dev/null || echo chromium), tornado $(/usr/bin/python3 -c 'import tornado; print(tornado.version)'), $(/usr/sbin/haproxy -v | head -n 1)"
 
 # Nothing npm installs may fetch a browser; playwright-core has no install
 # script, and this makes sure no other package tries either.
