@@ -270,7 +270,8 @@ type Limits struct {
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 }
 
-// Admin configures the admin endpoint (metrics, status); unused for now.
+// Admin configures the admin listener: plain HTTP with /healthz, /readyz
+// and POST /reload.
 type Admin struct {
 	Address string `yaml:"address"`
 }

@@ -276,6 +276,11 @@ func TestDeploymentMatchesConfig(t *testing.T) {
 	if !slices.Equal(c.Args[:min(2, len(c.Args))], []string{"-config", configDir + "/" + configKey}) {
 		t.Errorf("args %v; want them to start with -config %s/%s", c.Args, configDir, configKey)
 	}
+	// A ConfigMap update reaches the pod as a new file content: -watch
+	// reloads it in place.
+	if !slices.Contains(c.Args, "-watch") {
+		t.Errorf("args %v; want -watch, so a ConfigMap change is reloaded", c.Args)
+	}
 	var volume string
 	for _, vm := range c.VolumeMounts {
 		if vm.MountPath == configDir {
