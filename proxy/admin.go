@@ -35,9 +35,9 @@ func (g *Gateway) NotReady() []string {
 	}
 	var missing []string
 	g.lmu.Lock()
-	for _, addr := range gen.order {
-		if g.bound[addr] == nil {
-			missing = append(missing, "listener "+addr+" is not bound")
+	for _, key := range gen.order {
+		if g.bound[key] == nil {
+			missing = append(missing, "listener "+gen.listeners[key].address+" is not bound")
 		}
 	}
 	g.lmu.Unlock()

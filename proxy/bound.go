@@ -19,8 +19,8 @@ import (
 // socket; the old one stops taking connections and finishes the requests
 // it has.
 type boundListener struct {
-	address string // as configured
-	ln      net.Listener
+	key string // the listener's key in a generation (listenerKey)
+	ln  net.Listener
 	conns   chan net.Conn
 	closed  chan struct{} // closed by close: the accept loop ends
 	once    sync.Once
@@ -41,8 +41,8 @@ type serverSettings struct {
 	maxHeaderBytes int
 }
 
-func newBoundListener(address string, ln net.Listener) *boundListener {
-	return &boundListener{address: address, ln: ln, conns: make(chan net.Conn), closed: make(chan struct{})}
+func newBoundListener(key string, ln net.Listener) *boundListener {
+	return &boundListener{key: key, ln: ln, conns: make(chan net.Conn), closed: make(chan struct{})}
 }
 
 // acceptLoop accepts until the socket is closed. wrap turns each accepted

@@ -163,7 +163,7 @@ func (g *Gateway) Start() error {
 	fail := func(err error) error {
 		for _, b := range added {
 			b.close()
-			delete(g.bound, b.address)
+			delete(g.bound, b.key)
 		}
 		gen.discardACME(nil)
 		return err
@@ -189,7 +189,7 @@ func (g *Gateway) Start() error {
 	g.gen.Store(gen)
 	gen.start(g)
 	for _, b := range added {
-		b.info.Store(gen.listeners[b.address])
+		b.info.Store(gen.listeners[b.key])
 		g.serve(b, gen)
 	}
 	return nil
@@ -200,28 +200,28 @@ func (g *Gateway) Start() error {
 // g.lmu is held.
 func (g *Gateway) bindNew(gen *generation) ([]*boundListener, error) {
 	var added []*boundListener
-	for _, addr := range gen.order {
-		if g.bound[addr] != nil {
+	for _, key := range gen.order {
+		if g.bound[key] != nil {
 			continue
 		}
+		addr := gen.listeners[key].address
 		tcp, err := net.Listen("tcp", addr)
 		if err != nil {
 			for _, b := range added {
 				b.close()
-				delete(g.bound, b.address)
+				delete(g.bound, b.key)
 			}
 			return nil, &bindError{address: addr, err: err}
 		}
-		b := newBoundListener(addr, newRetryingListener(tcp, g.errorf))
-		g.bound[addr] = b
+		b := newBoundListener(key, newRetryingListener(tcp, g.errorf))
+		g.bound[key] = b
 		added = append(added, b)
 	}
 	return added, nil
 }
 
-// boundAddr is the bound address of the listener configured as address.
-// g.lmu is held.
-func (g *Gateway) boundAddr(address string) net.Addr { return g.bound[address].ln.Addr() }
+// boundAddr is the bound address of the listener with key. g.lmu is held.
+func (g *Gateway) boundAddr(key string) net.Addr { return g.bound[key].ln.Addr() }
 
 // serve starts b's accept loop and a server for it. g.lmu is held.
 func (g *Gateway) serve(b *boundListener, gen *generation) {
@@ -240,7 +240,7 @@ func (g *Gateway) startServer(b *boundListener, gen *generation) {
 	go func() {
 		defer g.serving.Done()
 		if err := srv.Serve(view); err != nil {
-			g.errorf("serve %s: %v", b.address, err)
+			g.errorf("serve %s: %v", b.ln.Addr(), err)
 		}
 	}()
 }
@@ -278,7 +278,7 @@ func (g *Gateway) wrapAccepted(b *boundListener, c net.Conn) net.Conn {
 
 // listener returns the settings of the listener b, or nil when gen has
 // none for it (a reload removed it).
-func (gen *generation) listener(b *boundListener) *listenerInfo { return gen.listeners[b.address] }
+func (gen *generation) listener(b *boundListener) *listenerInfo { return gen.listeners[b.key] }
 
 func (g *Gateway) newServer(b *boundListener, st serverSettings) *fasthttp.Server {
 	return &fasthttp.Server{

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wsgate/wsgate/acmecert"
@@ -28,7 +29,7 @@ type generation struct {
 	router         *Router
 	timeouts       timeouts
 	maxHeaderBytes int
-	// listeners are by configured address; order is the configuration's.
+	// listeners are by listenerKey; order is the configuration's.
 	listeners map[string]*listenerInfo
 	order     []string
 	// certHeaders are every listener's client-certificate header name,
@@ -68,17 +69,18 @@ func (g *Gateway) buildGeneration(cfg *config.Config, prev *generation) (_ *gene
 			next.discardACME(prev)
 		}
 	}()
-	for _, lc := range cfg.Listeners {
+	for i, lc := range cfg.Listeners {
+		key := listenerKey(lc.Address, i)
 		var was *listenerInfo
 		if prev != nil {
-			was = prev.listeners[lc.Address]
+			was = prev.listeners[key]
 		}
 		li, err := g.newListenerInfo(lc, next.timeouts.handshake, was)
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: %w", lc.Address, err)
 		}
-		next.listeners[lc.Address] = li
-		next.order = append(next.order, lc.Address)
+		next.listeners[key] = li
+		next.order = append(next.order, key)
 		if li.acme != nil {
 			next.acme = append(next.acme, li.acme)
 		}
@@ -105,6 +107,17 @@ func (g *Gateway) buildGeneration(cfg *config.Config, prev *generation) (_ *gene
 	}
 	next.router = NewRouter(routes)
 	return next, nil
+}
+
+// listenerKey names the listener configured at index i with address
+// across generations: its address, which configurations keep unique,
+// except with port 0 (any free port, in configurations built in Go),
+// which is told apart by its index.
+func listenerKey(address string, i int) string {
+	if strings.HasSuffix(address, ":0") {
+		return address + "#" + strconv.Itoa(i)
+	}
+	return address
 }
 
 // discardACME closes the ACME managers a failed build made for itself
@@ -147,7 +160,7 @@ func (gen *generation) resolveNew(ctx context.Context) error {
 }
 
 // setHTTPSPort records the bound port of the first TLS listener; bound
-// gives a listener's address by its configured one.
+// gives a listener's bound address by its key.
 func (gen *generation) setHTTPSPort(bound func(address string) net.Addr) {
 	for _, addr := range gen.order {
 		if gen.listeners[addr].tls == nil {

@@ -80,7 +80,7 @@ func (g *Gateway) reload() (string, error) {
 	if err := next.resolveNew(context.Background()); err != nil {
 		for _, b := range added {
 			b.close()
-			delete(g.bound, b.address)
+			delete(g.bound, b.key)
 		}
 		next.discardACME(prev)
 		return "", err
@@ -89,7 +89,7 @@ func (g *Gateway) reload() (string, error) {
 	if err != nil {
 		for _, b := range added {
 			b.close()
-			delete(g.bound, b.address)
+			delete(g.bound, b.key)
 		}
 		next.discardACME(prev)
 		return "", err
@@ -116,14 +116,14 @@ func (g *Gateway) reload() (string, error) {
 	}
 	g.relay.SetIdle(next.timeouts.idle)
 	settings := serverSettingsOf(next)
-	for addr, b := range g.bound {
-		li := next.listeners[addr]
+	for key, b := range g.bound {
+		li := next.listeners[key]
 		if li == nil {
 			// Removed: no new connections; live tunnels carry on, and
 			// the requests in flight finish.
 			b.close()
 			g.retireServer(b)
-			delete(g.bound, addr)
+			delete(g.bound, key)
 			continue
 		}
 		b.info.Store(li)
@@ -133,7 +133,7 @@ func (g *Gateway) reload() (string, error) {
 		}
 	}
 	for _, b := range added {
-		b.info.Store(next.listeners[b.address])
+		b.info.Store(next.listeners[b.key])
 		g.serve(b, next)
 	}
 	g.switchAdmin(adm, cfg.Admin.Address)

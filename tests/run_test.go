@@ -152,29 +152,3 @@ func TestSecondSIGTERMEndsDrain(t *testing.T) {
 	}
 }
 
-// SIGHUP is what `systemctl reload` sends; until reload exists it must not
-// kill the gateway (Go's default for HUP is to exit).
-func TestSIGHUPKeepsServing(t *testing.T) {
-	t.Parallel()
-	wsAddr, httpAddr := echoUpstream(t), httpUpstream(t)
-	gw := freeAddr(t)
-	p := startGateway(t, gw, routedConfig(gw, wsAddr, httpAddr, ""))
-
-	p.signal(t, syscall.SIGHUP)
-	p.waitOutput(t, p.stderr, "reloading the rest of the configuration is not supported", waitLimit)
-
-	if status, _ := httpGet(t, gw, "a.example.test", "/after-hup"); status != 200 {
-		t.Errorf("GET after SIGHUP: status %d, want 200", status)
-	}
-	c := mustDialWS(t, gw, "ws://ws.repo/")
-	echo(t, c, "after hup")
-	closeWS(t, c)
-	if p.exited() {
-		t.Fatal("wsgate exited after SIGHUP")
-	}
-
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t, waitLimit); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0", code)
-	}
-}
