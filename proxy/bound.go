@@ -19,11 +19,11 @@ import (
 // socket; the old one stops taking connections and finishes the requests
 // it has.
 type boundListener struct {
-	key string // the listener's key in a generation (listenerKey)
-	ln  net.Listener
-	conns   chan net.Conn
-	closed  chan struct{} // closed by close: the accept loop ends
-	once    sync.Once
+	key    string // the listener's key in a generation (listenerKey)
+	ln     net.Listener
+	conns  chan net.Conn
+	closed chan struct{} // closed by close: the accept loop ends
+	once   sync.Once
 	// info is the listener's settings in service; after a reload removed
 	// it, the last ones, for the requests its connections still make.
 	info atomic.Pointer[listenerInfo]

@@ -151,4 +151,3 @@ func TestSecondSIGTERMEndsDrain(t *testing.T) {
 		t.Fatal("tunnel still open after the second SIGTERM")
 	}
 }
-
