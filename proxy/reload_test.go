@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
@@ -602,7 +603,8 @@ func TestReloadRace(t *testing.T) {
 
 // TestReloadsDoNotGrow: after many reloads that change the listeners'
 // server settings, the pools and the routes, the goroutines are back to
-// what one reload leaves: nothing a generation started outlives it.
+// what one reload leaves, and the replaced generations are garbage:
+// nothing a generation started or built outlives it.
 func TestReloadsDoNotGrow(t *testing.T) {
 	reloads := 200
 	if testing.Short() {
@@ -632,6 +634,10 @@ func TestReloadsDoNotGrow(t *testing.T) {
 		}
 	}
 	reload(1)
+	// The generation of reload 1, with everything it reaches (router,
+	// pools, clients, servers of listeners), must be collected once
+	// replaced.
+	first := weak.Make(g.gen.Load())
 	settle := func() int {
 		// Replaced servers (fasthttp checks every 100 ms whether its
 		// connections are done) and health checkers end on their own
@@ -658,6 +664,10 @@ func TestReloadsDoNotGrow(t *testing.T) {
 	waitFor(t, "goroutines back to the level after one reload", func() bool {
 		after = settle()
 		return after <= base+base/20+2
+	})
+	waitFor(t, "the first generation collected", func() bool {
+		runtime.GC()
+		return first.Value() == nil
 	})
 	t.Logf("after 1 reload: %d goroutines, RSS %d KiB; after %d: %d goroutines, RSS %d KiB", base, baseRSS, reloads, after, rssKiB(t))
 }
