@@ -1,6 +1,6 @@
 // Package admin serves wsgate's admin endpoints on a listener of their
-// own, in plain HTTP: liveness (/healthz), readiness (/readyz) and
-// configuration reload (POST /reload). It knows nothing of proxying: the
+// own, in plain HTTP: liveness (/healthz), readiness (/readyz),
+// configuration reload (POST /reload) and the live status page (/). It knows nothing of proxying: the
 // gateway it serves is a Target.
 package admin
 
@@ -26,6 +26,8 @@ type Target interface {
 	// NotReady lists what keeps the gateway from serving (a pool with no
 	// usable server, a drain under way); empty when ready.
 	NotReady() []string
+	// Snapshot is the state the status page shows, made for JSON.
+	Snapshot() any
 }
 
 // Server is the admin HTTP server on its own listener.
@@ -77,6 +79,11 @@ func Handler(t Target) http.Handler {
 		}
 		text(w, http.StatusOK, "ready")
 	})
+	status := newStatusPage(t)
+	mux.Handle("GET /{$}", status.page())
+	mux.Handle("GET /static/", status.static())
+	mux.HandleFunc("GET /status.json", status.json)
+	mux.HandleFunc("GET /status/live", status.live)
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
 		summary, err := t.Reload()
 		if err != nil {

@@ -112,6 +112,12 @@ type Gateway struct {
 	shutdownDone chan struct{}
 	shutdownErr  error
 
+	// started is when the gateway was made; recentReloads and
+	// recentErrors are for the status page.
+	started       time.Time
+	recentReloads recentEvents
+	recentErrors  recentEvents
+
 	accessLog   *accessLog
 	errorLog    *log.Logger
 	errorWriter io.Writer // behind errorLog, for parts that format their own lines
@@ -127,6 +133,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		opts.ErrorLog = os.Stderr
 	}
 	g := &Gateway{
+		started:     time.Now(),
 		configPath:  opts.ConfigPath,
 		certPoll:    opts.CertPollInterval,
 		bound:       map[string]*boundListener{},
@@ -683,4 +690,10 @@ func (g *Gateway) writeRequestLog(l requestLog, size int64) {
 		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).failed(l.failed).end())
 }
 
-func (g *Gateway) errorf(format string, args ...any) { g.errorLog.Printf(format, args...) }
+// errorf writes a line to the error log; the status page shows the last
+// ones.
+func (g *Gateway) errorf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	g.recentErrors.add(Event{Time: time.Now(), Text: msg})
+	g.errorLog.Print(msg)
+}

@@ -43,9 +43,11 @@ func (g *Gateway) Reload() (string, error) {
 	n := g.reloads
 	summary, err := g.reload()
 	if err != nil {
+		g.recentReloads.add(Event{Time: time.Now(), Text: fmt.Sprintf("reload %d: failed: %v", n, err)})
 		g.errorf("reload %d: failed; the configuration in service is unchanged:\n%v", n, err)
 		return "", err
 	}
+	g.recentReloads.add(Event{Time: time.Now(), Text: fmt.Sprintf("reload %d: ok: %s", n, summary), OK: true})
 	g.errorf("reload %d: ok: %s", n, summary)
 	return summary, nil
 }

@@ -25,6 +25,19 @@ func (h *health) up(now time.Time) bool {
 	return !h.probeDown && !now.Before(h.downUntil)
 }
 
+// why says why the server is not up at now, or "" when it is.
+func (h *health) why(now time.Time) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.probeDown:
+		return "health check failing"
+	case now.Before(h.downUntil):
+		return "max_fails reached: out until " + h.downUntil.UTC().Format(time.TimeOnly)
+	}
+	return ""
+}
+
 // fail counts a failure: maxFails of them within failTimeout put the
 // server down for failTimeout. maxFails 0 disables passive health.
 func (h *health) fail(now time.Time, maxFails int, failTimeout time.Duration) {

@@ -374,6 +374,24 @@ func (p *Pool) Usable() int {
 	return n
 }
 
+// Why says why s takes no new connections now, or "" when it does (full
+// or not), for the status page.
+func (p *Pool) Why(s *Server) string {
+	switch {
+	case s.cfg().Down:
+		return "down in the configuration"
+	case s.removed.Load():
+		return "removed from the pool"
+	}
+	return s.health.why(p.now())
+}
+
+func (p *Pool) now() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opts.Now()
+}
+
 func (p *Pool) usable(s *Server, now time.Time) bool {
 	return !s.cfg().Down && !s.removed.Load() && s.health.up(now)
 }
