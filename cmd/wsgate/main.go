@@ -58,7 +58,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 		cfg = demoConfig(*demoListen, ups)
-	} else {
+	}
+	var loaded []byte // the digest of the file as loaded, for -watch
+	if !*demoMode {
+		loaded = digest(*configPath)
 		var err error
 		cfg, err = config.Load(*configPath)
 		if err != nil {
@@ -106,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *watch && !*demoMode {
 		ctx, cancel := context.WithCancel(context.Background())
 		stopWatch = cancel
-		go watchFile(ctx, *configPath, watchInterval, func() {
+		go watchFile(ctx, *configPath, loaded, watchInterval, func() {
 			fmt.Fprintf(stderr, "wsgate: %s changed: reloading\n", *configPath)
 			gw.Reload() // the error log says how it went
 		})
