@@ -46,7 +46,7 @@ func (g *Gateway) Reload() (string, error) {
 		g.errorf("reload %d: failed; the configuration in service is unchanged:\n%v", n, err)
 		return "", err
 	}
-	g.errorf("reload %d: ok: %s", n, summary)
+	g.infof("reload %d: ok: %s", n, summary)
 	return summary, nil
 }
 
@@ -57,7 +57,7 @@ func (g *Gateway) reload() (string, error) {
 		return "", err
 	}
 	for _, w := range cfg.Warnings {
-		g.errorf("warning: %s", w)
+		g.warnf("warning: %s", w)
 	}
 	prev := g.gen.Load()
 	next, err := g.buildGeneration(cfg, prev)
@@ -137,6 +137,7 @@ func (g *Gateway) reload() (string, error) {
 		g.serve(b, next)
 	}
 	g.switchAdmin(adm, cfg.Admin.Address)
+	g.switchLogs(cfg)
 	prev.stop()
 	next.start(g)
 	for _, m := range prev.acme {
