@@ -22,6 +22,11 @@ const logFlushBytes = 64 << 10
 // which are counted, never a wait on the data path.
 const logQueueBytes = 4 << 20
 
+// logCloseWait bounds how long closing a log waits for its writer: a
+// destination that takes no more bytes (a hung disk, a pipe nobody reads)
+// must not keep the process from exiting.
+const logCloseWait = 5 * time.Second
+
 // logSink is one log: lines are queued by whoever logs them and written
 // by a goroutine of its own, so logging never waits for the destination.
 // A line that does not fit in the queue is dropped and counted.
@@ -161,7 +166,8 @@ func (s *logSink) writePending() {
 
 // close writes what is queued, stops the writer and closes a file the
 // sink opened. Lines logged later are written at once to stdout or
-// stderr, and dropped when the destination was a file.
+// stderr, and dropped when the destination was a file. A writer stuck
+// for logCloseWait is left behind with its destination.
 func (s *logSink) close() {
 	s.mu.Lock()
 	running := s.running
@@ -169,7 +175,11 @@ func (s *logSink) close() {
 	s.mu.Unlock()
 	if running {
 		close(s.stop)
-		<-s.done
+		select {
+		case <-s.done:
+		case <-time.After(logCloseWait):
+			return
+		}
 	}
 	s.wmu.Lock()
 	if s.out.file != nil {
