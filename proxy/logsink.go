@@ -110,6 +110,11 @@ func (s *logSink) write(line []byte) {
 func (s *logSink) writeOut(b []byte) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.writeLocked(b)
+}
+
+// writeLocked is writeOut with s.wmu held.
+func (s *logSink) writeLocked(b []byte) {
 	if s.out.w == nil {
 		s.dropped.Add(uint64(bytes.Count(b, []byte{'\n'})))
 		return
@@ -190,8 +195,9 @@ func (s *logSink) close() {
 }
 
 // reopen opens the log file again under its path, for logrotate: lines
-// written until now went to the file it had (renamed, usually), the next
-// ones go to the new one. A destination that is not a file stays.
+// queued until now are written to the file it had (renamed, usually), as
+// nginx does on USR1; the next ones go to the new one. A destination that
+// is not a file stays.
 func (s *logSink) reopen() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -202,6 +208,11 @@ func (s *logSink) reopen() error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	queued := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	s.writeLocked(queued)
 	s.out.file.Close()
 	s.out.file, s.out.w = f, f
 	return nil
