@@ -19,6 +19,12 @@ type Config struct {
 	// Resolver is the DNS server (host:port) for upstream names; empty
 	// means the system's resolver.
 	Resolver string `yaml:"resolver"`
+	// AccessLog is where the line of each request and tunnel goes, and in
+	// what form; default stdout, text.
+	AccessLog Log `yaml:"access_log"`
+	// ErrorLog is where errors and lifecycle messages go; default stderr,
+	// text.
+	ErrorLog Log `yaml:"error_log"`
 
 	// File is the path the configuration was read from ("" when built in code).
 	File string `yaml:"-"`
@@ -275,6 +281,25 @@ type Limits struct {
 type Admin struct {
 	Address string `yaml:"address"`
 }
+
+// Log is a log's destination and line format.
+type Log struct {
+	// Path is "stdout", "stderr" or a file, opened for append and created
+	// with mode 0644; a relative path is relative to the working
+	// directory. SIGUSR1 opens the file again (after logrotate moved it).
+	Path string `yaml:"path"`
+	// Format is "text" (wsgate's own lines) or "json" (one JSON object per
+	// line).
+	Format string `yaml:"format"`
+}
+
+// The special values of Log.Path and the values of Log.Format.
+const (
+	LogStdout = "stdout"
+	LogStderr = "stderr"
+	LogText   = "text"
+	LogJSON   = "json"
+)
 
 // Duration is a time.Duration written in YAML as a Go duration string
 // such as "5s" or "1h30m".

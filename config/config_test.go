@@ -133,6 +133,30 @@ upstreams:
 	if c.Limits.MaxHeaderBytes != 16384 {
 		t.Errorf("MaxHeaderBytes = %d, want 16384", c.Limits.MaxHeaderBytes)
 	}
+	if want := (Log{Path: "stdout", Format: "text"}); c.AccessLog != want {
+		t.Errorf("AccessLog = %+v, want %+v", c.AccessLog, want)
+	}
+	if want := (Log{Path: "stderr", Format: "text"}); c.ErrorLog != want {
+		t.Errorf("ErrorLog = %+v, want %+v", c.ErrorLog, want)
+	}
+}
+
+// A log file that does not exist yet is valid when its directory is
+// writable, and checking it creates nothing.
+func TestLoadLogFiles(t *testing.T) {
+	dir := t.TempDir()
+	access := filepath.Join(dir, "access.log")
+	existing := writeFile(t, dir, "error.log", "")
+	c, err := Load(writeFile(t, dir, "logs.yaml", head+"access_log: {path: "+access+", format: json}\nerror_log: {path: "+existing+"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AccessLog != (Log{Path: access, Format: "json"}) || c.ErrorLog != (Log{Path: existing, Format: "text"}) {
+		t.Errorf("logs = %+v, %+v", c.AccessLog, c.ErrorLog)
+	}
+	if _, err := os.Stat(access); err == nil {
+		t.Errorf("validation created %s", access)
+	}
 }
 
 // Valid starts that bad configs below extend. head takes lines 1-8 and
@@ -172,6 +196,11 @@ upstreams: {app: {servers: [{address: "h:1"}]}}
 
 func TestLoadBadConfigs(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.crt")
+	logDir := t.TempDir()
+	notDir := filepath.Join(logDir, "plain")
+	if err := os.WriteFile(notDir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		yaml string
@@ -184,7 +213,7 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"top level is a list", "- listeners\n", 1, "", "top level must be a mapping"},
 		{"syntax error", "listeners: [\n", 1, "", "did not find expected node content"},
 		{"unknown top-level key", head + "listners: []\n", 9, "listners",
-			`key "listners" is not known here (known: listeners, routes, upstreams, timeouts, limits, admin, resolver)`},
+			`key "listners" is not known here (known: listeners, routes, upstreams, timeouts, limits, admin, resolver, access_log, error_log)`},
 		{"unknown nested key", head + "timeouts:\n  conect: 5s\n", 10, "timeouts.conect",
 			`key "conect" is not known here (known: connect, handshake, idle, drain)`},
 		{"unknown key in a list item", "listeners:\n  - address: :80\n    tsl: {}\n" + afterListener, 3,
@@ -262,6 +291,13 @@ upstreams:
 		{"max_header_bytes too small", head + "limits:\n  max_header_bytes: 100\n", 10, "limits.max_header_bytes",
 			"must be between 1024 and 1048576, not 100"},
 		{"bad admin address", head + "admin:\n  address: localhost\n", 10, "admin.address", "is not host:port"},
+		{"unknown log format", head + "access_log:\n  format: logfmt\n", 10, "access_log.format", `format "logfmt" is unknown (known: text, json)`},
+		{"unknown log key", head + "error_log:\n  file: x.log\n", 10, "error_log.file", `key "file" is not known here (known: path, format)`},
+		{"log directory missing", head + "access_log:\n  path: " + filepath.Join(logDir, "no", "access.log") + "\n", 10,
+			"access_log.path", "directory " + fmt.Sprintf("%q", filepath.Join(logDir, "no")) + " does not exist"},
+		{"log path is a directory", head + "error_log:\n  path: " + logDir + "\n", 10, "error_log.path", "is a directory"},
+		{"log directory is a file", head + "error_log: {path: " + filepath.Join(notDir, "error.log") + "}\n", 9, "error_log.path",
+			fmt.Sprintf("%q is not a directory", notDir)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

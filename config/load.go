@@ -107,7 +107,8 @@ func Parse(file string, data []byte) (*Config, error) {
 // ApplyDefaults fills every unset field with its default: balance
 // least_conn, server weight 1, route path "/", timeouts connect 5s,
 // handshake 10s, idle 1h, drain 30s, limits.max_header_bytes 16384, TLS
-// min_version 1.2 (docs/configuration.md lists every key's default).
+// min_version 1.2, access_log to stdout and error_log to stderr as text
+// (docs/configuration.md lists every key's default).
 // Parse calls it; code that builds a Config in Go should call it too.
 // It is idempotent and leaves set (even invalid) values alone, so Validate
 // still sees them.
@@ -166,6 +167,17 @@ func (c *Config) ApplyDefaults() {
 	setDuration(&c.Timeouts.Drain, defaultDrain)
 	if c.Limits.MaxHeaderBytes == 0 {
 		c.Limits.MaxHeaderBytes = defaultMaxHeaderBytes
+	}
+	c.AccessLog.applyDefaults(LogStdout)
+	c.ErrorLog.applyDefaults(LogStderr)
+}
+
+func (l *Log) applyDefaults(path string) {
+	if l.Path == "" {
+		l.Path = path
+	}
+	if l.Format == "" {
+		l.Format = LogText
 	}
 }
 

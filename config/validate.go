@@ -229,6 +229,8 @@ func (v *validator) config(c *Config) {
 			v.add(keyPath{"resolver"}, "%s", msg)
 		}
 	}
+	v.log(keyPath{"access_log"}, c.AccessLog)
+	v.log(keyPath{"error_log"}, c.ErrorLog)
 }
 
 func (v *validator) listeners(ls []Listener) {

@@ -1,71 +1,12 @@
 package proxy
 
 import (
-	"bufio"
-	"io"
 	"strconv"
-	"sync"
 	"time"
+	"unicode/utf8"
 )
 
-// accessLogFlush is how long an access log line may wait in the buffer.
-const accessLogFlush = 200 * time.Millisecond
-
-// accessLog writes access log lines through a buffer flushed every 200 ms
-// (and when full), like nginx's `access_log ... buffer= flush=`: one write
-// per request would be a system call per request.
-type accessLog struct {
-	mu   sync.Mutex
-	w    *bufio.Writer
-	stop chan struct{}
-	done chan struct{}
-}
-
-func newAccessLog(dst io.Writer) *accessLog {
-	return &accessLog{w: bufio.NewWriterSize(dst, 64<<10)}
-}
-
-// start runs the periodic flush until close.
-func (l *accessLog) start() {
-	l.stop, l.done = make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(l.done)
-		tick := time.NewTicker(accessLogFlush)
-		defer tick.Stop()
-		for {
-			select {
-			case <-tick.C:
-				l.flush()
-			case <-l.stop:
-				l.flush()
-				return
-			}
-		}
-	}()
-}
-
-func (l *accessLog) close() {
-	if l.stop != nil {
-		close(l.stop)
-		<-l.done
-		l.stop = nil
-	}
-	l.flush()
-}
-
-func (l *accessLog) flush() {
-	l.mu.Lock()
-	l.w.Flush()
-	l.mu.Unlock()
-}
-
-func (l *accessLog) write(line []byte) {
-	l.mu.Lock()
-	l.w.Write(line)
-	l.mu.Unlock()
-}
-
-// logLine builds one access log line without fmt: "key=value" fields
+// logLine builds one text access log line without fmt: "key=value" fields
 // after a fixed prefix.
 type logLine []byte
 
@@ -101,3 +42,99 @@ func (b logLine) failed(side string) logLine {
 }
 
 func (b logLine) end() []byte { return append(b, '\n') }
+
+// jsonTime is the form of "time" in JSON access log lines: UTC, to the
+// millisecond.
+const jsonTime = "2006-01-02T15:04:05.000Z07:00"
+
+// jsonLine builds one JSON access log line, an object on one line, without
+// encoding/json's reflection: "time" and "kind" first, then the fields
+// in the order they are added.
+type jsonLine []byte
+
+func newJSONLine(start time.Time, kind string) jsonLine {
+	b := make(jsonLine, 0, 384)
+	b = append(b, `{"time":"`...)
+	b = start.UTC().AppendFormat(b, jsonTime)
+	b = append(b, `","kind":`...)
+	return jsonLine(appendJSONString(b, kind))
+}
+
+func (b jsonLine) key(k string) jsonLine {
+	return append(append(append(b, ',', '"'), k...), '"', ':')
+}
+
+func (b jsonLine) str(k, v string) jsonLine { return jsonLine(appendJSONString(b.key(k), v)) }
+
+// opt adds a string the text log writes "-" when there is none, as "".
+func (b jsonLine) opt(k, v string) jsonLine {
+	if v == "-" {
+		v = ""
+	}
+	return b.str(k, v)
+}
+
+func (b jsonLine) int(k string, v int64) jsonLine { return strconv.AppendInt(b.key(k), v, 10) }
+
+// count adds v, or null for a negative (unknown) count.
+func (b jsonLine) count(k string, v int64) jsonLine {
+	if v < 0 {
+		return append(b.key(k), "null"...)
+	}
+	return b.int(k, v)
+}
+
+// closeCode adds "close_code": a WebSocket close status, or null for none.
+func (b jsonLine) closeCode(code int) jsonLine {
+	if code == 0 {
+		return append(b.key("close_code"), "null"...)
+	}
+	return b.int("close_code", int64(code))
+}
+
+func (b jsonLine) ms(k string, d time.Duration) jsonLine {
+	return b.int(k, d.Milliseconds())
+}
+
+func (b jsonLine) end() []byte { return append(b, '}', '\n') }
+
+// appendJSONString appends s as a JSON string. Bytes that are not UTF-8
+// (a request URI may hold any) become U+FFFD, as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			// Valid JSON, but not valid JavaScript in older parsers.
+			b = append(b, `\u202`...)
+			b = append(b, hex[r&0xf])
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

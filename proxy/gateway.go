@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -30,10 +30,16 @@ const clientKeepAlive = 75 * time.Second
 
 // Options are the parts of a Gateway that do not come from the config file.
 type Options struct {
-	// AccessLog receives one line per request or tunnel; nil means stdout.
+	// AccessLog, when set, receives the access log (one line per request
+	// or tunnel) in place of the configured access_log.path; the format
+	// is still access_log.format. Tests set it.
 	AccessLog io.Writer
-	// ErrorLog receives upstream failures and other errors; nil means stderr.
+	// ErrorLog, when set, receives the error log in place of the
+	// configured error_log.path, in error_log.format.
 	ErrorLog io.Writer
+	// Stdout and Stderr are what the log paths "stdout" and "stderr"
+	// write to; nil means the process's.
+	Stdout, Stderr io.Writer
 	// CertPollInterval is how often TLS certificate files are checked for
 	// changes; 0 means 2s.
 	CertPollInterval time.Duration
@@ -118,30 +124,30 @@ type Gateway struct {
 	recentReloads recentEvents
 	recentErrors  recentEvents
 
-	accessLog   *accessLog
-	errorLog    *log.Logger
-	errorWriter io.Writer // behind errorLog, for parts that format their own lines
+	// The logs: lines are queued and written by a goroutine of each log
+	// (logSink). errorJSON writes the error log's JSON records.
+	logTargets  logTargets
+	accessLog   *logSink
+	errorLog    *logSink
+	errorJSON   *slog.Logger
+	errorWriter io.Writer // the error log for parts that format their own lines
 }
 
 // New builds a gateway from a validated configuration. Defaults must have
 // been applied (config.Load does so).
 func New(cfg *config.Config, opts Options) (*Gateway, error) {
-	if opts.AccessLog == nil {
-		opts.AccessLog = os.Stdout
-	}
-	if opts.ErrorLog == nil {
-		opts.ErrorLog = os.Stderr
-	}
 	g := &Gateway{
-		started:     time.Now(),
-		configPath:  opts.ConfigPath,
-		certPoll:    opts.CertPollInterval,
-		bound:       map[string]*boundListener{},
-		leaving:     map[*time.Timer]struct{}{},
-		tunnels:     shrinkset.New[liveTunnel](),
-		accessLog:   newAccessLog(opts.AccessLog),
-		errorLog:    log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
-		errorWriter: opts.ErrorLog,
+		started:    time.Now(),
+		configPath: opts.ConfigPath,
+		certPoll:   opts.CertPollInterval,
+		bound:      map[string]*boundListener{},
+		leaving:    map[*time.Timer]struct{}{},
+		tunnels:    shrinkset.New[liveTunnel](),
+		logTargets: logTargets{access: opts.AccessLog, errors: opts.ErrorLog},
+	}
+	g.logTargets.stdout, g.logTargets.stderr = stdStreams(opts.Stdout, opts.Stderr)
+	if err := g.openLogs(cfg); err != nil {
+		return nil, err
 	}
 	g.retired, g.cancelRetired = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.mu)
@@ -150,6 +156,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	}
 	gen, err := g.buildGeneration(cfg, nil)
 	if err != nil {
+		g.closeLogs()
 		return nil, err
 	}
 	gen.id = 1
@@ -192,6 +199,7 @@ func (g *Gateway) Start() error {
 	g.switchAdmin(adm, gen.cfg.Admin.Address)
 	g.relay = r
 	g.accessLog.start()
+	g.errorLog.start()
 	gen.setHTTPSPort(g.boundAddr)
 	g.gen.Store(gen)
 	gen.start(g)
@@ -580,6 +588,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 	g.leavingMu.Unlock()
 	gen := g.gen.Load()
 	if gen == nil {
+		g.closeLogs()
 		return nil // never started
 	}
 	ctx, cancel := context.WithTimeout(ctx, gen.timeouts.drain)
@@ -644,7 +653,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 	for _, m := range gen.acme {
 		m.Close() // its renewal timers cannot be stopped; this mutes them
 	}
-	g.accessLog.close()
+	g.closeLogs()
 	if len(left) > 0 {
 		return fmt.Errorf("drain timeout: closed %d live tunnels", len(left))
 	}
@@ -657,6 +666,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 type requestLog struct {
 	start                     time.Time
 	remote, method, pool, uri string
+	host, route               string
 	upstream                  string
 	status                    int
 	// failed names the side whose failure cut the exchange short after
@@ -669,6 +679,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	l := requestLog{
 		start: ctx.Time(), remote: remote, method: string(ctx.Method()),
 		pool: "-", uri: string(ctx.RequestURI()), upstream: upstreamAddr, status: ctx.Response.StatusCode(),
+		host: string(ctx.Host()), route: routeName(rt),
 	}
 	if rt != nil {
 		l.pool = rt.Pool.Name
@@ -685,15 +696,18 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 
 // writeRequestLog writes one access log line; size is the response body's.
 func (g *Gateway) writeRequestLog(l requestLog, size int64) {
-	g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
-		str("upstream", l.upstream).int("status", int64(l.status)).
-		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).failed(l.failed).end())
-}
-
-// errorf writes a line to the error log; the status page shows the last
-// ones.
-func (g *Gateway) errorf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	g.recentErrors.add(Event{Time: time.Now(), Text: msg})
-	g.errorLog.Print(msg)
+	d := time.Since(l.start)
+	if !g.accessLog.json.Load() {
+		g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
+			str("upstream", l.upstream).int("status", int64(l.status)).
+			str("duration", d.Round(time.Millisecond).String()).int("bytes", size).failed(l.failed).end())
+		return
+	}
+	b := newJSONLine(l.start, "http").str("client", l.remote).opt("method", l.method).str("host", l.host).
+		opt("path", l.uri).str("route", l.route).opt("upstream", l.pool).opt("server", l.upstream).
+		int("status", int64(l.status)).ms("duration_ms", d).int("bytes", size)
+	if l.failed != "" {
+		b = b.str("failed", l.failed)
+	}
+	g.accessLog.write(b.end())
 }

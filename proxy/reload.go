@@ -48,7 +48,7 @@ func (g *Gateway) Reload() (string, error) {
 		return "", err
 	}
 	g.recentReloads.add(Event{Time: time.Now(), Text: fmt.Sprintf("reload %d: ok: %s", n, summary), OK: true})
-	g.errorf("reload %d: ok: %s", n, summary)
+	g.infof("reload %d: ok: %s", n, summary)
 	return summary, nil
 }
 
@@ -59,7 +59,7 @@ func (g *Gateway) reload() (string, error) {
 		return "", err
 	}
 	for _, w := range cfg.Warnings {
-		g.errorf("warning: %s", w)
+		g.warnf("warning: %s", w)
 	}
 	prev := g.gen.Load()
 	next, err := g.buildGeneration(cfg, prev)
@@ -139,6 +139,7 @@ func (g *Gateway) reload() (string, error) {
 		g.serve(b, next)
 	}
 	g.switchAdmin(adm, cfg.Admin.Address)
+	g.switchLogs(cfg)
 	prev.stop()
 	next.start(g)
 	for _, m := range prev.acme {

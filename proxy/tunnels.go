@@ -60,6 +60,7 @@ type tunnelInfo struct {
 	route      *Route
 	server     *upstream.Server
 	clientAddr string
+	host       string // the Host the client asked for
 	uri        string
 	start      time.Time
 	headLen    int // length of the 101 head at the start of the bytes sent to the client
@@ -183,9 +184,11 @@ func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout 
 }
 
 // tunnelCounts are a tunnel's bytes and messages each way; messages are -1
-// where frames were not followed (raw and TLS tunnels).
+// where frames were not followed (raw and TLS tunnels). closeCode is the
+// status code of the first WebSocket Close frame seen, 0 for none.
 type tunnelCounts struct {
 	up, down, upMsgs, downMsgs int64
+	closeCode                  int
 }
 
 // endTunnel unregisters a tunnel and writes its access log line.
@@ -196,11 +199,20 @@ func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, close
 	g.memory.tunnelsNow(g.tunnels.Len())
 	g.tunnelsChanged()
 	g.mu.Unlock()
-	g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).
-		str("upstream", info.server.Address).int("status", 101).
-		str("duration", time.Since(info.start).Round(time.Millisecond).String()).
-		int("up", c.up).int("down", c.down).count("msgs_up", c.upMsgs).count("msgs_down", c.downMsgs).
-		str("closed_by", string(closer)).end())
+	d := time.Since(info.start)
+	if !g.accessLog.json.Load() {
+		g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).
+			str("upstream", info.server.Address).int("status", 101).
+			str("duration", d.Round(time.Millisecond).String()).
+			int("up", c.up).int("down", c.down).count("msgs_up", c.upMsgs).count("msgs_down", c.downMsgs).
+			str("closed_by", string(closer)).end())
+		return
+	}
+	g.accessLog.write(newJSONLine(info.start, "tunnel").str("client", info.clientAddr).str("host", info.host).
+		str("path", info.uri).str("route", routeName(info.route)).str("upstream", info.route.Pool.Name).
+		str("server", info.server.Address).int("status", 101).ms("duration_ms", d).
+		int("bytes_up", c.up).int("bytes_down", c.down).count("messages_up", c.upMsgs).count("messages_down", c.downMsgs).
+		closeCode(c.closeCode).str("closed_by", string(closer)).end())
 }
 
 // tunnelAborted undoes the pending count of a 101 whose tunnel never

@@ -88,7 +88,8 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	g.pending++
 	g.mu.Unlock()
 	_, clientAddr := clientAddress(ctx)
-	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, uri: string(ctx.RequestURI()), start: start, headLen: resp.head}
+	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, host: string(ctx.Host()), uri: string(ctx.RequestURI()),
+		start: start, headLen: resp.head}
 	// abandon releases what the 101 took (the upstream conn, the server's
 	// lease, the pending count) when no tunnel will start.
 	abandon := func() {

@@ -1,6 +1,6 @@
 // Command wsgate runs the WebSocket-aware reverse proxy gateway.
 //
-//	wsgate -config wsgate.yaml         run; SIGHUP reloads the file in place
+//	wsgate -config wsgate.yaml         run; SIGHUP reloads the file in place, SIGUSR1 reopens the log files
 //	wsgate -watch -config wsgate.yaml  run, and reload whenever the file's content changes
 //	wsgate -check -config wsgate.yaml  validate the file and exit 0 or 1, like nginx -t
 //	wsgate -demo                       run on 127.0.0.1:8080 with two built-in upstreams
@@ -77,7 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	opts := proxy.Options{AccessLog: stdout, ErrorLog: stderr}
+	opts := proxy.Options{Stdout: stdout, Stderr: stderr}
 	if !*demoMode {
 		opts.ConfigPath = *configPath
 	}
@@ -90,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// tests the gateway is up, and a HUP or TERM sent right after it must
 	// not meet Go's default action (exit without draining).
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	if err := gw.Start(); err != nil {
 		signal.Stop(sigs)
 		fmt.Fprintln(stderr, "wsgate:", err)
@@ -116,11 +116,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	for sig := range sigs {
-		if sig == syscall.SIGHUP {
+		switch sig {
+		case syscall.SIGHUP:
 			// The error log says how the reload went.
 			if _, err := gw.Reload(); err != nil && *demoMode {
 				fmt.Fprintln(stderr, "wsgate: SIGHUP:", err)
 			}
+			continue
+		case syscall.SIGUSR1:
+			gw.ReopenLogs() // after logrotate; the error log says how it went
 			continue
 		}
 		break
@@ -132,9 +136,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	go func() {
 		// Signals keep being caught while draining: a second TERM/INT cuts
 		// the drain short (tunnels are closed, the process still exits
-		// cleanly); a HUP must not kill a draining gateway.
+		// cleanly); a HUP or USR1 must not kill a draining gateway.
 		for sig := range sigs {
-			if sig != syscall.SIGHUP {
+			if sig != syscall.SIGHUP && sig != syscall.SIGUSR1 {
 				fmt.Fprintln(stderr, "wsgate: second", sig, "- closing the remaining tunnels")
 				cancel()
 				return
