@@ -216,7 +216,7 @@ func TestUpstreamTLSFailures(t *testing.T) {
 				t.Fatalf("status %d %q, want 502", status, body)
 			}
 			mustContain(t, body, tc.reason)
-			mustContain(t, errs.String(), tc.log)
+			waitForLog(t, errs, tc.log)
 
 			resp, err := httpClient(t).Get("http://" + g.Addrs()[0].String() + "/")
 			if err != nil {
@@ -254,7 +254,7 @@ func TestUpstreamTLSFailureTriesNextServer(t *testing.T) {
 			t.Fatalf("handshake %d: %d %q", i, status, body)
 		}
 	}
-	mustContain(t, errs.String(), "server "+bad+": tls handshake: tls: failed to verify certificate")
+	waitForLog(t, errs, "server "+bad+": tls handshake: tls: failed to verify certificate")
 }
 
 // Plain HTTP through an https:// backend: a request with a body, and a
