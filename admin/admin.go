@@ -1,6 +1,6 @@
 // Package admin serves wsgate's admin endpoints on a listener of their
-// own, in plain HTTP: liveness (/healthz), readiness (/readyz) and
-// configuration reload (POST /reload). It knows nothing of proxying: the
+// own, in plain HTTP: liveness (/healthz), readiness (/readyz),
+// configuration reload (POST /reload) and metrics (/metrics). It knows nothing of proxying: the
 // gateway it serves is a Target.
 package admin
 
@@ -26,6 +26,8 @@ type Target interface {
 	// NotReady lists what keeps the gateway from serving (a pool with no
 	// usable server, a drain under way); empty when ready.
 	NotReady() []string
+	// Metrics serves GET /metrics (the Prometheus text format).
+	Metrics() http.Handler
 }
 
 // Server is the admin HTTP server on its own listener.
@@ -77,6 +79,7 @@ func Handler(t Target) http.Handler {
 		}
 		text(w, http.StatusOK, "ready")
 	})
+	mux.Handle("GET /metrics", t.Metrics())
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
 		summary, err := t.Reload()
 		if err != nil {

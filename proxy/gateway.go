@@ -112,6 +112,7 @@ type Gateway struct {
 	shutdownDone chan struct{}
 	shutdownErr  error
 
+	metrics     *metrics
 	accessLog   *accessLog
 	errorLog    *log.Logger
 	errorWriter io.Writer // behind errorLog, for parts that format their own lines
@@ -136,6 +137,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		errorLog:    log.New(opts.ErrorLog, "wsgate: ", log.LstdFlags),
 		errorWriter: opts.ErrorLog,
 	}
+	g.metrics = newMetrics(g)
 	g.retired, g.cancelRetired = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.mu)
 	if g.certPoll <= 0 {
@@ -652,6 +654,10 @@ type requestLog struct {
 	remote, method, pool, uri string
 	upstream                  string
 	status                    int
+	// route is the route matched, or nil; websocket: the request was a
+	// handshake (for the metrics).
+	route     *Route
+	websocket bool
 	// failed names the side whose failure cut the exchange short after
 	// the status went out ("upstream"), or is empty.
 	failed string
@@ -662,6 +668,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	l := requestLog{
 		start: ctx.Time(), remote: remote, method: string(ctx.Method()),
 		pool: "-", uri: string(ctx.RequestURI()), upstream: upstreamAddr, status: ctx.Response.StatusCode(),
+		route: rt,
 	}
 	if rt != nil {
 		l.pool = rt.Pool.Name
@@ -678,6 +685,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 
 // writeRequestLog writes one access log line; size is the response body's.
 func (g *Gateway) writeRequestLog(l requestLog, size int64) {
+	g.metrics.request(&l)
 	g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
 		str("upstream", l.upstream).int("status", int64(l.status)).
 		str("duration", time.Since(l.start).Round(time.Millisecond).String()).int("bytes", size).failed(l.failed).end())
