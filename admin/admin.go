@@ -1,6 +1,7 @@
 // Package admin serves wsgate's admin endpoints on a listener of their
 // own, in plain HTTP: liveness (/healthz), readiness (/readyz),
-// configuration reload (POST /reload) and the live status page (/). It knows nothing of proxying: the
+// configuration reload (POST /reload), metrics (/metrics) and the live
+// status page (/). It knows nothing of proxying: the
 // gateway it serves is a Target.
 package admin
 
@@ -28,6 +29,8 @@ type Target interface {
 	NotReady() []string
 	// Snapshot is the state the status page shows, made for JSON.
 	Snapshot() any
+	// Metrics serves GET /metrics (the Prometheus text format).
+	Metrics() http.Handler
 }
 
 // Server is the admin HTTP server on its own listener.
@@ -79,6 +82,7 @@ func Handler(t Target) http.Handler {
 		}
 		text(w, http.StatusOK, "ready")
 	})
+	mux.Handle("GET /metrics", t.Metrics())
 	status := newStatusPage(t)
 	mux.Handle("GET /{$}", status.page())
 	mux.Handle("GET /static/", status.static())

@@ -276,8 +276,8 @@ type Limits struct {
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 }
 
-// Admin configures the admin listener: plain HTTP with /healthz, /readyz
-// and POST /reload.
+// Admin configures the admin listener: plain HTTP with /healthz, /readyz,
+// POST /reload and /metrics.
 type Admin struct {
 	Address string `yaml:"address"`
 }

@@ -131,6 +131,8 @@ type Gateway struct {
 	errorLog    *logSink
 	errorJSON   *slog.Logger
 	errorWriter io.Writer // the error log for parts that format their own lines
+
+	metrics *metrics
 }
 
 // New builds a gateway from a validated configuration. Defaults must have
@@ -149,6 +151,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if err := g.openLogs(cfg); err != nil {
 		return nil, err
 	}
+	g.metrics = newMetrics(g)
 	g.retired, g.cancelRetired = context.WithCancel(context.Background())
 	g.idle = sync.NewCond(&g.mu)
 	if g.certPoll <= 0 {
@@ -666,9 +669,13 @@ func (g *Gateway) drain(ctx context.Context) error {
 type requestLog struct {
 	start                     time.Time
 	remote, method, pool, uri string
-	host, route               string
+	host                      string
 	upstream                  string
 	status                    int
+	// route is the route matched, or nil; websocket: the request was a
+	// handshake (for the metrics).
+	route     *Route
+	websocket bool
 	// failed names the side whose failure cut the exchange short after
 	// the status went out ("upstream"), or is empty.
 	failed string
@@ -679,7 +686,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 	l := requestLog{
 		start: ctx.Time(), remote: remote, method: string(ctx.Method()),
 		pool: "-", uri: string(ctx.RequestURI()), upstream: upstreamAddr, status: ctx.Response.StatusCode(),
-		host: string(ctx.Host()), route: routeName(rt),
+		host: string(ctx.Host()), route: rt,
 	}
 	if rt != nil {
 		l.pool = rt.Pool.Name
@@ -696,6 +703,7 @@ func (g *Gateway) newRequestLog(ctx *fasthttp.RequestCtx, rt *Route, upstreamAdd
 
 // writeRequestLog writes one access log line; size is the response body's.
 func (g *Gateway) writeRequestLog(l requestLog, size int64) {
+	g.metrics.request(&l)
 	d := time.Since(l.start)
 	if !g.accessLog.json.Load() {
 		g.accessLog.write(newLogLine(l.start).word(l.remote).word(l.method).word(l.pool).word(l.uri).
@@ -704,7 +712,7 @@ func (g *Gateway) writeRequestLog(l requestLog, size int64) {
 		return
 	}
 	b := newJSONLine(l.start, "http").str("client", l.remote).opt("method", l.method).str("host", l.host).
-		opt("path", l.uri).str("route", l.route).opt("upstream", l.pool).opt("server", l.upstream).
+		opt("path", l.uri).str("route", routeName(l.route)).opt("upstream", l.pool).opt("server", l.upstream).
 		int("status", int64(l.status)).ms("duration_ms", d).int("bytes", size)
 	if l.failed != "" {
 		b = b.str("failed", l.failed)

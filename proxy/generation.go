@@ -102,8 +102,10 @@ func (g *Gateway) buildGeneration(cfg *config.Config, prev *generation) (_ *gene
 		if !ok {
 			return nil, fmt.Errorf("route %s%s: upstream %q is not defined", rc.Host, rc.Path, rc.Upstream)
 		}
-		routes = append(routes, &Route{Host: rc.Host, Path: rc.Path, Pool: set.pool, Policy: set.policy,
-			RawTunnel: rc.Tunnel == config.TunnelRaw, tls: set.tls, set: set, gen: next})
+		rt := &Route{Host: rc.Host, Path: rc.Path, Pool: set.pool, Policy: set.policy,
+			RawTunnel: rc.Tunnel == config.TunnelRaw, tls: set.tls, set: set, gen: next}
+		rt.metrics = g.metrics.route(rt, set.name)
+		routes = append(routes, rt)
 	}
 	next.router = NewRouter(routes)
 	return next, nil

@@ -96,7 +96,7 @@ func newHostClient(srv *upstream.Server, s clientSettings) *fasthttp.HostClient 
 // streaming both bodies.
 func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	if problem := headerLineProblem(ctx.Request.Header.RawHeaders()); problem != "" {
-		g.refuse(ctx, fasthttp.StatusBadRequest, "malformed request: "+problem)
+		g.fail(ctx, rt, "-", fasthttp.StatusBadRequest, "malformed request: "+problem)
 		return
 	}
 	headBuf := requestHeads.Get().(*[]byte)
@@ -158,14 +158,20 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 		// all fail the same way, and forward's one retry may take
 		// another of them. Nothing reached the client yet, and the
 		// request has no body to lose, so another server takes it.
-		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed to answer"}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed to answer", cause: failResponse}
 	}
 	srv.Release()
 	var ie errInterim
+	timedOut := errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout)
+	if timedOut {
+		g.metrics.upstreamFailed(rt.set.name, srv.Address, failTimeout)
+	} else {
+		g.metrics.upstreamFailed(rt.set.name, srv.Address, failResponse)
+	}
 	switch {
 	case errors.As(err, &ie):
 		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream sent an invalid response")
-	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout):
+	case timedOut:
 		g.fail(ctx, rt, srv.Address, fasthttp.StatusGatewayTimeout, "upstream did not answer in time")
 	default:
 		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream failed to answer")
@@ -386,6 +392,7 @@ func (b *upstreamBody) Close() error {
 	b.srv.Release()
 	if b.err != nil {
 		b.log.failed = "upstream"
+		b.g.metrics.upstreamFailed(b.log.route.set.name, b.srv.Address, failResponse)
 		b.g.errorf("upstream %s server %s: %s %s: %v after %d body bytes; the client's response is cut short",
 			b.log.pool, b.srv.Address, b.log.method, b.log.uri, b.err, b.n)
 	}

@@ -38,5 +38,5 @@ func (g *Gateway) dialFailure(rt *Route, srv *upstream.Server, err error) *tryFa
 		return &tryFailure{status: fasthttp.StatusServiceUnavailable, reason: reason, local: true}
 	}
 	g.errorf("upstream %s server %s: %v", rt.Pool.Name, srv.Address, err)
-	return &tryFailure{status: fasthttp.StatusBadGateway, reason: unreachable(rt.Pool.Name, err)}
+	return &tryFailure{status: fasthttp.StatusBadGateway, reason: unreachable(rt.Pool.Name, err), cause: dialFailureReason(err)}
 }

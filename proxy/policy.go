@@ -76,6 +76,8 @@ func (p *Policy) tries(servers int) int {
 type tryFailure struct {
 	status int
 	reason string
+	// cause is the reason label of wsgate_upstream_failures_total.
+	cause string
 	// local: the gateway itself failed (out of descriptors or memory), not
 	// the server; nothing is counted against the server, and no other
 	// server is tried, since each would fail the same way.
@@ -134,6 +136,9 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 			return
 		}
 		pl.tried = append(pl.tried, srv)
+		if len(pl.tried) > 1 {
+			rt.set.retries.Inc()
+		}
 		failure := try(pl, srv)
 		if failure == nil {
 			return
@@ -147,6 +152,7 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 			return
 		}
 		rt.Pool.ReportFailure(srv)
+		g.metrics.upstreamFailed(rt.set.name, srv.Address, failure.cause)
 		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
 			reason := failure.reason
 			if len(pl.tried) > 1 {

@@ -30,7 +30,8 @@ import (
 //
 // Reload returns a one-line summary of what changed. Reloads run one at a
 // time.
-func (g *Gateway) Reload() (string, error) {
+func (g *Gateway) Reload() (_ string, err error) {
+	defer func() { g.metrics.reloaded(err) }()
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	if g.draining.Load() {

@@ -26,6 +26,8 @@ type Route struct {
 	// requests the route matched.
 	set *upstreamSet
 	gen *generation
+	// metrics are the route's handles on its metric series.
+	metrics *routeMetrics
 }
 
 // Router finds the route of a request: the most specific host group that

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // relayBufferSize is the size of the buffers a tunnel borrows while bytes
@@ -48,17 +50,31 @@ type tunnel struct {
 	idle             time.Duration
 
 	lastActive atomic.Int64 // unix nanoseconds of the last byte either way
-	up, down   atomic.Int64 // bytes client→upstream, upstream→client
+	up, down   byteCount    // bytes client→upstream, upstream→client
 
 	closeOnce sync.Once
 	closer    atomic.Value // Closer: the first side to end, or idle/drain
 	done      chan struct{}
 }
 
-func newTunnel(client, upstream net.Conn, idle time.Duration) *tunnel {
+func newTunnel(client, upstream net.Conn, idle time.Duration, rm *routeMetrics) *tunnel {
 	t := &tunnel{client: client, upstream: upstream, idle: idle, done: make(chan struct{})}
+	t.up.route, t.down.route = rm.bytesUp, rm.bytesDown
 	t.touch()
 	return t
+}
+
+// byteCount is one direction's byte count, also added to the route's
+// counter as bytes move: one more atomic add per read, on a path that
+// decrypts TLS records anyway.
+type byteCount struct {
+	atomic.Int64
+	route prometheus.Counter
+}
+
+func (c *byteCount) add(n int64) {
+	c.Add(n)
+	c.route.Add(float64(n))
 }
 
 func (t *tunnel) touch() { t.lastActive.Store(time.Now().UnixNano()) }
@@ -93,7 +109,7 @@ func (t *tunnel) closeBoth() {
 // direction copies src to dst until src ends. A clean end (EOF) is passed
 // on as a half-close, so the other direction keeps flowing; an error or an
 // idle timeout closes both sides.
-func (t *tunnel) direction(src, dst net.Conn, count *atomic.Int64, side Closer) {
+func (t *tunnel) direction(src, dst net.Conn, count *byteCount, side Closer) {
 	err := t.copy(src, dst, count)
 	switch {
 	case err == nil:
@@ -124,7 +140,7 @@ var errIdle = errors.New("tunnel idle")
 // copy moves bytes from src to dst until EOF (nil) or an error. src is a
 // TCP conn, or a TLS conn over a conn whose reads can be told not to wait:
 // the gateway's listeners and dialer make no other kind.
-func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
+func (t *tunnel) copy(src, dst net.Conn, count *byteCount) error {
 	relayOnce, err := t.relayFrom(src, dst)
 	if err != nil {
 		return err
@@ -135,7 +151,7 @@ func (t *tunnel) copy(src, dst net.Conn, count *atomic.Int64) error {
 	for {
 		n, err := relayOnce()
 		if n > 0 {
-			count.Add(int64(n))
+			count.add(int64(n))
 			t.touch()
 		}
 		if err == io.EOF {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/upstream"
 )
@@ -63,7 +64,11 @@ type tunnelInfo struct {
 	host       string // the Host the client asked for
 	uri        string
 	start      time.Time
-	headLen    int // length of the 101 head at the start of the bytes sent to the client
+	requested  time.Time // when the client's handshake head was read
+	headLen    int       // length of the 101 head at the start of the bytes sent to the client
+	// active is the tunnel's series of wsgate_tunnels_active, set once
+	// the tunnel is registered.
+	active prometheus.Gauge
 }
 
 // startTunnel registers a tunnel and starts it: first the bytes due at the
@@ -80,7 +85,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		relayed = &relayedTunnel{placed: placed{info.route, info.server}}
 		live = relayed
 	} else {
-		carried = newTunnel(client, up, info.route.gen.timeouts.idle)
+		carried = newTunnel(client, up, info.route.gen.timeouts.idle, info.route.metrics)
 		carried.placed = placed{info.route, info.server}
 		live = carried
 	}
@@ -97,6 +102,8 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	g.tunnels.Add(live)
 	g.memory.tunnelsNow(g.tunnels.Len())
 	g.mu.Unlock()
+	info.active = g.metrics.tunnelsActive.WithLabelValues(info.route.metrics.name, info.route.set.name, info.server.Address)
+	info.active.Inc()
 
 	if carried != nil {
 		go g.runCarried(carried, info, toClient, toUpstream)
@@ -105,7 +112,11 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	// The relay path writes the switch bytes on the caller's goroutine
 	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
 	// socket do not block, and a goroutine per handshake is saved.
-	if closer := writeSwitchBytes(client, up, toClient, toUpstream, info.route.gen.timeouts.handshake); closer != "" {
+	closer := writeSwitchBytes(client, up, toClient, toUpstream, info.route.gen.timeouts.handshake)
+	if closer != ClosedByClient {
+		info.route.metrics.upgraded(info.requested)
+	}
+	if closer != "" {
 		client.Close()
 		up.Close()
 		g.endTunnel(live, info, tunnelCounts{}, closer)
@@ -115,8 +126,8 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	// and counts them as if it had relayed them. Counts are of bytes after
 	// the handshake, in both directions.
 	sent := relay.Sent{Up: toUpstream, Down: toClient[info.headLen:]}
-	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, func(st relay.Stats) {
-		counts := tunnelCounts{up: st.Up, down: st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages)}
+	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, info.route.metrics, func(st relay.Stats) {
+		counts := tunnelCounts{up: st.Up, down: st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages), closeCode: st.CloseCode}
 		if info.route.RawTunnel {
 			counts.upMsgs, counts.downMsgs = -1, -1
 		}
@@ -133,6 +144,9 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 			closer = ClosedInternal
 			g.relayFailed(info, err)
 		}
+		// The relay never had them: the route's counters get them here.
+		info.route.metrics.bytesUp.Add(float64(len(sent.Up)))
+		info.route.metrics.bytesDown.Add(float64(len(sent.Down)))
 		g.endTunnel(live, info, tunnelCounts{up: int64(len(sent.Up)), down: int64(len(sent.Down))}, closer)
 		return
 	}
@@ -151,16 +165,20 @@ func (g *Gateway) relayFailed(info tunnelInfo, err error) {
 // switch bytes (the 101 head's 4 KiB read buffer, at least) are garbage
 // once written: a closure would keep them for the tunnel's life.
 func (g *Gateway) runCarried(t *tunnel, info tunnelInfo, toClient, toUpstream []byte) {
-	if closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, info.route.gen.timeouts.handshake); closer != "" {
+	closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, info.route.gen.timeouts.handshake)
+	if closer != ClosedByClient {
+		info.route.metrics.upgraded(info.requested)
+	}
+	if closer != "" {
 		t.abort(closer)
 		g.endTunnel(t, info, tunnelCounts{}, closer)
 		return
 	}
 	// Counts are of bytes after the handshake, in both directions.
-	t.up.Add(int64(len(toUpstream)))
-	t.down.Add(int64(len(toClient) - info.headLen))
+	t.up.add(int64(len(toUpstream)))
+	t.down.add(int64(len(toClient) - info.headLen))
 	t.run()
-	closer, _ := t.closer.Load().(Closer)
+	closer, _ = t.closer.Load().(Closer)
 	g.endTunnel(t, info, tunnelCounts{up: t.up.Load(), down: t.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
 }
 
@@ -185,10 +203,10 @@ func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout 
 
 // tunnelCounts are a tunnel's bytes and messages each way; messages are -1
 // where frames were not followed (raw and TLS tunnels). closeCode is the
-// status code of the first WebSocket Close frame seen, 0 for none.
+// status of the first Close frame seen (relay.Stats.CloseCode), 0 if none.
 type tunnelCounts struct {
 	up, down, upMsgs, downMsgs int64
-	closeCode                  int
+	closeCode                  uint16
 }
 
 // endTunnel unregisters a tunnel and writes its access log line.
@@ -199,6 +217,8 @@ func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, close
 	g.memory.tunnelsNow(g.tunnels.Len())
 	g.tunnelsChanged()
 	g.mu.Unlock()
+	info.active.Dec()
+	g.metrics.tunnelClosed(info.route, closer, c.closeCode)
 	d := time.Since(info.start)
 	if !g.accessLog.json.Load() {
 		g.accessLog.write(newLogLine(info.start).word(info.clientAddr).word("ws").word(info.route.Pool.Name).word(info.uri).
@@ -212,7 +232,7 @@ func (g *Gateway) endTunnel(t liveTunnel, info tunnelInfo, c tunnelCounts, close
 		str("path", info.uri).str("route", routeName(info.route)).str("upstream", info.route.Pool.Name).
 		str("server", info.server.Address).int("status", 101).ms("duration_ms", d).
 		int("bytes_up", c.up).int("bytes_down", c.down).count("messages_up", c.upMsgs).count("messages_down", c.downMsgs).
-		closeCode(c.closeCode).str("closed_by", string(closer)).end())
+		closeCode(int(c.closeCode)).str("closed_by", string(closer)).end())
 }
 
 // tunnelAborted undoes the pending count of a 101 whose tunnel never

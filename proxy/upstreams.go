@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/upstream"
@@ -35,6 +36,8 @@ type upstreamSet struct {
 	// carried is the previous generation's set of this name, or nil for a
 	// pool new in this generation.
 	carried *upstreamSet
+	// retries counts tries after a failed one (wsgate_upstream_retries_total).
+	retries prometheus.Counter
 }
 
 // newUpstreamSet builds the set of upstream name. With was (the previous
@@ -46,7 +49,8 @@ func (g *Gateway) newUpstreamSet(name string, uc *config.Upstream, resolver stri
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", name, err)
 	}
-	set := &upstreamSet{name: name, cfg: uc, carried: was, health: uc.HealthCheck, policy: policy}
+	set := &upstreamSet{name: name, cfg: uc, carried: was, health: uc.HealthCheck, policy: policy,
+		retries: g.metrics.retries.WithLabelValues(name)}
 	set.poolOpts = upstream.Options{Balance: uc.Balance, HashBoundedLoad: uc.HashBoundedLoad, FailTimeout: uc.FailTimeout.Std()}
 	if uc.MaxFails != nil {
 		set.poolOpts.MaxFails = *uc.MaxFails

@@ -27,7 +27,7 @@ var errHeadTooLarge = errors.New("upstream response head exceeds 64 KiB")
 func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 	key, herr := checkClientHandshake(&ctx.Request.Header)
 	if herr != nil {
-		g.refuse(ctx, herr.status, herr.reason)
+		g.fail(ctx, rt, "-", herr.status, herr.reason) // the route is known: its pool is logged and counted
 		if herr.status == fasthttp.StatusUpgradeRequired {
 			// RFC 6455 section 4.4: name the versions the server speaks.
 			ctx.Response.Header.Set("Sec-WebSocket-Version", "13")
@@ -57,10 +57,10 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 		conn.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			g.errorf("upstream %s server %s: no handshake answer within %v", rt.Pool.Name, srv.Address, rt.gen.timeouts.handshake)
-			return &tryFailure{status: fasthttp.StatusGatewayTimeout, reason: "upstream did not answer the handshake in time"}
+			return &tryFailure{status: fasthttp.StatusGatewayTimeout, reason: "upstream did not answer the handshake in time", cause: failTimeout}
 		}
 		g.errorf("upstream %s server %s: handshake: %v", rt.Pool.Name, srv.Address, err)
-		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed during the websocket handshake"}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed during the websocket handshake", cause: failHandshake}
 	}
 	if resp.status != fasthttp.StatusSwitchingProtocols {
 		defer conn.Close()
@@ -69,6 +69,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 			// Relayed as the upstream's own answer, but it counts
 			// against the server's health.
 			rt.Pool.ReportFailure(srv)
+			g.metrics.upstreamFailed(rt.set.name, srv.Address, failStatus5xx)
 		}
 		g.relayRefusal(ctx, rt, srv, conn, resp)
 		return nil
@@ -76,7 +77,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	if problem := resp.problem101(key); problem != "" {
 		conn.Close()
 		g.errorf("upstream %s server %s: 101 with %s", rt.Pool.Name, srv.Address, problem)
-		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream answered the handshake with " + problem}
+		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream answered the handshake with " + problem, cause: failHandshake}
 	}
 	conn.SetDeadline(time.Time{})
 	rt.Pool.ReportSuccess(srv)
@@ -89,7 +90,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	g.mu.Unlock()
 	_, clientAddr := clientAddress(ctx)
 	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, host: string(ctx.Host()), uri: string(ctx.RequestURI()),
-		start: start, headLen: resp.head}
+		start: start, requested: ctx.Time(), headLen: resp.head}
 	// abandon releases what the 101 took (the upstream conn, the server's
 	// lease, the pending count) when no tunnel will start.
 	abandon := func() {
@@ -246,13 +247,16 @@ func (g *Gateway) relayRefusal(ctx *fasthttp.RequestCtx, rt *Route, srv *upstrea
 	br := bufio.NewReader(io.MultiReader(bytes.NewReader(r.raw), conn))
 	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
 		g.errorf("upstream %s server %s: reading %d answer to a handshake: %v", rt.Pool.Name, srv.Address, r.status, err)
+		g.metrics.upstreamFailed(rt.set.name, srv.Address, failHandshake)
 		g.fail(ctx, rt, srv.Address, fasthttp.StatusBadGateway, "upstream sent an unreadable answer to the websocket handshake")
 		return
 	}
 	cleanHTTPResponse(&resp.Header)
 	resp.CopyTo(&ctx.Response)
 	ctx.Response.Header.SetNoDefaultContentType(true) // CopyTo reset it
-	g.writeRequestLog(g.newRequestLog(ctx, rt, srv.Address), int64(len(resp.Body())))
+	l := g.newRequestLog(ctx, rt, srv.Address)
+	l.websocket = true
+	g.writeRequestLog(l, int64(len(resp.Body())))
 }
 
 // unwrapHijacked returns the raw conn under fasthttp's hijack wrapper and
@@ -320,5 +324,8 @@ func (g *Gateway) fail(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string,
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(reason + "\n")
 	ctx.SetConnectionClose()
-	g.writeRequestLog(g.newRequestLog(ctx, rt, upstreamAddr), int64(len(reason)+1))
+	l := g.newRequestLog(ctx, rt, upstreamAddr)
+	// A head that could not be read has no headers to tell.
+	l.websocket = !ctx.Time().IsZero() && isUpgrade(&ctx.Request.Header)
+	g.writeRequestLog(l, int64(len(reason)+1))
 }

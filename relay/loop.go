@@ -131,7 +131,7 @@ func (l *loop) run() {
 			return
 		}
 		if l.now >= nextScan {
-			l.closeIdle()
+			l.scan()
 			l.shrinkSides()
 			nextScan = l.now + int64(scanEvery)
 		}
@@ -313,8 +313,9 @@ func (l *loop) setInterest(s *side) {
 	}
 }
 
-// scanEvery is how often epoll_wait wakes at least to find idle tunnels:
-// every second, or four times per idle timeout when that is shorter. A
+// scanEvery is how often epoll_wait wakes at least to find idle tunnels
+// and publish traffic: every second, or four times per idle timeout when
+// that is shorter. A
 // tunnel added before SetIdle lengthened the timeout is still found, a
 // little late at worst.
 func (l *loop) scanEvery() time.Duration {
@@ -324,10 +325,11 @@ func (l *loop) scanEvery() time.Duration {
 	return time.Second
 }
 
-// closeIdle closes the tunnels idle for too long, and those whose goodbye
-// grace is over.
-func (l *loop) closeIdle() {
+// scan publishes the traffic of every tunnel (see Meter) and closes the
+// tunnels idle for too long, and those whose goodbye grace is over.
+func (l *loop) scan() {
 	for t := range l.tunnels.All {
+		t.publish()
 		switch {
 		case t.closing && l.now >= t.closeAt:
 			l.closeTunnel(t, ClosedDrain)
@@ -448,6 +450,7 @@ func (l *loop) closeTunnel(t *tunnel, reason string) {
 		s.releasePending()
 	}
 	l.tunnels.Delete(t)
+	t.publish()
 	if t.done != nil {
 		l.reports.add(t.done, t.stats())
 	}

@@ -43,6 +43,31 @@ type Stats struct {
 	UpMessages, DownMessages uint64
 	ClosedBy                 string
 	Err                      error // why, when ClosedBy is ClosedInternal
+	// CloseCode is the status code of the first WebSocket Close frame an
+	// endpoint sent, either way (wsframe.Tracker.CloseCode): 1005 for a
+	// Close without one, 0 when none was seen or frames were not
+	// followed. The Close 1001 the relay itself sends on a drain is not
+	// counted: it says nothing of the endpoints.
+	CloseCode uint16
+}
+
+// Traffic is what a tunnel moved: bytes (Sent included) and complete
+// WebSocket messages each way; messages stay 0 when frames are not
+// followed.
+type Traffic struct {
+	Up, Down                 int64
+	UpMessages, DownMessages uint64
+}
+
+// Meter is told what a tunnel moves while it lives, so that counters are
+// current without the relay taking a lock or making a call per read: each
+// loop adds up its tunnels' traffic itself and passes the increase since
+// the previous call at most once a second per tunnel (on the loop's idle
+// scan), and the rest when the tunnel ends, before its done is queued.
+// Moved runs on an event loop: it must be quick and never block (an
+// atomic add).
+type Meter interface {
+	Moved(Traffic)
 }
 
 // Options configure a Relay.
@@ -120,11 +145,12 @@ type Sent struct{ Up, Down []byte }
 // owns the sockets and closes them when the tunnel ends. If Add fails the
 // conns are the caller's to close (one may be closed already). With
 // frames, the WebSocket frames of both directions are followed, from the
-// start of sent. done is called once with the tunnel's stats, on the
+// start of sent. meter, when not nil, is told the tunnel's traffic as it
+// goes (see Meter). done is called once with the tunnel's stats, on the
 // relay's one reporting goroutine: the reports of other tunnels wait while
 // it runs. A tunnel the loop cannot watch (epoll_ctl fails) ends at once
 // with ClosedInternal.
-func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done func(Stats)) (Tunnel, error) {
+func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, meter Meter, done func(Stats)) (Tunnel, error) {
 	cfd, err := takeFD(client)
 	if err != nil {
 		return Tunnel{}, err
@@ -136,6 +162,7 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, done 
 	}
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
 	t := newTunnel(cfd, ufd, frames, sent, time.Duration(r.idle.Load()), done)
+	t.meter = meter
 	if !l.do(func(l *loop) { l.addTunnel(t) }) {
 		unix.Close(cfd)
 		unix.Close(ufd)

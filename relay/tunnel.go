@@ -19,6 +19,11 @@ type tunnel struct {
 	closing bool
 	closeAt int64
 	done    func(Stats)
+	// closeCode is the status of the first Close frame seen either way.
+	closeCode uint16
+	// meter is told the traffic; published is what it was told so far.
+	meter     Meter
+	published Traffic
 }
 
 // side is one socket of a tunnel: what is read from it goes to peer.
@@ -81,6 +86,9 @@ func (s *side) track(b []byte) {
 		if _, err := s.frames.Feed(b); err != nil {
 			s.tracking = false
 		}
+		if s.t.closeCode == 0 {
+			s.t.closeCode = s.frames.CloseCode()
+		}
 	}
 }
 
@@ -93,9 +101,33 @@ func (s *side) canSendClose() bool {
 		s.peer.tracking && s.peer.frames.AtFrameBoundary() && !s.peer.frames.CloseSeen()
 }
 
-func (t *tunnel) stats() Stats {
-	return Stats{
-		Up: t.client.read, Down: t.upstream.read, ClosedBy: t.closedBy, Err: t.err,
+func (t *tunnel) traffic() Traffic {
+	return Traffic{
+		Up: t.client.read, Down: t.upstream.read,
 		UpMessages: t.client.frames.Messages(), DownMessages: t.upstream.frames.Messages(),
 	}
+}
+
+func (t *tunnel) stats() Stats {
+	tr := t.traffic()
+	return Stats{
+		Up: tr.Up, Down: tr.Down, UpMessages: tr.UpMessages, DownMessages: tr.DownMessages,
+		ClosedBy: t.closedBy, Err: t.err, CloseCode: t.closeCode,
+	}
+}
+
+// publish tells the meter what the tunnel moved since the last time.
+func (t *tunnel) publish() {
+	if t.meter == nil {
+		return
+	}
+	now := t.traffic()
+	if now == t.published {
+		return
+	}
+	t.meter.Moved(Traffic{
+		Up: now.Up - t.published.Up, Down: now.Down - t.published.Down,
+		UpMessages: now.UpMessages - t.published.UpMessages, DownMessages: now.DownMessages - t.published.DownMessages,
+	})
+	t.published = now
 }

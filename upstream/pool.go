@@ -392,6 +392,14 @@ func (p *Pool) now() time.Time {
 	return p.opts.Now()
 }
 
+// ServerUsable reports whether s may take a new connection now, full or
+// not, as Usable counts it (GET /metrics).
+func (p *Pool) ServerUsable(s *Server) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.usable(s, p.opts.Now())
+}
+
 func (p *Pool) usable(s *Server, now time.Time) bool {
 	return !s.cfg().Down && !s.removed.Load() && s.health.up(now)
 }

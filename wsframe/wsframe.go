@@ -91,7 +91,18 @@ type Tracker struct {
 	inMessage   bool // a data message has started and its FIN frame is not yet complete
 	endsMessage bool // the current frame is the FIN frame of a data message
 	closeSeen   bool
+
+	// The status code of the first Close frame: its payload's first two
+	// bytes, unmasked with closeKey, may come in separate Feed calls.
+	closeCode    uint16  // 0 until known; noStatus when the payload was empty
+	closeKey     [4]byte // the first Close frame's mask key (zero when unmasked)
+	closeFirst   uint8   // the code's first byte, unmasked
+	closeGot     uint8   // bytes of the code read so far
+	readingClose bool    // the current frame is the first Close and its code is incomplete
 }
+
+// noStatus is RFC 6455's 1005: a Close frame that carried no status code.
+const noStatus = 1005
 
 // New returns a Tracker for one direction. fromClient: frames must be masked
 // (client→server) or must not be (server→client). maxMessage: 0 means no
@@ -124,9 +135,13 @@ func (t *Tracker) Feed(p []byte) (n int, err error) {
 	for n < len(p) {
 		if t.remaining > 0 {
 			k := min(uint64(len(p)-n), t.remaining)
+			if t.readingClose {
+				t.readCloseCode(p[n : n+int(k)])
+			}
 			n += int(k)
 			t.remaining -= k
 			if t.remaining == 0 {
+				t.readingClose = false // a one-byte payload leaves no code
 				t.endFrame()
 			}
 			continue
@@ -220,7 +235,10 @@ func (t *Tracker) startFrame(h []byte) uint8 {
 		if length > maxControlPayload {
 			return errControlTooLong
 		}
-		t.closeSeen = t.closeSeen || op == opClose
+		if op == opClose && !t.closeSeen {
+			t.closeSeen = true
+			t.startCloseCode(h, length)
+		}
 		t.remaining = length
 		return errNone
 	case opContinuation:
@@ -252,6 +270,34 @@ func (t *Tracker) startFrame(h []byte) uint8 {
 	return errNone
 }
 
+// startCloseCode prepares to read the status code of the first Close
+// frame, whose complete header is h.
+func (t *Tracker) startCloseCode(h []byte, length uint64) {
+	if length == 0 {
+		t.closeCode = noStatus
+		return
+	}
+	if t.fromClient {
+		copy(t.closeKey[:], h[len(h)-4:])
+	}
+	t.readingClose = true
+}
+
+// readCloseCode takes the status code's bytes from b, the next payload
+// bytes of the first Close frame.
+func (t *Tracker) readCloseCode(b []byte) {
+	for _, c := range b {
+		c ^= t.closeKey[t.closeGot] // the code is the payload's bytes 0 and 1
+		if t.closeGot == 0 {
+			t.closeFirst, t.closeGot = c, 1
+			continue
+		}
+		t.closeCode = uint16(t.closeFirst)<<8 | uint16(c)
+		t.closeGot, t.readingClose = 2, false
+		return
+	}
+}
+
 // endFrame records the end of the current frame's payload.
 func (t *Tracker) endFrame() {
 	if t.endsMessage {
@@ -272,6 +318,13 @@ func (t *Tracker) Messages() uint64 { return t.messages }
 
 // CloseSeen reports whether a Close frame's header has been seen in this direction.
 func (t *Tracker) CloseSeen() bool { return t.closeSeen }
+
+// CloseCode returns the status code of the first Close frame seen in this
+// direction, once its first two payload bytes have been fed: 1005 (no
+// status) when that frame had no payload, 0 while no Close frame (or not
+// its code yet) was seen, and 0 as well for a malformed one-byte payload.
+// The code is read as sent, not checked against RFC 6455's valid ones.
+func (t *Tracker) CloseCode() uint16 { return t.closeCode }
 
 // AppendClose appends a Close frame with the status code and reason to dst.
 // mask is for frames the gateway writes to an upstream, where it acts as a

@@ -230,7 +230,7 @@ func TestTrackerHasNoPointers(t *testing.T) {
 	for i := range typ.NumField() {
 		f := typ.Field(i)
 		switch f.Type.Kind() {
-		case reflect.Bool, reflect.Uint8, reflect.Uint64, reflect.Int64:
+		case reflect.Bool, reflect.Uint8, reflect.Uint16, reflect.Uint64, reflect.Int64:
 		case reflect.Array:
 			if f.Type.Elem().Kind() != reflect.Uint8 {
 				t.Errorf("field %s: array of %s", f.Name, f.Type.Elem())
@@ -247,6 +247,9 @@ type model struct {
 	frames   []modelFrame
 	openThen []bool // openThen[i]: a fragmented message is open after frames[:i]
 	msgsThen []uint64
+	// The first Close frame: its code is known once closeAt bytes were fed.
+	closeCode uint16
+	closeAt   int
 }
 
 type modelFrame struct{ start, payload, end int }
@@ -261,6 +264,12 @@ func (m *model) add(b0 byte, length int, masked bool, enc int) {
 	pl := len(m.data)
 	m.data = append(m.data, payload(length)...)
 	m.frames = append(m.frames, modelFrame{start, pl, len(m.data)})
+	if b0&0x0f == opClose && m.closeAt == 0 {
+		m.closeCode, m.closeAt = modelCloseCode(m.data[pl:], masked), pl+2
+		if length == 0 {
+			m.closeAt = pl
+		}
+	}
 	open, msgs := m.openThen[len(m.openThen)-1], m.msgsThen[len(m.msgsThen)-1]
 	if op := b0 & 0x0f; op < opClose {
 		open = b0&fin == 0
@@ -289,6 +298,30 @@ func (m *model) check(tb testing.TB, tr *Tracker, pos int, how string) {
 			"want %v %v %d %d", how, pos, tr.AtFrameBoundary(), atMessageBoundary(tr), tr.remaining,
 			tr.Messages(), atFrame, atFrame && !m.openThen[done], remaining, m.msgsThen[done])
 	}
+	wantCode := uint16(0)
+	if m.closeAt > 0 && pos >= m.closeAt {
+		wantCode = m.closeCode
+	}
+	if tr.CloseCode() != wantCode {
+		tb.Fatalf("%s, at offset %d: CloseCode=%d, want %d", how, pos, tr.CloseCode(), wantCode)
+	}
+}
+
+// modelCloseCode is the status code of a Close frame with payload pl as
+// the wire carries it (masked with testKey when masked), decoded
+// independently of the package: 1005 without payload, 0 for one byte.
+func modelCloseCode(pl []byte, masked bool) uint16 {
+	switch len(pl) {
+	case 0:
+		return 1005
+	case 1:
+		return 0
+	}
+	b := bytes.Clone(pl[:2])
+	if masked {
+		xorKey(b, testKey)
+	}
+	return binary.BigEndian.Uint16(b)
 }
 
 func (m *model) feed(tb testing.TB, tr *Tracker, from, to int, how string) {
@@ -412,6 +445,49 @@ func atMessageBoundary(tr *Tracker) bool { return tr.AtFrameBoundary() && !tr.in
 func xorKey(b []byte, key [4]byte) {
 	for i := range b {
 		b[i] ^= key[i%4]
+	}
+}
+
+// TestCloseCode: the status of the first Close frame is read whatever the
+// pieces it is fed in, masked or not; later Close frames do not change it.
+func TestCloseCode(t *testing.T) {
+	for _, masked := range []bool{false, true} {
+		for _, tc := range []struct {
+			name    string
+			payload []byte
+			want    uint16
+		}{
+			{"normal", []byte{0x03, 0xE8}, 1000},
+			{"with reason", append([]byte{0x0F, 0xA0}, "bye now"...), 4000},
+			{"empty", nil, 1005},
+			{"one byte", []byte{0x03}, 0},
+		} {
+			pl := bytes.Clone(tc.payload)
+			if masked {
+				xorKey(pl, testKey)
+			}
+			second := AppendClose(nil, 1011, "", masked, testKey)
+			data := cat(frame(fin|opText, 3, masked), frame(fin|opPing, 2, masked),
+				header(fin|opClose, uint64(len(pl)), masked, encShort), pl, second)
+			for cut1 := range len(data) + 1 {
+				for cut2 := cut1; cut2 <= len(data); cut2++ {
+					tr := New(masked, 0)
+					for _, piece := range [][]byte{data[:cut1], data[cut1:cut2], data[cut2:]} {
+						if n, err := tr.Feed(piece); n != len(piece) || err != nil {
+							t.Fatalf("masked=%v %s: Feed = %d, %v", masked, tc.name, n, err)
+						}
+					}
+					if got := tr.CloseCode(); got != tc.want {
+						t.Fatalf("masked=%v %s, cut at %d and %d: CloseCode = %d, want %d", masked, tc.name, cut1, cut2, got, tc.want)
+					}
+				}
+			}
+		}
+	}
+	tr := New(false, 0)
+	tr.Feed(frame(fin|opText, 3, false))
+	if tr.CloseCode() != 0 {
+		t.Errorf("CloseCode before any Close = %d, want 0", tr.CloseCode())
 	}
 }
 
