@@ -268,3 +268,46 @@ func statusLabel(code int) string {
 	}
 	return strconv.Itoa(code)
 }
+
+// totals sums the counters the status page shows, and the failures of each
+// server by upstream and address. It gathers the registry: a status
+// snapshot is made twice a second per open page, not per request.
+func (m *metrics) totals() (Totals, map[[2]string]float64) {
+	var t Totals
+	failures := map[[2]string]float64{}
+	families, _ := m.reg.Gather()
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			v := mt.GetCounter().GetValue()
+			label := func(name string) string {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == name {
+						return l.GetValue()
+					}
+				}
+				return ""
+			}
+			switch f.GetName() {
+			case "wsgate_websocket_handshakes_total":
+				t.Handshakes += v
+			case "wsgate_http_requests_total":
+				t.HTTPRequests += v
+			case "wsgate_tunnel_messages_total":
+				if label("direction") == "up" {
+					t.MessagesUp += v
+				} else {
+					t.MessagesDown += v
+				}
+			case "wsgate_tunnel_bytes_total":
+				if label("direction") == "up" {
+					t.BytesUp += v
+				} else {
+					t.BytesDown += v
+				}
+			case "wsgate_upstream_failures_total":
+				failures[[2]string{label("upstream"), label("server")}] += v
+			}
+		}
+	}
+	return t, failures
+}

@@ -18,11 +18,24 @@ type Status struct {
 	Generation  int64            `json:"generation"`
 	Draining    bool             `json:"draining"`
 	LiveTunnels int              `json:"live_tunnels"`
+	// Totals since the start, from the metrics; the page makes rates of
+	// them.
+	Totals Totals `json:"totals"`
 	Listeners   []ListenerStatus `json:"listeners"`
 	Routes      []RouteStatus    `json:"routes"`
 	Upstreams   []UpstreamStatus `json:"upstreams"`
 	Reloads     []Event          `json:"reloads"` // the last ones, oldest first
 	Errors      []Event          `json:"errors"`  // the last error-log lines, oldest first
+}
+
+// Totals are counts since the gateway started.
+type Totals struct {
+	Handshakes   float64 `json:"handshakes"` // answered, whatever the status
+	HTTPRequests float64 `json:"http_requests"`
+	MessagesUp   float64 `json:"messages_up"`
+	MessagesDown float64 `json:"messages_down"`
+	BytesUp      float64 `json:"bytes_up"`
+	BytesDown    float64 `json:"bytes_down"`
 }
 
 // ListenerStatus is one listener.
@@ -58,6 +71,8 @@ type ServerStatus struct {
 	// InFlight are the server's other leases: HTTP requests (and
 	// handshakes) under way.
 	InFlight int64 `json:"in_flight"`
+	// Failures since the start (wsgate_upstream_failures_total).
+	Failures float64 `json:"failures"`
 }
 
 // Event is a reload's outcome or an error-log line.
@@ -78,6 +93,8 @@ func (g *Gateway) Status() Status {
 		return st
 	}
 	st.Generation = gen.id
+	totals, failures := g.metrics.totals()
+	st.Totals = totals
 	tunnels := map[*upstream.Server]int{}
 	g.mu.Lock()
 	st.LiveTunnels = g.tunnels.Len()
@@ -105,7 +122,8 @@ func (g *Gateway) Status() Status {
 		us := UpstreamStatus{Name: name, Balance: set.cfg.Balance}
 		for _, s := range set.pool.Servers() {
 			ss := ServerStatus{Address: s.Address, State: "up", Why: set.pool.Why(s),
-				Weight: s.Settings().Weight, Backup: s.Settings().Backup, Tunnels: tunnels[s]}
+				Weight: s.Settings().Weight, Backup: s.Settings().Backup, Tunnels: tunnels[s],
+				Failures: failures[[2]string{name, s.Address}]}
 			if ss.Why != "" {
 				ss.State = "down"
 			}

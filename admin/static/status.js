@@ -6,7 +6,11 @@
 const $ = (id) => document.getElementById(id);
 const history = []; // {t, tunnels, messages} for the chart, last 10 minutes
 const keepSeconds = 600;
-let last = null; // the previous snapshot, for rates
+// Rates are taken over about two seconds of snapshots: the gateway
+// publishes tunnel traffic about once a second, so two snapshots half a
+// second apart would alternate between nothing and double.
+const recent = [];
+const rateWindowMs = 2000;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -39,12 +43,15 @@ function render(st) {
   $('live-tunnels').textContent = st.live_tunnels;
   $('generation').textContent = `configuration ${st.generation}` + (st.draining ? ' · draining' : '');
   $('uptime').textContent = 'up ' + duration((Date.parse(st.time) - Date.parse(st.started)) / 1000);
+  const now = Date.parse(st.time);
+  recent.push(st);
+  while (recent.length > 1 && Date.parse(recent[1].time) <= now - rateWindowMs) recent.shift();
+  const last = recent.length > 1 ? recent[0] : null;
   const messages = rate(st, last, (t) => t.messages_up + t.messages_down);
   $('rate-handshakes').textContent = number(rate(st, last, (t) => t.handshakes));
   $('rate-requests').textContent = number(rate(st, last, (t) => t.http_requests));
   $('rate-messages').textContent = number(messages);
   $('rate-bytes').textContent = number(rate(st, last, (t) => t.bytes_up + t.bytes_down));
-  last = st;
 
   const upstreams = $('upstreams');
   upstreams.replaceChildren();
@@ -58,7 +65,7 @@ function render(st) {
         el('td', { 'data-field': 'weight' }, s.weight),
         el('td', { 'data-field': 'tunnels' }, s.tunnels),
         el('td', { 'data-field': 'in-flight' }, s.in_flight),
-        el('td', { 'data-field': 'failures' }, s.failures === undefined ? '–' : s.failures));
+        el('td', { 'data-field': 'failures' }, number(s.failures)));
       body.append(tr);
     }
     upstreams.append(el('table', { 'data-upstream': u.name },
@@ -90,14 +97,17 @@ function chart() {
   const w = c.clientWidth, h = c.clientHeight, pad = 20;
   g.clearRect(0, 0, w, h);
   if (history.length < 2) return;
-  const t0 = history[history.length - 1].t - keepSeconds * 1000;
+  // The chart spans what the page has seen, up to keepSeconds.
+  const tEnd = history[history.length - 1].t;
+  const t0 = Math.min(history[0].t, tEnd - 10000);
+  const span = tEnd - t0;
   const line = (key, color) => {
     const top = Math.max(1, ...history.map((p) => p[key]));
     g.strokeStyle = color;
     g.lineWidth = 2;
     g.beginPath();
     history.forEach((p, i) => {
-      const x = ((p.t - t0) / (keepSeconds * 1000)) * w;
+      const x = ((p.t - t0) / span) * w;
       const y = h - pad - (p[key] / top) * (h - 2 * pad);
       i ? g.lineTo(x, y) : g.moveTo(x, y);
     });

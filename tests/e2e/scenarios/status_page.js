@@ -19,6 +19,9 @@ module.exports = async (page, [statusURL, tunnelURL, killURL, server, screenshot
     ws.onerror = () => reject(new Error('tunnel ' + i + ' failed'));
   }))), tunnelURL);
   const opened = Date.now();
+  // Keep them talking, so the page has messages and bytes to rate; the
+  // page (and these timers) end with the scenario.
+  await page.evaluate(() => { setInterval(() => window.tunnels.forEach((ws, i) => ws.readyState === 1 && ws.send('tick ' + i)), 100); });
   await page.waitForFunction(() => document.getElementById('live-tunnels').textContent === '25', null, { timeout: 15000 });
   const shownAfterMs = Date.now() - opened;
 
@@ -34,6 +37,8 @@ module.exports = async (page, [statusURL, tunnelURL, killURL, server, screenshot
   }, row, { timeout: 15000 });
   const downAfterMs = Date.now() - killed;
   const why = await page.textContent(`${row} td[data-field=why]`);
+  // One more snapshot for the rates, then the picture.
+  await page.waitForFunction(() => document.getElementById('rate-messages').textContent !== '–', null, { timeout: 15000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   return { shownAfterMs, before, tunnelsBefore, downAfterMs, why };
 };
