@@ -40,6 +40,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -824,7 +825,8 @@ func (m *cpuMeter) end(res map[string]any) error {
 	if err != nil {
 		return err
 	}
-	res["proxy_cpu_s"], res["proxy_processes"] = now-m.start, len(m.pids)
+	// Rounded to the tick, 10 ms: the difference of two tick counts.
+	res["proxy_cpu_s"], res["proxy_processes"] = math.Round((now-m.start)*clockTicks)/clockTicks, len(m.pids)
 	return nil
 }
 
