@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # bench/run.sh (`make bench`): wsgate side by side with nginx and HAProxy,
 # and with no proxy at all ("direct"), in one run on loopback, reported as
-# ratios in bench/results/ (latest.md, latest.json, ratios.svg, raw.jsonl).
+# medians with their min-max range, ratios, and the proxy's CPU time per
+# operation in bench/results/ (latest.md, latest.json, ratios.svg, raw.jsonl).
 #
 # Every proxy gets the same two echo upstreams (wsload -mode server), the
 # same round robin, the same 1h timeouts and an access log to /dev/null (wsgate
-# always logs, so the others do too). Only one proxy runs at a time, and it and
-# the upstreams are started fresh for each target and run, so one's leftovers
-# cannot slow another.
+# always logs, so the others do too), a plain listener and a TLS 1.3 one with
+# the same ECDSA P-256 certificate (made with openssl at the start). Only one
+# proxy runs at a time, and it and the upstreams are started fresh for each
+# target and round, so one's leftovers cannot slow another. Each round runs
+# the targets in a different order (wsgate nginx haproxy direct, then nginx
+# haproxy direct wsgate, ...), so a slow stretch of the machine does not
+# always fall on the same one.
+#
+# CPU per operation is the proxy's own CPU time (utime + stime of every
+# thread of its processes, nginx's master and workers included, from
+# /proc/PID/stat) over the measurement, divided by the operations done.
 #
 # Environment:
-#   BENCH_RUNS      repetitions of every workload; the report uses the median (3)
+#   BENCH_RUNS      rounds; the report gives the median and min-max of each figure (3)
 #   BENCH_HOLD      idle tunnels held in the hold test (9000; lowered to fit the fd limit)
+#   BENCH_HOLD_TLS  idle wss:// tunnels held in the TLS hold test (2000; same limit)
 #   BENCH_DURATION  length of each echo/bulk/handshake measurement (3s); wrk runs 5s
 #   BENCH_OUT       where the results go (bench/results)
 #
@@ -21,6 +31,7 @@ cd "$(dirname "$0")/.."
 
 RUNS="${BENCH_RUNS:-3}"
 HOLD="${BENCH_HOLD:-9000}"
+HOLD_TLS="${BENCH_HOLD_TLS:-2000}"
 DUR="${BENCH_DURATION:-3s}"
 OUT="${BENCH_OUT:-bench/results}"
 START="$(date +%s)"
@@ -86,6 +97,10 @@ if [[ "$hard" != unlimited ]]; then
     echo "idle hold lowered from $HOLD to $maxhold tunnels: the proxy needs 2 fds per tunnel and the open-files limit is $hard" >>"$notes"
     HOLD="$maxhold"
   fi
+  if ((HOLD_TLS > maxhold)); then
+    echo "idle wss hold lowered from $HOLD_TLS to $maxhold tunnels: the open-files limit is $hard" >>"$notes"
+    HOLD_TLS="$maxhold"
+  fi
 fi
 
 log "building wsgate, wsload and report into $tmp"
@@ -94,8 +109,19 @@ go build -o "$tmp/wsload" ./bench/wsload
 go build -o "$tmp/report" ./bench/report
 WSLOAD="$tmp/wsload"
 
-read -r UP1 UP2 PORT_WSGATE PORT_NGINX PORT_HAPROXY <<<"$("$WSLOAD" -mode ports -n 5)"
+read -r UP1 UP2 UPTLS PORT_WSGATE PORT_NGINX PORT_HAPROXY TLS_WSGATE TLS_NGINX TLS_HAPROXY \
+  <<<"$("$WSLOAD" -mode ports -n 9)"
 declare -A PORT=([direct]="$UP1" [wsgate]="$PORT_WSGATE" [nginx]="$PORT_NGINX" [haproxy]="$PORT_HAPROXY")
+# "direct" over TLS is a third echo upstream that speaks TLS itself (Go's
+# crypto/tls): the figure without a proxy in between.
+declare -A TLSPORT=([direct]="$UPTLS" [wsgate]="$TLS_WSGATE" [nginx]="$TLS_NGINX" [haproxy]="$TLS_HAPROXY")
+
+# The proxies' TLS listeners share one self-signed ECDSA P-256 certificate
+# for 127.0.0.1, made now; wsload does not check it (-insecure).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=127.0.0.1" \
+  -addext "subjectAltName=IP:127.0.0.1" -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>"$tmp/openssl.err" ||
+  { cat "$tmp/openssl.err" >&2; die "openssl could not make the benchmark certificate"; }
+cat "$tmp/cert.pem" "$tmp/key.pem" >"$tmp/haproxy.pem"
 
 # The echo upstreams are restarted for every target: after a hold test they
 # carry a big Go heap and thousands of dead goroutines' garbage, which would
@@ -108,6 +134,11 @@ start_upstreams() {
     UP_PIDS+=("$!")
     PIDS+=("$!")
   done
+  if [[ "$1" == direct ]]; then
+    "$WSLOAD" -mode server -listen "127.0.0.1:$UPTLS" -tls-ca "$tmp/direct-ca.pem" 2>>"$tmp/echo.log" &
+    UP_PIDS+=("$!")
+    PIDS+=("$!")
+  fi
 }
 stop_upstreams() {
   local p
@@ -119,6 +150,12 @@ stop_upstreams() {
 cat >"$tmp/wsgate.yaml" <<YAML
 listeners:
   - address: 127.0.0.1:$PORT_WSGATE
+  - address: 127.0.0.1:$TLS_WSGATE
+    tls:
+      min_version: "1.3"
+      certificates:
+        - cert_file: $tmp/cert.pem
+          key_file: $tmp/key.pem
 routes:
   - path: /
     upstream: echo
@@ -166,22 +203,34 @@ http {
     server {
         # Same accept backlog as Go and HAProxy get from somaxconn.
         listen 127.0.0.1:$PORT_NGINX backlog=4096;
-        location / {
-            proxy_pass http://echo;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \$connection_upgrade;
-            proxy_set_header Host \$host;
-            proxy_set_header X-Real-IP \$remote_addr;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-            proxy_buffer_size 16k;
-            proxy_buffers 4 16k;
-        }
+        include $tmp/nginx-location.conf;
     }
+    server {
+        listen 127.0.0.1:$TLS_NGINX ssl backlog=4096;
+        ssl_certificate $tmp/cert.pem;
+        ssl_certificate_key $tmp/key.pem;
+        ssl_protocols TLSv1.3;
+        # The suite Go picks on AES hardware; pinned on every proxy.
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+        include $tmp/nginx-location.conf;
+    }
+}
+NGINX
+cat >"$tmp/nginx-location.conf" <<NGINX
+location / {
+    proxy_pass http://echo;
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade \$http_upgrade;
+    proxy_set_header Connection \$connection_upgrade;
+    proxy_set_header Host \$host;
+    proxy_set_header X-Real-IP \$remote_addr;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_set_header X-Forwarded-Host \$host;
+    proxy_read_timeout 1h;
+    proxy_send_timeout 1h;
+    proxy_buffer_size 16k;
+    proxy_buffers 4 16k;
 }
 NGINX
 
@@ -206,6 +255,9 @@ defaults
     timeout http-request 10s
 frontend fe
     bind 127.0.0.1:$PORT_HAPROXY
+    default_backend echo
+frontend fe_tls
+    bind 127.0.0.1:$TLS_HAPROXY ssl crt $tmp/haproxy.pem ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256
     default_backend echo
 backend echo
     balance roundrobin
@@ -257,10 +309,12 @@ stop_proxy() {
   PROXY_PID=""
 }
 
-# ready waits until the target carries a WebSocket echo and GET /hello.
+# ready waits until the target carries a WebSocket echo and GET /hello, on
+# its plain and on its TLS listener.
 ready() {
   local t="$1"
-  "$WSLOAD" -mode wait -url "ws://127.0.0.1:${PORT[$t]}/" -timeout 15s ||
+  "$WSLOAD" -mode wait -url "ws://127.0.0.1:${PORT[$t]}/" -timeout 15s &&
+    "$WSLOAD" -mode wait -insecure -url "wss://127.0.0.1:${TLSPORT[$t]}/" -timeout 15s ||
     { tail -n 20 "$tmp"/*.err "$tmp"/nginx/*.log 2>/dev/null >&2 || true; die "$t did not come up"; }
 }
 
@@ -278,41 +332,69 @@ measure() {
   if ((rc)); then log "  warning: exit status $rc; recorded as failed"; fi
 }
 
+# proxy_cpu prints the CPU seconds the proxy's processes have used so far
+# (nothing for "direct").
+proxy_cpu() {
+  if [[ -n "$PROXY_PID" ]]; then "$WSLOAD" -mode cpu -pids "$PROXY_PID"; fi
+}
+
+# wrk_json runs wrk and prints its JSON line with the proxy's CPU seconds
+# during the run added as "proxy_cpu_s" (as wsload adds them).
 wrk_json() {
-  local t="$1" r="$2" out
-  out="$(BENCH_TARGET="$t" BENCH_RUN="$r" wrk -t2 -c64 -d5s -s "$tmp/wrk.lua" "http://127.0.0.1:${PORT[$t]}/hello" 2>&1)" || true
-  if grep -q '^{' <<<"$out"; then
-    grep '^{' <<<"$out"
-  else
+  local t="$1" r="$2" out line c0 c1
+  c0="$(proxy_cpu)"
+  out="$(BENCH_TARGET="$t" BENCH_RUN="$r" timeout 60 wrk -t2 -c64 -d5s -s "$tmp/wrk.lua" "http://127.0.0.1:${PORT[$t]}/hello" 2>&1)" || true
+  c1="$(proxy_cpu)"
+  if ! grep -q '^{' <<<"$out"; then
     printf '{"mode":"http","workload":"http_wrk","target":"%s","run":%d,"error":"wrk: %s"}\n' \
       "$t" "$r" "$(tr -d '"\\\n' <<<"$out" | cut -c1-200)"
     return 1
   fi
+  line="$(grep -m1 '^{' <<<"$out")"
+  if [[ -n "$c0" && -n "$c1" ]]; then
+    line="${line%\}},\"proxy_cpu_s\":$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')}"
+  fi
+  printf '%s\n' "$line"
 }
 
-log "echo upstreams on :$UP1 and :$UP2; wsgate :$PORT_WSGATE, nginx :$PORT_NGINX, haproxy :$PORT_HAPROXY"
-log "$RUNS runs, ${DUR} per measurement, hold $HOLD tunnels"
+# hold restarts the proxy (so the per-tunnel figure does not depend on what
+# the earlier workloads left in its heap) and holds idle tunnels through it.
+hold() {
+  local t="$1" workload="$2" url="$3" n="$4"
+  shift 4
+  stop_proxy
+  start_proxy "$t"
+  ready "$t"
+  measure "$WSLOAD" -mode hold -workload "$workload" -target "$t" -run "$run" -url "$url" -conns "$n" -size 32768 \
+    -hold 2s -settle 3s -pids "$PROXY_PID" "$@"
+}
+
+ORDER=(wsgate nginx haproxy direct)
+log "echo upstreams on :$UP1 and :$UP2 (TLS :$UPTLS for direct); plain/TLS listeners: wsgate :$PORT_WSGATE/:$TLS_WSGATE, nginx :$PORT_NGINX/:$TLS_NGINX, haproxy :$PORT_HAPROXY/:$TLS_HAPROXY"
+log "$RUNS rounds, ${DUR} per measurement, hold $HOLD tunnels ($HOLD_TLS over TLS)"
 for run in $(seq "$RUNS"); do
-  for t in direct wsgate nginx haproxy; do
-    log "run $run/$RUNS: $t"
-    start_upstreams
+  round=()
+  for i in "${!ORDER[@]}"; do round+=("${ORDER[$(((run - 1 + i) % ${#ORDER[@]}))]}"); done
+  echo "round $run ran ${round[*]}, in that order" >>"$notes"
+  for t in "${round[@]}"; do
+    log "round $run/$RUNS: $t"
+    start_upstreams "$t"
     start_proxy "$t"
     ready "$t"
     url="ws://127.0.0.1:${PORT[$t]}/"
+    wss="wss://127.0.0.1:${TLSPORT[$t]}/"
     L=(-target "$t" -run "$run")
+    if [[ -n "$PROXY_PID" ]]; then L+=(-pids "$PROXY_PID"); fi
     measure "$WSLOAD" -mode echo -workload echo_1x64 "${L[@]}" -url "$url" -conns 1 -size 64 -duration "$DUR"
     measure "$WSLOAD" -mode echo -workload echo_64x64 "${L[@]}" -url "$url" -conns 64 -size 64 -duration "$DUR"
     measure "$WSLOAD" -mode bulk -workload bulk_4x1m "${L[@]}" -url "$url" -conns 4 -size 1048576 -duration "$DUR"
     measure "$WSLOAD" -mode handshake -workload handshake_16 "${L[@]}" -url "$url" -conns 16 -duration "$DUR"
     measure wrk_json "$t" "$run"
+    measure "$WSLOAD" -mode echo -workload wss_echo_64x64 "${L[@]}" -insecure -url "$wss" -conns 64 -size 64 -duration "$DUR"
+    measure "$WSLOAD" -mode handshake -workload wss_handshake_16 "${L[@]}" -insecure -url "$wss" -conns 16 -duration "$DUR"
     if [[ "$t" != direct ]]; then
-      # Restart first: the per-tunnel figure should not depend on what the
-      # earlier workloads left in the proxy's heap.
-      stop_proxy
-      start_proxy "$t"
-      ready "$t"
-      measure "$WSLOAD" -mode hold -workload hold "${L[@]}" -url "$url" -conns "$HOLD" -size 32768 \
-        -hold 2s -settle 3s -pids "$PROXY_PID"
+      hold "$t" hold "$url" "$HOLD"
+      hold "$t" wss_hold "$wss" "$HOLD_TLS" -insecure
     fi
     stop_proxy
     stop_upstreams

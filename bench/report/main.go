@@ -1,8 +1,13 @@
 // Command report turns the measurements of bench/run.sh (one JSON object per
 // line, written by wsload and by wrk's Lua hook) into bench/results/:
-// latest.md (a markdown table of medians and wsgate/nginx, wsgate/HAProxy
-// ratios, plus the machine), latest.json (the same, machine-readable) and
-// ratios.svg (a bar chart of the ratios). It prints the markdown on stdout.
+// latest.md (a markdown table of medians with their min-max range over the
+// rounds, wsgate/nginx and wsgate/HAProxy ratios, plus the machine),
+// latest.json (the same, machine-readable) and ratios.svg (a bar chart of
+// the ratios). It prints the markdown on stdout.
+//
+// A line with "proxy_cpu_s" (the proxy's CPU seconds during the measurement)
+// gets a derived metric, "cpu_us_per_op": those seconds in µs divided by the
+// operations the line counts (see opsKey).
 //
 //	report -in raw.jsonl -out bench/results -nginx /usr/sbin/nginx -haproxy /usr/sbin/haproxy
 //
@@ -15,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"html"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -38,47 +44,85 @@ type metric struct {
 	format        string
 }
 
-// rows lists what the table shows, in order. The charted metric of each
-// workload is its headline; latencies and memory details are table-only.
+// rows lists what the table shows, in order. The charted metrics of each
+// workload are its rate and the proxy's CPU per operation (or memory per
+// tunnel); latencies and memory details are table-only.
 var rows = []metric{
-	{"echo_1x64", "msgs_per_s", "echo, 1 conn × 64 B", "round trips/s", true, "echo 1×64 B msgs/s", "%.0f"},
+	{"echo_1x64", "msgs_per_s", "echo, 1 conn × 64 B", "round trips/s", true, "echo 1×64 B round trips/s", "%.0f"},
+	{"echo_1x64", cpuKey, "echo, 1 conn × 64 B", "proxy CPU µs / round trip", false, "echo 1×64 B CPU / round trip", "%.1f"},
 	{"echo_1x64", "p50_us", "echo, 1 conn × 64 B", "p50 µs", false, "", "%.0f"},
 	{"echo_1x64", "p99_us", "echo, 1 conn × 64 B", "p99 µs", false, "", "%.0f"},
-	{"echo_64x64", "msgs_per_s", "echo, 64 conns × 64 B", "round trips/s", true, "echo 64×64 B msgs/s", "%.0f"},
+	{"echo_64x64", "msgs_per_s", "echo, 64 conns × 64 B", "round trips/s", true, "echo 64×64 B round trips/s", "%.0f"},
+	{"echo_64x64", cpuKey, "echo, 64 conns × 64 B", "proxy CPU µs / round trip", false, "echo 64×64 B CPU / round trip", "%.1f"},
 	{"echo_64x64", "p50_us", "echo, 64 conns × 64 B", "p50 µs", false, "", "%.0f"},
-	{"echo_64x64", "p99_us", "echo, 64 conns × 64 B", "p99 µs", false, "echo 64×64 B p99 latency", "%.0f"},
+	{"echo_64x64", "p99_us", "echo, 64 conns × 64 B", "p99 µs", false, "", "%.0f"},
 	{"bulk_4x1m", "mb_per_s", "bulk, 4 conns × 1 MiB", "MB/s each way", true, "bulk 4×1 MiB MB/s", "%.0f"},
-	{"handshake_16", "handshakes_per_s", "handshakes, 16 workers", "open+echo+close /s", true, "handshakes/s", "%.0f"},
-	{"http_wrk", "req_per_s", "HTTP GET /hello, wrk 2 thr × 64 conns", "requests/s", true, "HTTP req/s", "%.0f"},
+	{"bulk_4x1m", cpuKey, "bulk, 4 conns × 1 MiB", "proxy CPU µs / MiB echoed", false, "bulk CPU / MiB echoed", "%.0f"},
+	{"handshake_16", "handshakes_per_s", "ws handshakes, 16 workers", "open+echo+close /s", true, "ws handshakes/s", "%.0f"},
+	{"handshake_16", cpuKey, "ws handshakes, 16 workers", "proxy CPU µs / handshake", false, "ws CPU / handshake", "%.0f"},
+	{"http_wrk", "req_per_s", "HTTP GET /hello, wrk 2 thr × 64 conns", "requests/s", true, "HTTP requests/s", "%.0f"},
+	{"http_wrk", cpuKey, "HTTP GET /hello, wrk 2 thr × 64 conns", "proxy CPU µs / request", false, "HTTP CPU / request", "%.1f"},
 	{"http_wrk", "p50_us", "HTTP GET /hello, wrk 2 thr × 64 conns", "p50 µs", false, "", "%.0f"},
 	{"http_wrk", "p99_us", "HTTP GET /hello, wrk 2 thr × 64 conns", "p99 µs", false, "", "%.0f"},
-	{"hold", "alive", "idle hold", "tunnels alive after idle (of N)", true, "", "%.0f"},
-	{"hold", "kib_per_tunnel", "idle hold", "RSS growth KiB/tunnel", false, "idle hold: RSS KiB per tunnel", "%.1f"},
-	{"hold", "rss_before_kib", "idle hold", "RSS before, KiB", false, "", "%.0f"},
-	{"hold", "rss_held_kib", "idle hold", "RSS holding N tunnels, KiB", false, "", "%.0f"},
-	{"hold", "closed_vs_before", "idle hold", "RSS after close ÷ before", false, "", "%.2f"},
+	{"wss_echo_64x64", "msgs_per_s", "wss echo, 64 conns × 64 B", "round trips/s", true, "wss echo 64×64 B round trips/s", "%.0f"},
+	{"wss_echo_64x64", cpuKey, "wss echo, 64 conns × 64 B", "proxy CPU µs / round trip", false, "wss echo CPU / round trip", "%.1f"},
+	{"wss_echo_64x64", "p50_us", "wss echo, 64 conns × 64 B", "p50 µs", false, "", "%.0f"},
+	{"wss_echo_64x64", "p99_us", "wss echo, 64 conns × 64 B", "p99 µs", false, "", "%.0f"},
+	{"wss_handshake_16", "handshakes_per_s", "wss handshakes, 16 workers", "open+echo+close /s", true, "wss handshakes/s", "%.0f"},
+	{"wss_handshake_16", cpuKey, "wss handshakes, 16 workers", "proxy CPU µs / handshake", false, "wss CPU / handshake", "%.0f"},
+	{"hold", "alive", "idle ws hold", "tunnels alive after idle (of N)", true, "", "%.0f"},
+	{"hold", "kib_per_tunnel", "idle ws hold", "RSS growth KiB / tunnel", false, "idle ws: RSS KiB / tunnel", "%.1f"},
+	{"hold", "rss_before_kib", "idle ws hold", "RSS before, KiB", false, "", "%.0f"},
+	{"hold", "rss_held_kib", "idle ws hold", "RSS holding N tunnels, KiB", false, "", "%.0f"},
+	{"hold", "closed_vs_before", "idle ws hold", "RSS after close ÷ before", false, "", "%.2f"},
+	{"wss_hold", "alive", "idle wss hold", "tunnels alive after idle (of N)", true, "", "%.0f"},
+	{"wss_hold", "kib_per_tunnel", "idle wss hold", "RSS growth KiB / tunnel", false, "idle wss: RSS KiB / tunnel", "%.1f"},
+	{"wss_hold", "rss_before_kib", "idle wss hold", "RSS before, KiB", false, "", "%.0f"},
+	{"wss_hold", "rss_held_kib", "idle wss hold", "RSS holding N tunnels, KiB", false, "", "%.0f"},
+	{"wss_hold", "closed_vs_before", "idle wss hold", "RSS after close ÷ before", false, "", "%.2f"},
+}
+
+// cpuKey is the derived metric: the proxy's CPU µs per operation.
+const cpuKey = "cpu_us_per_op"
+
+// opsKey names, per wsload mode (wrk's line says "http"), the count of
+// operations a measurement did and how many of its units make one
+// operation: bulk counts bytes, and its operation is a MiB echoed (sent
+// through the proxy and back).
+var opsKey = map[string]struct {
+	key  string
+	unit float64
+}{
+	"echo":      {"round_trips", 1},
+	"handshake": {"handshakes", 1},
+	"http":      {"requests", 1},
+	"bulk":      {"bytes_each_way", 1 << 20},
 }
 
 // Report is latest.json.
 type Report struct {
-	Date    string                                   `json:"date"`
-	Machine map[string]string                        `json:"machine"`
-	Runs    int                                      `json:"runs"`
-	Median  map[string]map[string]map[string]float64 `json:"median"` // workload → metric → target
-	// Spread is (max-min)/median over the runs, the noise behind a median.
-	Spread map[string]map[string]map[string]float64 `json:"spread"`
+	Date    string            `json:"date"`
+	Machine map[string]string `json:"machine"`
+	Runs    int               `json:"runs"`
+	// Median, Min and Max are over the rounds: workload → metric → target.
+	Median map[string]map[string]map[string]float64 `json:"median"`
+	Min    map[string]map[string]map[string]float64 `json:"min"`
+	Max    map[string]map[string]map[string]float64 `json:"max"`
 	Ratios []Ratio                                  `json:"ratios"`
 	Notes  []string                                 `json:"notes"`
 	Errors []string                                 `json:"errors"`
 }
 
-// Ratio is wsgate's median divided by another proxy's.
+// Ratio is wsgate's median divided by another proxy's. Overlap says whether
+// the two min-max ranges overlap, i.e. the rounds do not separate them.
 type Ratio struct {
-	Workload     string   `json:"workload"`
-	Metric       string   `json:"metric"`
-	HigherBetter bool     `json:"higher_is_better"`
-	VsNginx      *float64 `json:"wsgate_over_nginx"`
-	VsHAProxy    *float64 `json:"wsgate_over_haproxy"`
+	Workload       string   `json:"workload"`
+	Metric         string   `json:"metric"`
+	HigherBetter   bool     `json:"higher_is_better"`
+	VsNginx        *float64 `json:"wsgate_over_nginx"`
+	VsHAProxy      *float64 `json:"wsgate_over_haproxy"`
+	OverlapNginx   bool     `json:"ranges_overlap_nginx"`
+	OverlapHAProxy bool     `json:"ranges_overlap_haproxy"`
 }
 
 func main() {
@@ -104,6 +148,7 @@ func run(in, out, nginx, haproxy, notesFile string, elapsed time.Duration) error
 	// values[workload][metric][target] = one value per successful run
 	values := map[string]map[string]map[string][]float64{}
 	var errs []string
+	tlsSeen := map[string]map[string]bool{} // target → negotiated TLS parameters
 	runs := 0
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -124,6 +169,20 @@ func run(in, out, nginx, haproxy, notesFile string, elapsed time.Duration) error
 		if wl == "http_wrk" {
 			if n := wrkErrors(m); n > 0 {
 				errs = append(errs, fmt.Sprintf("%s on %s, run %d: %d socket errors or non-2xx responses (figure kept)", wl, tg, int(r), n))
+			}
+		}
+		if t, ok := m["tls"].(string); ok {
+			if tlsSeen[tg] == nil {
+				tlsSeen[tg] = map[string]bool{}
+			}
+			tlsSeen[tg][t] = true
+		}
+		mode, _ := m["mode"].(string)
+		if cpu, ok := m["proxy_cpu_s"].(float64); ok {
+			if op, ok := opsKey[mode]; ok {
+				if n, _ := m[op.key].(float64); n > 0 {
+					m[cpuKey] = cpu * 1e6 / (n / op.unit)
+				}
 			}
 		}
 		for k, v := range m {
@@ -149,51 +208,61 @@ func run(in, out, nginx, haproxy, notesFile string, elapsed time.Duration) error
 		Machine: machine(nginx, haproxy),
 		Runs:    runs,
 		Median:  map[string]map[string]map[string]float64{},
-		Spread:  map[string]map[string]map[string]float64{},
+		Min:     map[string]map[string]map[string]float64{},
+		Max:     map[string]map[string]map[string]float64{},
 		Errors:  errs,
 	}
 	if elapsed > 0 {
 		rep.Machine["bench runtime"] = elapsed.Round(time.Second).String()
 	}
 	for wl, ms := range values {
-		rep.Median[wl] = map[string]map[string]float64{}
-		rep.Spread[wl] = map[string]map[string]float64{}
+		for _, agg := range []map[string]map[string]map[string]float64{rep.Median, rep.Min, rep.Max} {
+			agg[wl] = map[string]map[string]float64{}
+		}
 		for k, ts := range ms {
-			rep.Median[wl][k] = map[string]float64{}
-			rep.Spread[wl][k] = map[string]float64{}
+			for _, agg := range []map[string]map[string]map[string]float64{rep.Median, rep.Min, rep.Max} {
+				agg[wl][k] = map[string]float64{}
+			}
 			for tg, vs := range ts {
-				m := median(vs)
-				rep.Median[wl][k][tg] = m
-				if m != 0 {
-					rep.Spread[wl][k][tg] = (slices.Max(vs) - slices.Min(vs)) / math.Abs(m)
-				}
+				rep.Median[wl][k][tg] = median(vs)
+				rep.Min[wl][k][tg] = slices.Min(vs)
+				rep.Max[wl][k][tg] = slices.Max(vs)
 			}
 		}
 	}
 	for _, r := range rows {
 		rep.Ratios = append(rep.Ratios, Ratio{
 			Workload: r.workload, Metric: r.key, HigherBetter: r.higher,
-			VsNginx:   ratio(rep.Median, r, "nginx"),
-			VsHAProxy: ratio(rep.Median, r, "haproxy"),
+			VsNginx:        ratio(rep.Median, r, "nginx"),
+			VsHAProxy:      ratio(rep.Median, r, "haproxy"),
+			OverlapNginx:   overlap(&rep, r, "nginx"),
+			OverlapHAProxy: overlap(&rep, r, "haproxy"),
 		})
 	}
-	if hold, ok := rep.Median["hold"]["conns"]; ok {
-		for _, tg := range targets {
-			if n, ok := hold[tg]; ok {
-				rep.Notes = append(rep.Notes, fmt.Sprintf("idle hold: N = %.0f tunnels", n))
-				break
+	for _, h := range []struct{ wl, title string }{{"hold", "idle ws hold"}, {"wss_hold", "idle wss hold"}} {
+		if hold, ok := rep.Median[h.wl]["conns"]; ok {
+			for _, tg := range targets {
+				if n, ok := hold[tg]; ok {
+					rep.Notes = append(rep.Notes, fmt.Sprintf("%s: N = %.0f tunnels, one 32 KiB echo each", h.title, n))
+					break
+				}
+			}
+		}
+		if cv, ok := rep.Median[h.wl]["closed_vs_before"]; ok {
+			for _, tg := range targets {
+				if v, ok := cv[tg]; ok {
+					verdict := "within 10% of"
+					if v > 1.10 {
+						verdict = "more than 10% above"
+					}
+					rep.Notes = append(rep.Notes, fmt.Sprintf("%s, %s: RSS 3 s after closing every tunnel is %.2f× the RSS before opening them (%s it)", h.title, targetTitle[tg], v, verdict))
+				}
 			}
 		}
 	}
-	if cv, ok := rep.Median["hold"]["closed_vs_before"]; ok {
-		for _, tg := range targets {
-			if v, ok := cv[tg]; ok {
-				verdict := "within 10% of"
-				if v > 1.10 {
-					verdict = "more than 10% above"
-				}
-				rep.Notes = append(rep.Notes, fmt.Sprintf("idle hold, %s: RSS 3 s after closing every tunnel is %.2f× the RSS before opening them (%s it)", targetTitle[tg], v, verdict))
-			}
+	for _, tg := range targets {
+		if ps := slices.Sorted(maps.Keys(tlsSeen[tg])); len(ps) > 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("wss, %s: negotiated %s", targetTitle[tg], strings.Join(ps, "; ")))
 		}
 	}
 	if notesFile != "" {
@@ -292,17 +361,39 @@ func firstLine(s string) string {
 	return l
 }
 
-func cell(med map[string]map[string]map[string]float64, r metric, tg string) string {
-	v, ok := med[r.workload][r.key][tg]
+// overlap reports whether wsgate's min-max range and other's overlap.
+func overlap(rep *Report, r metric, other string) bool {
+	lo, hi := rep.Min[r.workload][r.key], rep.Max[r.workload][r.key]
+	wl, ok1 := lo["wsgate"]
+	ol, ok2 := lo[other]
+	if !ok1 || !ok2 {
+		return false
+	}
+	return wl <= hi[other] && ol <= hi["wsgate"]
+}
+
+// cell is the median, with the min-max range over the rounds after it
+// when they differ.
+func cell(rep *Report, r metric, tg string) string {
+	v, ok := rep.Median[r.workload][r.key][tg]
 	if !ok {
 		return "—"
 	}
-	return fmt.Sprintf(r.format, v)
+	s := fmt.Sprintf(r.format, v)
+	lo, hi := fmt.Sprintf(r.format, rep.Min[r.workload][r.key][tg]), fmt.Sprintf(r.format, rep.Max[r.workload][r.key][tg])
+	if lo != hi {
+		s += " (" + lo + "–" + hi + ")"
+	}
+	return s
 }
 
-func ratioCell(v *float64) string {
+// ratioCell marks a ratio whose two ranges overlap with "~".
+func ratioCell(v *float64, overlap bool) string {
 	if v == nil {
 		return "—"
+	}
+	if overlap {
+		return fmt.Sprintf("~%.2f", *v)
 	}
 	return fmt.Sprintf("%.2f", *v)
 }
@@ -310,10 +401,11 @@ func ratioCell(v *float64) string {
 func markdown(rep *Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# wsgate vs nginx vs HAProxy (`make bench`)\n\n")
-	fmt.Fprintf(&b, "Medians of %d run(s). Ratios are wsgate ÷ the other proxy: where higher is better, above 1.00 means wsgate is ahead; where lower is better (latency, memory), below 1.00 means wsgate is ahead. \"direct\" is the client talking to one echo upstream with no proxy.\n\n", rep.Runs)
-	b.WriteString("\"run spread\" is the largest (max−min)/median over the runs of any one target: a ratio that differs from 1.00 by less than that is within the noise.\n\n")
-	b.WriteString("| workload | metric | better | direct | wsgate | nginx | HAProxy | wsgate/nginx | wsgate/HAProxy | run spread |\n")
-	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Each cell is the median of %d round(s), with the lowest and highest value in parentheses. Each round ran every target once, in an order rotated from round to round (see Notes). \"direct\" is the client talking to an echo upstream with no proxy (over TLS: one that speaks TLS itself).\n\n", rep.Runs)
+	b.WriteString("\"proxy CPU\" is the CPU time (user + system, all threads; nginx's master and workers summed) the proxy's processes spent during the measurement, from /proc/PID/stat, divided by the operations done. It depends far less on how busy the machine is than the rates do, which swing by 30-50% here from run to run: trust it and the medians over any single rate.\n\n")
+	b.WriteString("Ratios are wsgate's median ÷ the other proxy's: where higher is better, above 1.00 means wsgate is ahead; where lower is better (CPU, latency, memory), below 1.00 means wsgate is ahead. A ratio marked ~ comes from two ranges that overlap: the rounds do not separate the two proxies.\n\n")
+	b.WriteString("| workload | metric | better | direct | wsgate | nginx | HAProxy | wsgate/nginx | wsgate/HAProxy |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range rows {
 		better := "lower"
 		if r.higher {
@@ -321,13 +413,10 @@ func markdown(rep *Report) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |", r.title, r.name, better)
 		for _, tg := range targets {
-			fmt.Fprintf(&b, " %s |", cell(rep.Median, r, tg))
+			fmt.Fprintf(&b, " %s |", cell(rep, r, tg))
 		}
-		noise := 0.0
-		for _, v := range rep.Spread[r.workload][r.key] {
-			noise = max(noise, v)
-		}
-		fmt.Fprintf(&b, " %s | %s | %.0f%% |\n", ratioCell(rep.Ratios[i].VsNginx), ratioCell(rep.Ratios[i].VsHAProxy), 100*noise)
+		q := rep.Ratios[i]
+		fmt.Fprintf(&b, " %s | %s |\n", ratioCell(q.VsNginx, q.OverlapNginx), ratioCell(q.VsHAProxy, q.OverlapHAProxy))
 	}
 	b.WriteString("\n![wsgate/nginx and wsgate/HAProxy ratios](ratios.svg)\n\n## Machine\n\n")
 	keys := make([]string, 0, len(rep.Machine))
@@ -387,7 +476,7 @@ func svg(rep *Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="Helvetica, Arial, sans-serif" font-size="13">`+"\n", w, h, w, h)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="#ffffff"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="16" y="26" font-size="17" font-weight="bold">wsgate relative to nginx and HAProxy (median of %d run(s))</text>`+"\n", rep.Runs)
+	fmt.Fprintf(&b, `<text x="16" y="26" font-size="17" font-weight="bold">wsgate relative to nginx and HAProxy (medians of %d round(s))</text>`+"\n", rep.Runs)
 	fmt.Fprintf(&b, `<text x="16" y="46" fill="#555">ratio = wsgate ÷ other. Higher-is-better metrics: above 1.0 wsgate wins. Rows marked “lower is better”: below 1.0 wsgate wins.</text>`+"\n")
 	for i := range 2 {
 		lx := left + float64(i)*170

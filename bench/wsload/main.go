@@ -11,7 +11,15 @@
 //	wsload -mode handshake -url ws://H/ -conns 16 -duration 3s           open, one echo, close; per second
 //	wsload -mode hold -url ws://H/ -conns 9000 -size 32768 -pids 123,456 idle tunnels: survivors, RSS per tunnel
 //	wsload -mode wait -url ws://H/ -timeout 10s                          until one WS echo and GET /hello work
+//	wsload -mode cpu -pids 123                                           CPU seconds used so far, one line
 //	wsload -mode ports -n 4                                              free 127.0.0.1 ports, one line
+//
+// With -pids, echo, bulk and handshake also report "proxy_cpu_s": the CPU
+// time (user + system, all threads) that those processes and their
+// descendants spent during the measurement, read from /proc/PID/stat before
+// and after it. A wss:// URL is measured over TLS 1.3 with X25519 and no
+// session resumption (a full handshake every time); -insecure skips the
+// certificate check, -ca trusts a CA instead.
 //
 // -target, -run and -workload are copied into the JSON so a report can group
 // measurements. Every mode is bounded: by -duration, or by -conns and -hold.
@@ -32,6 +40,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -54,15 +63,16 @@ type labels struct {
 }
 
 func main() {
-	mode := flag.String("mode", "echo", "server | echo | bulk | handshake | hold | wait | ports")
+	mode := flag.String("mode", "echo", "server | echo | bulk | handshake | hold | wait | cpu | ports")
 	listen := flag.String("listen", "127.0.0.1:9001", "server: listen address")
 	tlsCA := flag.String("tls-ca", "", "server: speak TLS with a certificate for 127.0.0.1 made now, and write its CA (PEM) to this file")
 	url := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL to measure")
 	clientCA := flag.String("ca", "", "clients of a wss:// URL: trust the CA certificate (PEM) in this file")
+	insecure := flag.Bool("insecure", false, "clients of a wss:// URL: do not check the certificate (a benchmark's self-signed one)")
 	conns := flag.Int("conns", 64, "echo, bulk: connections; handshake: workers; hold: tunnels")
 	size := flag.Int("size", 64, "echo, bulk, hold: message size in bytes")
 	duration := flag.Duration("duration", 3*time.Second, "echo, bulk, handshake: how long to measure")
-	pids := flag.String("pids", "", "hold: comma-separated pids whose RSS (with their children's) is summed")
+	pids := flag.String("pids", "", "hold: pids whose RSS is summed; echo, bulk, handshake, cpu: whose CPU time is summed (comma-separated, children included)")
 	hold := flag.Duration("hold", 2*time.Second, "hold: how long the tunnels stay idle before they are pinged")
 	settle := flag.Duration("settle", 3*time.Second, "hold: wait after closing every tunnel before the last RSS reading")
 	parallel := flag.Int("parallel", 32, "hold: concurrent dials and pings")
@@ -83,6 +93,7 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	clientInsecure = *insecure
 
 	l := labels{target: *target, workload: *workload, run: *run}
 	if l.workload == "" {
@@ -90,25 +101,35 @@ func main() {
 	}
 	var res map[string]any
 	var err error
+	var cpu *cpuMeter
+	switch *mode {
+	case "echo", "bulk", "handshake":
+		if cpu, err = newCPUMeter(*pids); err != nil {
+			fmt.Fprintln(os.Stderr, "wsload:", err)
+			os.Exit(2)
+		}
+	}
 	switch *mode {
 	case "server":
 		err = serve(*listen, *tlsCA)
 	case "echo":
-		res, err = echo(*url, *conns, *size, *duration)
+		res, err = echo(*url, *conns, *size, *duration, cpu)
 	case "bulk":
-		res, err = bulk(*url, *conns, *size, *duration)
+		res, err = bulk(*url, *conns, *size, *duration, cpu)
 	case "handshake":
-		res, err = handshakes(*url, *conns, *duration)
+		res, err = handshakes(*url, *conns, *duration, cpu)
 	case "hold":
 		res, err = holdIdle(*url, *conns, *size, *parallel, *pids, *hold, *settle)
 	case "wait":
 		err = wait(*url, *timeout)
+	case "cpu":
+		err = printCPU(*pids)
 	case "ports":
 		err = freePorts(*n)
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
 	}
-	if res != nil || (err != nil && *mode != "server" && *mode != "wait" && *mode != "ports") {
+	if res != nil || (err != nil && *mode != "server" && *mode != "wait" && *mode != "cpu" && *mode != "ports") {
 		if res == nil {
 			res = map[string]any{}
 		}
@@ -219,8 +240,28 @@ func makeServerCert(caFile string) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
-// clientRoots, from -ca, are what wss:// clients trust (nil: the system's).
-var clientRoots *x509.CertPool
+// clientRoots, from -ca, are what wss:// clients trust (nil: the system's);
+// clientInsecure, from -insecure, trusts any certificate.
+var (
+	clientRoots    *x509.CertPool
+	clientInsecure bool
+)
+
+// clientTLS is the TLS configuration of every wss:// and https:// client. It
+// pins what a TLS benchmark must hold equal across the proxies measured:
+// TLS 1.3, the X25519 key exchange (Go would offer a post-quantum hybrid
+// first, which Go servers pick and OpenSSL 3.0 servers do not), and a full
+// handshake every time (ClientSessionCache nil: session tickets the server
+// sends are never used).
+func clientTLS() *tls.Config {
+	return &tls.Config{
+		RootCAs:            clientRoots,
+		InsecureSkipVerify: clientInsecure,
+		MinVersion:         tls.VersionTLS13,
+		CurvePreferences:   []tls.CurveID{tls.X25519},
+		ClientSessionCache: nil,
+	}
+}
 
 // dialer returns a client dialer whose write buffer holds a whole message of
 // size bytes, so each message goes out as one frame (as browsers send them)
@@ -228,7 +269,7 @@ var clientRoots *x509.CertPool
 // idle connections do not keep it.
 func dialer(size int) *websocket.Dialer {
 	return &websocket.Dialer{
-		TLSClientConfig:  &tls.Config{RootCAs: clientRoots},
+		TLSClientConfig:  clientTLS(),
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   4096,
 		WriteBufferSize:  max(size+16, 4096),
@@ -261,7 +302,7 @@ func closeAll(cs []*websocket.Conn) {
 
 // echo runs conns clients, each sending a message and waiting for its echo
 // in a loop, and reports round trips per second with p50 and p99 latency.
-func echo(url string, conns, size int, d time.Duration) (map[string]any, error) {
+func echo(url string, conns, size int, d time.Duration, cpu *cpuMeter) (map[string]any, error) {
 	clients, err := dialAll(url, conns, size)
 	if err != nil {
 		return nil, err
@@ -270,6 +311,9 @@ func echo(url string, conns, size int, d time.Duration) (map[string]any, error) 
 	msg := bytes.Repeat([]byte("x"), size)
 	lat := make([][]time.Duration, conns)
 	errs := make([]error, conns)
+	if err := cpu.begin(); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -304,12 +348,14 @@ func echo(url string, conns, size int, d time.Duration) (map[string]any, error) 
 	}
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	return map[string]any{
+	res := map[string]any{
 		"conns": conns, "size": size, "round_trips": len(all), "seconds": elapsed.Seconds(),
 		"msgs_per_s": float64(len(all)) / elapsed.Seconds(),
 		"p50_us":     quantile(all, 0.50).Microseconds(),
 		"p99_us":     quantile(all, 0.99).Microseconds(),
-	}, nil
+	}
+	addTLS(res, clients[0])
+	return res, cpu.end(res)
 }
 
 func quantile(sorted []time.Duration, q float64) time.Duration {
@@ -327,7 +373,7 @@ const bulkWindow = 2
 // bulk sends size-byte messages on conns connections and counts the bytes
 // that come back. The echo returns every byte, so the figure holds for each
 // direction: MB/s each way.
-func bulk(url string, conns, size int, d time.Duration) (map[string]any, error) {
+func bulk(url string, conns, size int, d time.Duration, cpu *cpuMeter) (map[string]any, error) {
 	clients, err := dialAll(url, conns, size)
 	if err != nil {
 		return nil, err
@@ -336,6 +382,9 @@ func bulk(url string, conns, size int, d time.Duration) (map[string]any, error) 
 	msg := bytes.Repeat([]byte("b"), size)
 	var received atomic.Int64
 	errs := make([]error, 2*conns)
+	if err := cpu.begin(); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -389,26 +438,30 @@ func bulk(url string, conns, size int, d time.Duration) (map[string]any, error) 
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return map[string]any{
+	res := map[string]any{
 		"conns": conns, "size": size, "bytes_each_way": received.Load(), "seconds": elapsed.Seconds(),
 		"mb_per_s": float64(received.Load()) / elapsed.Seconds() / 1e6,
-	}, nil
+	}
+	addTLS(res, clients[0])
+	return res, cpu.end(res)
 }
 
 // handshakes runs workers that each loop: open a WebSocket, one 64-byte
 // echo, Close frame, close the TCP connection. It counts completed cycles.
-func handshakes(url string, workers int, d time.Duration) (map[string]any, error) {
+func handshakes(url string, workers int, d time.Duration, cpu *cpuMeter) (map[string]any, error) {
 	dl := dialer(64)
 	msg := bytes.Repeat([]byte("h"), 64)
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
-	deadline := time.Now().Add(d)
+	var tlsSeen sync.Once
+	res := map[string]any{}
 	cycle := func() error {
 		c, _, err := dl.Dial(url, nil)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
+		tlsSeen.Do(func() { addTLS(res, c) })
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
 			return err
@@ -423,6 +476,10 @@ func handshakes(url string, workers int, d time.Duration) (map[string]any, error
 		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 		return nil
 	}
+	if err := cpu.begin(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range workers {
@@ -445,12 +502,13 @@ func handshakes(url string, workers int, d time.Duration) (map[string]any, error
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	res := map[string]any{
-		"workers": workers, "handshakes": done.Load(), "failed": failed.Load(), "seconds": elapsed.Seconds(),
-		"handshakes_per_s": float64(done.Load()) / elapsed.Seconds(),
-	}
+	res["workers"], res["handshakes"], res["failed"], res["seconds"] = workers, done.Load(), failed.Load(), elapsed.Seconds()
+	res["handshakes_per_s"] = float64(done.Load()) / elapsed.Seconds()
 	if e := firstErr.Load(); e != nil {
 		res["first_error"] = e
+	}
+	if err := cpu.end(res); err != nil {
+		return res, err
 	}
 	if failed.Load() > done.Load()/100 {
 		return res, fmt.Errorf("%d of %d handshakes failed, first: %v", failed.Load(), failed.Load()+done.Load(), firstErr.Load())
@@ -601,7 +659,7 @@ func tryOnce(wsURL, httpURL string) error {
 	if _, got, err := c.ReadMessage(); err != nil || string(got) != "ready?" {
 		return fmt.Errorf("echo: %q, %v", got, err)
 	}
-	cl := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: clientRoots}}}
+	cl := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS()}}
 	resp, err := cl.Get(httpURL)
 	if err != nil {
 		return err
@@ -715,4 +773,103 @@ func vmRSS(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// addTLS records what a wss:// connection negotiated ("TLS 1.3
+// TLS_AES_128_GCM_SHA256 X25519"), so a report can check that every proxy
+// was measured with the same parameters. A ws:// connection adds nothing.
+func addTLS(res map[string]any, c *websocket.Conn) {
+	tc, ok := c.NetConn().(*tls.Conn)
+	if !ok {
+		return
+	}
+	st := tc.ConnectionState()
+	res["tls"] = fmt.Sprintf("%s %s %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID)
+	if st.DidResume {
+		res["tls"] = res["tls"].(string) + " resumed"
+	}
+}
+
+// cpuMeter measures the CPU time a fixed set of processes spends during one
+// measurement: the pids given and their descendants when it was made (nginx's
+// workers are children of its master).
+type cpuMeter struct {
+	pids  []int
+	start float64
+}
+
+// newCPUMeter returns nil (a meter that measures nothing) for an empty list.
+func newCPUMeter(list string) (*cpuMeter, error) {
+	pids, err := parsePids(list)
+	if err != nil || len(pids) == 0 {
+		return nil, err
+	}
+	return &cpuMeter{pids: withDescendants(pids)}, nil
+}
+
+func (m *cpuMeter) begin() error {
+	if m == nil {
+		return nil
+	}
+	var err error
+	m.start, err = cpuSeconds(m.pids)
+	return err
+}
+
+// end adds "proxy_cpu_s" (CPU seconds since begin) and "proxy_processes".
+func (m *cpuMeter) end(res map[string]any) error {
+	if m == nil {
+		return nil
+	}
+	now, err := cpuSeconds(m.pids)
+	if err != nil {
+		return err
+	}
+	// Rounded to the tick, 10 ms: the difference of two tick counts.
+	res["proxy_cpu_s"], res["proxy_processes"] = math.Round((now-m.start)*clockTicks)/clockTicks, len(m.pids)
+	return nil
+}
+
+// printCPU prints the CPU seconds pids and their descendants have used so
+// far, for a harness that measures around another load generator (wrk).
+func printCPU(list string) error {
+	pids, err := parsePids(list)
+	if err != nil {
+		return err
+	}
+	s, err := cpuSeconds(withDescendants(pids))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%.2f\n", s)
+	return nil
+}
+
+// clockTicks is the unit of utime and stime in /proc/PID/stat: USER_HZ,
+// which Linux fixes at 100 for everything it exports to user space.
+const clockTicks = 100
+
+// cpuSeconds sums utime + stime over pids. A process's stat counts all its
+// threads, including those that have ended.
+func cpuSeconds(pids []int) (float64, error) {
+	total := 0
+	for _, p := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		if err != nil {
+			return 0, fmt.Errorf("cpu time of pid %d: %w", p, err)
+		}
+		// Fields after the command name (which may hold spaces) start with
+		// the state, field 3; utime and stime are fields 14 and 15.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			return 0, fmt.Errorf("cpu time of pid %d: short /proc stat", p)
+		}
+		ut, err1 := strconv.Atoi(f[11])
+		st, err2 := strconv.Atoi(f[12])
+		if err := errors.Join(err1, err2); err != nil {
+			return 0, fmt.Errorf("cpu time of pid %d: %w", p, err)
+		}
+		total += ut + st
+	}
+	return float64(total) / clockTicks, nil
 }
