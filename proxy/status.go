@@ -13,19 +13,19 @@ import (
 // configured, the state of every server, and what happened lately. It is
 // made for JSON.
 type Status struct {
-	Time        time.Time        `json:"time"`
-	Started     time.Time        `json:"started"`
-	Generation  int64            `json:"generation"`
-	Draining    bool             `json:"draining"`
-	LiveTunnels int              `json:"live_tunnels"`
+	Time        time.Time `json:"time"`
+	Started     time.Time `json:"started"`
+	Generation  int64     `json:"generation"`
+	Draining    bool      `json:"draining"`
+	LiveTunnels int       `json:"live_tunnels"`
 	// Totals since the start, from the metrics; the page makes rates of
 	// them.
-	Totals Totals `json:"totals"`
-	Listeners   []ListenerStatus `json:"listeners"`
-	Routes      []RouteStatus    `json:"routes"`
-	Upstreams   []UpstreamStatus `json:"upstreams"`
-	Reloads     []Event          `json:"reloads"` // the last ones, oldest first
-	Errors      []Event          `json:"errors"`  // the last error-log lines, oldest first
+	Totals    Totals           `json:"totals"`
+	Listeners []ListenerStatus `json:"listeners"`
+	Routes    []RouteStatus    `json:"routes"`
+	Upstreams []UpstreamStatus `json:"upstreams"`
+	Reloads   []Event          `json:"reloads"` // the last ones, oldest first
+	Errors    []Event          `json:"errors"`  // the last error-log lines, oldest first
 }
 
 // Totals are counts since the gateway started.
