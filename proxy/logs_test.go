@@ -71,7 +71,16 @@ func TestAccessLogJSON(t *testing.T) {
 	if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "12345" {
 		t.Fatalf("echo: %q, %v", msg, err)
 	}
-	c.Close() // the client ends the tunnel
+	// The client ends the tunnel with Close 4001; the echo server answers
+	// it with the same code.
+	if err := c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, ""), time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, 4001) {
+		t.Fatalf("after the Close: %v, want the echoed close 4001", err)
+	}
+	c.Close()
 	if status, body := get(addr, "/plain?x=1"); status != 200 || body != "plain" {
 		t.Fatalf("GET: %d %q", status, body)
 	}
@@ -87,12 +96,13 @@ func TestAccessLogJSON(t *testing.T) {
 		t.Fatalf("lines by kind: %v", byKind)
 	}
 	tunnel := byKind["tunnel"][0]
-	// One 5-byte message each way: 11 bytes up (2 header + 4 mask + 5),
-	// 7 down (unmasked). The client closed without a Close frame.
+	// One 5-byte message each way, 11 bytes up (2 header + 4 mask + 5)
+	// and 7 down (unmasked), then the Close frames: 8 bytes up (2 + 4 +
+	// the code) and 4 down.
 	checkFields(t, tunnel, map[string]any{
 		"host": addr, "path": "/ws-json?id=1", "route": "/", "upstream": "backend", "server": up,
-		"status": 101.0, "bytes_up": 11.0, "bytes_down": 7.0, "messages_up": 1.0, "messages_down": 1.0,
-		"close_code": nil, "closed_by": "client",
+		"status": 101.0, "bytes_up": 19.0, "bytes_down": 11.0, "messages_up": 1.0, "messages_down": 1.0,
+		"close_code": 4001.0, "closed_by": "client",
 	})
 	if client, _ := tunnel["client"].(string); !strings.HasPrefix(client, "127.0.0.1:") {
 		t.Errorf("client = %q", client)

@@ -41,8 +41,11 @@ const (
 type Stats struct {
 	Up, Down                 int64 // bytes client→upstream, upstream→client, Sent included
 	UpMessages, DownMessages uint64
-	ClosedBy                 string
-	Err                      error // why, when ClosedBy is ClosedInternal
+	// ClosedBy is the endpoint that sent the first Close frame when frames
+	// are followed; otherwise the side whose connection ended first, or
+	// why the relay ended the tunnel (idle, drain, reload, internal).
+	ClosedBy string
+	Err      error // why, when ClosedBy is ClosedInternal
 	// CloseCode is the status code of the first WebSocket Close frame an
 	// endpoint sent, either way (wsframe.Tracker.CloseCode): 1005 for a
 	// Close without one, 0 when none was seen or frames were not

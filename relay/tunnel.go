@@ -88,6 +88,12 @@ func (s *side) track(b []byte) {
 		}
 		if s.t.closeCode == 0 {
 			s.t.closeCode = s.frames.CloseCode()
+			if s.t.closeCode != 0 && s.t.closedBy == "" {
+				// The endpoint that began the closing handshake ended
+				// the tunnel, whichever then closes its connection
+				// first (RFC 6455 has the server close first).
+				s.t.closedBy = s.name
+			}
 		}
 	}
 }
