@@ -118,6 +118,7 @@ func (g *Gateway) serveHTTP(ctx *fasthttp.RequestCtx, rt *Route, f forwarded) {
 			return g.exchangeFailed(ctx, rt, srv, err)
 		}
 		rt.Pool.ReportSuccess(srv)
+		pl.handOff() // the response body releases it (upstreamBody.Close)
 		g.relayResponse(ctx, rt, resp, srv, rt.Policy.stickyCookieFor(&pl.req, srv, ctx.IsTLS()))
 		if clientClose {
 			// After relayResponse: copying the upstream's header resets it.
@@ -139,7 +140,6 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 	if errors.As(err, &cbe) {
 		// The client's side failed: the upstream did nothing wrong, and
 		// got the body without its end, so it cannot take it as whole.
-		srv.Release()
 		status, reason := fasthttp.StatusBadRequest, "request body cut short"
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout):
@@ -160,7 +160,6 @@ func (g *Gateway) exchangeFailed(ctx *fasthttp.RequestCtx, rt *Route, srv *upstr
 		// request has no body to lose, so another server takes it.
 		return &tryFailure{status: fasthttp.StatusBadGateway, reason: "upstream failed to answer", cause: failResponse}
 	}
-	srv.Release()
 	var ie errInterim
 	timedOut := errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout)
 	if timedOut {

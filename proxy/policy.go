@@ -88,7 +88,16 @@ type tryFailure struct {
 type placement struct {
 	req   upstream.Request
 	tried []*upstream.Server
+	// leaseTaken: the try that returned nil handed the server's lease on
+	// with the exchange that outlives it (a streamed response body, a
+	// 101's tunnel), whose end releases it (handOff).
+	leaseTaken bool
 }
+
+// handOff records that the current try's lease goes with the exchange it
+// started, which releases it when it ends: upstreamBody.Close for a
+// response, the tunnel's end or its abandon for a 101.
+func (pl *placement) handOff() { pl.leaseTaken = true }
 
 // maxLostRaces bounds how often one request re-picks because servers
 // filled up between Pick and Acquire, before it answers 503.
@@ -106,10 +115,9 @@ const maxLostRaces = 16
 // Both paths retry only here, so the rules for moving on live in one
 // place.
 //
-// try is called with a lease on the server taken (Acquire). When try
-// fails, the lease is released here; when it returns nil, the lease is
-// try's to release when the exchange ends (tunnel closed, body relayed,
-// error answered).
+// try is called with a lease on the server taken (Acquire), which is
+// released here when try fails or answers the client itself, and
+// otherwise by the exchange try handed it to (placement.handOff).
 func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
 	start := time.Now()
 	clientIP, _ := clientAddress(ctx)
@@ -139,11 +147,14 @@ func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*plac
 		if len(pl.tried) > 1 {
 			rt.set.retries.Inc()
 		}
+		pl.leaseTaken = false
 		failure := try(pl, srv)
+		if !pl.leaseTaken {
+			srv.Release()
+		}
 		if failure == nil {
 			return
 		}
-		srv.Release()
 		if failure.local {
 			// Not the server's failure, and every other server would
 			// fail the same way: answer now, count nothing.

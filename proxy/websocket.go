@@ -64,7 +64,6 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	}
 	if resp.status != fasthttp.StatusSwitchingProtocols {
 		defer conn.Close()
-		defer srv.Release()
 		if resp.status >= 500 {
 			// Relayed as the upstream's own answer, but it counts
 			// against the server's health.
@@ -85,6 +84,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 		resp.insertHeader("Set-Cookie: " + c)
 	}
 
+	pl.handOff() // the tunnel releases it when it ends, or abandon if none starts
 	g.mu.Lock()
 	g.pending++
 	g.mu.Unlock()
