@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -69,19 +68,7 @@ func startFromFile(t testing.TB, path string, accessLog io.Writer) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(cfg, Options{AccessLog: accessLog, ErrorLog: testLog{t}, ConfigPath: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-	})
-	return g
+	return startGatewayOpts(t, cfg, Options{AccessLog: accessLog, ErrorLog: testLog{t}, ConfigPath: path})
 }
 
 // get sends GET path to addr and returns the status and body; status 0
