@@ -104,4 +104,5 @@ func closeAdmin(s *admin.Server) {
 var (
 	errNoConfigFile = &refusal{msg: "no configuration file to reload: the gateway runs on a built-in configuration", status: http.StatusConflict}
 	errDraining     = &refusal{msg: "the gateway is draining: reload refused", status: http.StatusServiceUnavailable}
+	errNotStarted   = &refusal{msg: "the gateway has not started: nothing to reload yet", status: http.StatusServiceUnavailable}
 )

@@ -40,6 +40,9 @@ func (g *Gateway) Reload() (_ string, err error) {
 	if g.configPath == "" {
 		return "", errNoConfigFile
 	}
+	if g.gen.Load() == nil {
+		return "", errNotStarted
+	}
 	g.reloads++
 	n := g.reloads
 	summary, err := g.reload()
