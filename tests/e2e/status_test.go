@@ -88,8 +88,8 @@ upstreams:
     balance: round_robin
     health_check:
       path: /health
-      interval: 200ms
-      timeout: 150ms
+      interval: 1s
+      timeout: 1s
       unhealthy: 1
     servers:
       - address: %s
@@ -115,7 +115,9 @@ admin:
 		dir = t.TempDir()
 	}
 	shot := filepath.Join(dir, "status-page.png")
-	out := runBrowser(t, "scenarios/status_page.js",
+	// A longer limit than other scenarios: the screenshot of a live page
+	// can take a while on a machine busy with every other test.
+	out := runBrowserOpts(t, browserOpts{Timeout: 2 * browserTimeout}, "scenarios/status_page.js",
 		fmt.Sprintf("http://127.0.0.1:%d/", admin), fmt.Sprintf("ws://127.0.0.1:%d/tunnel", gw),
 		"http://"+ln.Addr().String()+"/kill", b.addr, shot)
 	var got struct {

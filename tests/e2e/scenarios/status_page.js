@@ -21,7 +21,7 @@ module.exports = async (page, [statusURL, tunnelURL, killURL, server, screenshot
   const opened = Date.now();
   // Keep them talking, so the page has messages and bytes to rate; the
   // page (and these timers) end with the scenario.
-  await page.evaluate(() => { setInterval(() => window.tunnels.forEach((ws, i) => ws.readyState === 1 && ws.send('tick ' + i)), 100); });
+  await page.evaluate(() => { window.talk = setInterval(() => window.tunnels.forEach((ws, i) => ws.readyState === 1 && ws.send('tick ' + i)), 250); });
   await page.waitForFunction(() => document.getElementById('live-tunnels').textContent === '25', null, { timeout: 15000 });
   const shownAfterMs = Date.now() - opened;
 
@@ -39,6 +39,9 @@ module.exports = async (page, [statusURL, tunnelURL, killURL, server, screenshot
   const why = await page.textContent(`${row} td[data-field=why]`);
   // One more snapshot for the rates, then the picture.
   await page.waitForFunction(() => document.getElementById('rate-messages').textContent !== '–', null, { timeout: 15000 });
-  await page.screenshot({ path: screenshot, fullPage: true });
+  // A quiet page for the picture: on a loaded machine a page that keeps
+  // changing can make the capture wait.
+  await page.evaluate(() => clearInterval(window.talk));
+  await page.screenshot({ path: screenshot, fullPage: true, animations: 'disabled', timeout: 60000 });
   return { shownAfterMs, before, tunnelsBefore, downAfterMs, why };
 };
