@@ -675,3 +675,37 @@ func rssKiB(t testing.TB) int {
 	}
 	return 0
 }
+
+// A reload that moves admin.address binds the new address (where the
+// answer to that very POST /reload came from does not matter) and closes
+// the old one once its answer is sent.
+func TestReloadMovesAdminListener(t *testing.T) {
+	backend := echoOrName(t, "backend")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "wsgate.yaml")
+	addr, oldAdmin, newAdmin := freeAddr(t), freeAddr(t), freeAddr(t)
+	file := func(admin string) string {
+		return "listeners:\n  - address: " + addr + "\nroutes:\n  - path: /\n    upstream: app\n" +
+			"upstreams:\n  app:\n    servers:\n      - address: " + backend + "\n" +
+			"admin:\n  address: " + admin + "\n"
+	}
+	writeFile(t, path, file(oldAdmin))
+	g := startFromFile(t, path, io.Discard)
+	writeFile(t, path, file(newAdmin))
+	resp, err := http.Post("http://"+oldAdmin+"/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST /reload on the old admin address: %d %q", resp.StatusCode, body)
+	}
+	if status, body := get(newAdmin, "/healthz"); status != 200 {
+		t.Fatalf("/healthz on the new admin address: %d %q", status, body)
+	}
+	if got := g.AdminAddr().String(); got != newAdmin {
+		t.Fatalf("AdminAddr = %s, want %s", got, newAdmin)
+	}
+	waitListenerClosed(t, oldAdmin)
+}
