@@ -24,6 +24,7 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/wsgate/wsgate/config"
 	"github.com/wsgate/wsgate/internal/syncbuf"
+	"github.com/wsgate/wsgate/internal/testdns"
 	"github.com/wsgate/wsgate/internal/testport"
 )
 
@@ -708,4 +709,73 @@ func TestReloadMovesAdminListener(t *testing.T) {
 		t.Fatalf("AdminAddr = %s, want %s", got, newAdmin)
 	}
 	waitListenerClosed(t, oldAdmin)
+}
+
+// TestRediscoveryRacesHandshakes: DNS rediscovery publishes new settings
+// for the servers it keeps (SRV weights and priorities) while handshakes
+// pick, lease and release them; with -race it shows any setting written
+// under readers. Every handshake must succeed.
+func TestRediscoveryRacesHandshakes(t *testing.T) {
+	z := testdns.Start(t)
+	one, two := echoOrName(t, "one"), echoOrName(t, "two")
+	_, port1, _ := net.SplitHostPort(one)
+	_, port2, _ := net.SplitHostPort(two)
+	z.Set("a.app.test", "A 127.0.0.1")
+	srv := func(w1, w2, prio2 int) {
+		z.Set("_ws._tcp.app.test",
+			fmt.Sprintf("SRV 10 %d %s a.app.test.", w1, port1),
+			fmt.Sprintf("SRV %d %d %s a.app.test.", prio2, w2, port2))
+	}
+	srv(1, 1, 10)
+	cfg := configFor()
+	cfg.Resolver = z.Addr
+	cfg.Upstreams["backend"].Servers = []config.Server{{SRV: "_ws._tcp.app.test", MaxConns: 50}}
+	cfg.Upstreams["backend"].ResolveInterval = config.Duration(5 * time.Millisecond)
+	cfg.ApplyDefaults()
+	g := startGateway(t, cfg)
+	addr := g.Addrs()[0].String()
+
+	stop := make(chan struct{})
+	flipped := make(chan int)
+	go func() {
+		n := 0
+		defer func() { flipped <- n }()
+		for ; n < 2000; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Both servers stay; their weights and the second one's
+			// tier change, so rediscovery publishes new settings.
+			srv(1+n%5, 1+n%3, 10+10*(n%2))
+			time.Sleep(time.Millisecond) // pace the zone changes, not a wait for an event
+		}
+	}()
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/", nil)
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				c.WriteMessage(websocket.TextMessage, []byte("x"))
+				if _, _, err := c.ReadMessage(); err != nil {
+					failures.Add(1)
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	t.Logf("%d zone changes during 400 handshakes; %d DNS queries answered", <-flipped, z.Queries.Load())
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d of 400 handshakes failed while DNS changed", n)
+	}
 }

@@ -2,102 +2,15 @@ package upstream
 
 import (
 	"context"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
+	"github.com/wsgate/wsgate/internal/testdns"
 )
-
-// zone is a real DNS server on 127.0.0.1 answering from records the test
-// changes as it goes.
-type zone struct {
-	t        *testing.T
-	addr     string
-	queries  atomic.Int64
-	mu       sync.Mutex
-	records  map[string][]dns.RR // by lower-case FQDN
-	servfail bool
-}
-
-func startZone(t *testing.T) *zone {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	z := &zone{t: t, addr: pc.LocalAddr().String(), records: map[string][]dns.RR{}}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: z, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	select {
-	case <-started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("DNS server did not start")
-	}
-	t.Cleanup(func() { srv.Shutdown() })
-	return z
-}
-
-// ServeDNS answers from the records: NXDOMAIN for an unknown name, an
-// empty answer for a known name without records of the asked type.
-func (z *zone) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	z.queries.Add(1)
-	m := new(dns.Msg)
-	m.SetReply(r)
-	// Go's resolver takes an empty answer that is neither authoritative
-	// nor recursive for a lame referral.
-	m.Authoritative = true
-	z.mu.Lock()
-	switch {
-	case z.servfail:
-		m.Rcode = dns.RcodeServerFailure
-	case len(r.Question) == 1:
-		q := r.Question[0]
-		rrs, ok := z.records[strings.ToLower(q.Name)]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-		}
-		for _, rr := range rrs {
-			if rr.Header().Rrtype == q.Qtype {
-				m.Answer = append(m.Answer, rr)
-			}
-		}
-	}
-	z.mu.Unlock()
-	w.WriteMsg(m)
-}
-
-// set replaces name's records with rrs, in zone file syntax without the
-// owner ("A 127.0.0.1", "SRV 10 5 9001 a.test."); none deletes the name.
-func (z *zone) set(name string, rrs ...string) {
-	fqdn := dns.Fqdn(strings.ToLower(name))
-	var parsed []dns.RR
-	for _, s := range rrs {
-		rr, err := dns.NewRR(fqdn + " 1 IN " + s)
-		if err != nil {
-			z.t.Fatal(err)
-		}
-		parsed = append(parsed, rr)
-	}
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	if len(parsed) == 0 {
-		delete(z.records, fqdn)
-		return
-	}
-	z.records[fqdn] = parsed
-}
-
-func (z *zone) setServfail(on bool) {
-	z.mu.Lock()
-	z.servfail = on
-	z.mu.Unlock()
-}
 
 // addresses lists the pool's servers' addresses, sorted.
 func addresses(p *Pool) []string {
@@ -119,12 +32,12 @@ func serverAt(p *Pool, addr string) *Server {
 }
 
 func TestDiscoverFollowsDNS(t *testing.T) {
-	z := startZone(t)
-	z.set("chat.test", "A 127.0.0.1", "AAAA ::1")
+	z := testdns.Start(t)
+	z.Set("chat.test", "A 127.0.0.1", "AAAA ::1")
 	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	var logs logRecorder
 	const interval = 200 * time.Millisecond
-	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Settings: Settings{Weight: 2, MaxConns: 50}}}, z.addr, interval, logs.logf)
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:8080", Settings: Settings{Weight: 2, MaxConns: 50}}}, z.Addr, interval, logs.logf)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +54,7 @@ func TestDiscoverFollowsDNS(t *testing.T) {
 	go d.Run(ctx)
 
 	// 2 → 3 addresses: the new one takes connections after the next resolve.
-	z.set("chat.test", "A 127.0.0.1", "A 127.0.0.2", "AAAA ::1")
+	z.Set("chat.test", "A 127.0.0.1", "A 127.0.0.2", "AAAA ::1")
 	took := waitFor(t, "third address in the pool", func() bool {
 		s := serverAt(p, "127.0.0.2:8080")
 		return s != nil && picked(p, s)
@@ -154,7 +67,7 @@ func TestDiscoverFollowsDNS(t *testing.T) {
 	kept := serverAt(p, "127.0.0.1:8080")
 
 	// 3 → 1 address.
-	z.set("chat.test", "A 127.0.0.1")
+	z.Set("chat.test", "A 127.0.0.1")
 	took = waitFor(t, "pool down to one server", func() bool {
 		return slices.Equal(addresses(p), []string{"127.0.0.1:8080"})
 	})
@@ -180,18 +93,18 @@ func TestDiscoverFollowsDNS(t *testing.T) {
 }
 
 func TestDiscoverSRV(t *testing.T) {
-	z := startZone(t)
-	z.set("_ws._tcp.chat.test",
+	z := testdns.Start(t)
+	z.Set("_ws._tcp.chat.test",
 		"SRV 10 60 9001 a.chat.test.",
 		"SRV 10 0 9002 b.chat.test.",
 		"SRV 20 5 9003 c.chat.test.",
 		"SRV 10 7 9004 gone.chat.test.")
-	z.set("a.chat.test", "A 127.0.0.1")
-	z.set("b.chat.test", "A 127.0.0.2")
-	z.set("c.chat.test", "A 127.0.0.3", "A 127.0.0.4")
+	z.Set("a.chat.test", "A 127.0.0.1")
+	z.Set("b.chat.test", "A 127.0.0.2")
+	z.Set("c.chat.test", "A 127.0.0.3", "A 127.0.0.4")
 	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	specs := []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 9}}, {Address: "127.0.0.9:7000", Settings: Settings{Weight: 4}}}
-	d := NewDiscovery(p, specs, z.addr, time.Minute, nil)
+	d := NewDiscovery(p, specs, z.Addr, time.Minute, nil)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -227,12 +140,12 @@ func TestDiscoverSRV(t *testing.T) {
 }
 
 func TestDiscoverKeepsLastOnFailure(t *testing.T) {
-	z := startZone(t)
-	z.set("chat.test", "A 127.0.0.1", "A 127.0.0.2")
+	z := testdns.Start(t)
+	z.Set("chat.test", "A 127.0.0.1", "A 127.0.0.2")
 	p := newTestPool(t, "chat", nil, Options{Balance: "round_robin"})
 	var logs logRecorder
 	const interval = 100 * time.Millisecond
-	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "127.0.0.9:80"}}, z.addr, interval, logs.logf)
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "127.0.0.9:80"}}, z.Addr, interval, logs.logf)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -246,11 +159,11 @@ func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 	}
 	rounds := func(n int64) {
 		// Each round asks A and AAAA at least once.
-		q := z.queries.Load()
-		waitFor(t, "more resolves", func() bool { return z.queries.Load() >= q+2*n })
+		q := z.Queries.Load()
+		waitFor(t, "more resolves", func() bool { return z.Queries.Load() >= q+2*n })
 	}
 
-	z.setServfail(true)
+	z.SetServfail(true)
 	waitFor(t, "failure logged", func() bool { return failed() == 1 })
 	rounds(3)
 	if got := addresses(p); !slices.Equal(got, two) {
@@ -260,8 +173,8 @@ func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 		t.Errorf("failure streak logged %d times, want once: %q", failed(), logs.lines)
 	}
 
-	z.setServfail(false)
-	z.set("chat.test", "A 127.0.0.2")
+	z.SetServfail(false)
+	z.Set("chat.test", "A 127.0.0.2")
 	waitFor(t, "recovered lookup applied", func() bool {
 		return slices.Equal(addresses(p), []string{"127.0.0.2:80", "127.0.0.9:80"})
 	})
@@ -271,7 +184,7 @@ func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 
 	// A name that vanishes (NXDOMAIN) is a new failure streak; its last
 	// servers stay.
-	z.set("chat.test")
+	z.Set("chat.test")
 	waitFor(t, "second streak logged", func() bool {
 		return logs.count("resolving chat.test:80:", "keeping its 1 last known servers") == 1
 	})
@@ -283,10 +196,10 @@ func TestDiscoverKeepsLastOnFailure(t *testing.T) {
 
 // At startup a name that resolves to nothing is an error.
 func TestDiscoverResolveNowFails(t *testing.T) {
-	z := startZone(t)
-	z.set("chat.test", "A 127.0.0.1")
+	z := testdns.Start(t)
+	z.Set("chat.test", "A 127.0.0.1")
 	p := newTestPool(t, "chat", nil, Options{})
-	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "missing.test:80"}}, z.addr, time.Minute, nil)
+	d := NewDiscovery(p, []ServerSpec{{Address: "chat.test:80"}, {Address: "missing.test:80"}}, z.Addr, time.Minute, nil)
 	err := d.ResolveNow(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "missing.test") {
 		t.Fatalf("ResolveNow: %v, want an error naming missing.test", err)
@@ -300,17 +213,17 @@ func TestDiscoverResolveNowFails(t *testing.T) {
 // priorities) while connections are placed must not race with them (run
 // under -race).
 func TestDiscoverRacesPicks(t *testing.T) {
-	z := startZone(t)
-	z.set("a.chat.test", "A 127.0.0.1")
-	z.set("b.chat.test", "A 127.0.0.2")
+	z := testdns.Start(t)
+	z.Set("a.chat.test", "A 127.0.0.1")
+	z.Set("b.chat.test", "A 127.0.0.2")
 	srv := func(i int) {
-		z.set("_ws._tcp.chat.test",
+		z.Set("_ws._tcp.chat.test",
 			"SRV 10 "+strconv.Itoa(i%7)+" 9001 a.chat.test.",
 			"SRV "+strconv.Itoa(10+i%2)+" 5 9002 b.chat.test.")
 	}
 	srv(0)
 	p := newTestPool(t, "chat", nil, Options{Balance: "least_conn", MaxFails: 1000})
-	d := NewDiscovery(p, []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 3}}}, z.addr, 5*time.Millisecond, nil)
+	d := NewDiscovery(p, []ServerSpec{{SRV: "_ws._tcp.chat.test", Settings: Settings{MaxConns: 3}}}, z.Addr, 5*time.Millisecond, nil)
 	if err := d.ResolveNow(context.Background()); err != nil {
 		t.Fatal(err)
 	}
