@@ -5,7 +5,7 @@
 // keeps two goroutine stacks per idle tunnel. Here each loop owns the file
 // descriptors of its tunnels outright (duplicated from the Go conns, which
 // are then closed, so Go's poller forgets them), waits for them with one
-// epoll_wait, and moves bytes with read(2)/write(2) through one buffer per
+// epoll instance (itself parked in Go's poller), and moves bytes with read(2)/write(2) through one buffer per
 // loop. An idle tunnel costs its small state struct and its two sockets.
 // When a destination cannot take more bytes, the rest is kept in a pooled
 // buffer of that tunnel, the source stops being read (backpressure) and the
@@ -115,13 +115,11 @@ func New(opts Options) (*Relay, error) {
 	return r, nil
 }
 
-// DefaultLoops is half of GOMAXPROCS, at least one. A loop waiting in
-// epoll_wait keeps its thread in a system call, and the Go runtime takes
-// that thread's P back for other goroutines only when its monitor notices
-// (every 20 µs at best), at the cost of a thread hand-off. With a loop per
-// P, every P could be parked in a loop while fasthttp's goroutines wait.
-// On 2 cores one loop moved as much as two (echo, bulk) with 6-10% less
-// CPU per handshake and per echo round trip.
+// DefaultLoops is half of GOMAXPROCS, at least one. On 2 cores one loop
+// moved as much as two (echo, bulk) with 6-10% less CPU per handshake and
+// per echo round trip. That was measured when a loop blocked its thread in
+// epoll_wait, which a loop per P made worse; loops now park in Go's poller
+// (see loop) and the comparison has not been redone.
 func DefaultLoops() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
 // Tunnel is a handle on a tunnel carried by the relay.
