@@ -223,7 +223,7 @@ func (g *Gateway) bindNew(gen *generation) ([]*boundListener, error) {
 			continue
 		}
 		addr := gen.listeners[key].address
-		tcp, err := net.Listen("tcp", addr)
+		tcp, err := listenTCP(addr)
 		if err != nil {
 			for _, b := range added {
 				b.close()
