@@ -131,6 +131,8 @@ func TestMalformedHandshakes(t *testing.T) {
 	}{
 		{"no key", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\n\r\n", "400", "Sec-WebSocket-Key"},
 		{"short key", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n\r\n", "400", "16 bytes"},
+		{"key of 17 bytes", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", "400", "16 bytes"},
+		{"key of 16 bytes and more", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==AAAA\r\n\r\n", "400", "16 bytes"},
 		{"version 8", "GET / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: " + testKey + "\r\n\r\n", "426", "version"},
 		{"POST", "POST / HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\nContent-Length: 0\r\n\r\n", "400", "GET"},
 		{"HTTP/1.0", "GET / HTTP/1.0\r\n" + base + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + testKey + "\r\n\r\n", "400", "HTTP/1.1"},

@@ -14,11 +14,14 @@ const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // AcceptKey returns the Sec-WebSocket-Accept value an RFC 6455 server must
 // answer to the client's Sec-WebSocket-Key.
-func AcceptKey(key string) string {
-	h := sha1.New()
-	h.Write([]byte(key))
-	h.Write([]byte(websocketGUID))
-	return base64.StdEncoding.EncodeToString(h.Sum(nil))
+func AcceptKey(key string) string { return string(appendAcceptKey(nil, key)) }
+
+// appendAcceptKey appends AcceptKey(key) to dst. With room in dst and a
+// key of a valid size (24 bytes) it allocates nothing.
+func appendAcceptKey(dst []byte, key string) []byte {
+	var in [64]byte
+	sum := sha1.Sum(append(append(in[:0], key...), websocketGUID...))
+	return base64.StdEncoding.AppendEncode(dst, sum[:])
 }
 
 // isUpgrade reports whether a request asks to switch to WebSocket: its
@@ -108,8 +111,14 @@ func checkClientHandshake(h *fasthttp.RequestHeader) (key string, herr *handshak
 		return "", &handshakeError{fasthttp.StatusBadRequest, "missing Sec-WebSocket-Key"}
 	}
 	// The key must be the base64 encoding of exactly 16 bytes: 24 characters
-	// ending in "==".
-	if decoded, err := base64.StdEncoding.DecodeString(string(raw)); err != nil || len(decoded) != 16 {
+	// ending in "==", decoded on the stack.
+	valid := len(raw) == 24
+	if valid {
+		var decoded [18]byte
+		n, err := base64.StdEncoding.Decode(decoded[:], raw)
+		valid = err == nil && n == 16
+	}
+	if !valid {
 		return "", &handshakeError{fasthttp.StatusBadRequest, "Sec-WebSocket-Key must be base64 of 16 bytes"}
 	}
 	return string(raw), nil

@@ -47,7 +47,7 @@ func isOneOf(name []byte, list [][]byte) bool {
 // connectionTokens collects the header names a Connection header value
 // lists, so they can be dropped as hop-by-hop.
 func connectionTokens(dst [][]byte, v []byte) [][]byte {
-	for _, item := range bytes.Split(v, []byte(",")) {
+	for item := range bytes.SplitSeq(v, []byte(",")) {
 		if item = bytes.Trim(item, " \t"); len(item) > 0 {
 			dst = append(dst, item)
 		}
@@ -130,12 +130,16 @@ func remoteIP(a net.Addr) string {
 // the gateway routed.
 func appendUpgradeRequestHead(dst []byte, h *fasthttp.RequestHeader, f forwarded) []byte {
 	target, absolute, _ := originForm(h.RequestURI())
+	raw := h.RawHeaders()
+	// One allocation for the head: the client's, its forwarding fields
+	// and a few hundred bytes of change fit.
+	dst = slices.Grow(dst, len(target)+len(raw)+len(f.host)+len(f.priorXFF)+len(f.certSubject)+384)
 	dst = append(dst, "GET "...)
 	dst = append(dst, target...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 
-	raw := h.RawHeaders()
-	var dropped [][]byte
+	var room [4][]byte // the usual Connection lists fit without allocating
+	dropped := room[:0]
 	forEachRawHeader(raw, func(name, value, _ []byte) {
 		if bytes.EqualFold(name, []byte("Connection")) {
 			dropped = connectionTokens(dropped, value)

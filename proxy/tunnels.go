@@ -33,14 +33,15 @@ func (p placed) placement() placed { return p }
 type relayedTunnel struct {
 	placed
 	mu      sync.Mutex
-	handle  *relay.Tunnel
+	handle  relay.Tunnel
+	running bool // handle is set
 	aborted Closer
 }
 
 func (r *relayedTunnel) abort(why Closer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.handle != nil {
+	if r.running {
 		r.handle.Close(string(why))
 	} else if r.aborted == "" {
 		r.aborted = why
@@ -50,7 +51,7 @@ func (r *relayedTunnel) abort(why Closer) {
 func (r *relayedTunnel) started(h relay.Tunnel) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.handle = &h
+	r.handle, r.running = h, true
 	if r.aborted != "" {
 		h.Close(string(r.aborted))
 	}

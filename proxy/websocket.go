@@ -41,15 +41,16 @@ func (g *Gateway) serveWebSocket(ctx *fasthttp.RequestCtx, rt *Route, f forwarde
 		if err != nil {
 			return g.dialFailure(rt, srv, err)
 		}
-		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key)
+		return g.exchangeHandshake(ctx, rt, pl, srv, conn, head, key, f.host)
 	})
 }
 
 // exchangeHandshake sends the handshake on conn, reads the upstream's
 // answer within the handshake timeout and relays it. A failure before
 // anything was relayed (no answer in time, a broken one, a 101 with a
-// wrong Accept) is returned, so the next server can be tried.
-func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *placement, srv *upstream.Server, conn net.Conn, head []byte, key string) *tryFailure {
+// wrong Accept) is returned, so the next server can be tried. host is the
+// Host the client asked for, as text.
+func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *placement, srv *upstream.Server, conn net.Conn, head []byte, key, host string) *tryFailure {
 	start := time.Now()
 	conn.SetDeadline(start.Add(rt.gen.timeouts.handshake))
 	resp, err := roundTripHead(conn, head)
@@ -89,7 +90,7 @@ func (g *Gateway) exchangeHandshake(ctx *fasthttp.RequestCtx, rt *Route, pl *pla
 	g.pending++
 	g.mu.Unlock()
 	_, clientAddr := clientAddress(ctx)
-	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, host: string(ctx.Host()), uri: string(ctx.RequestURI()),
+	info := tunnelInfo{route: rt, server: srv, clientAddr: clientAddr, host: host, uri: string(ctx.RequestURI()),
 		start: start, requested: ctx.Time(), headLen: resp.head}
 	// abandon releases what the 101 took (the upstream conn, the server's
 	// lease, the pending count) when no tunnel will start.
@@ -234,7 +235,7 @@ func (r *handshakeResponse) problem101(key string) string {
 		return "no Upgrade: websocket"
 	case !connUpgrade:
 		return "no Connection: upgrade"
-	case string(accept) != AcceptKey(key):
+	case !bytes.Equal(accept, appendAcceptKey(make([]byte, 0, 28), key)):
 		return "a wrong Sec-WebSocket-Accept"
 	}
 	return ""
