@@ -55,7 +55,7 @@ func benchHandshakes(b *testing.B, addr string, closed <-chan struct{}) {
 		n := 0
 		for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\n")) {
 			m, err := c.Read(buf[n:])
-			if err != nil {
+			if err != nil || n+m == len(buf) {
 				b.Fatalf("reading the 101 after %q: %v", buf[:n], err)
 			}
 			n += m
