@@ -118,8 +118,9 @@ func New(opts Options) (*Relay, error) {
 // DefaultLoops is half of GOMAXPROCS, at least one. On 2 cores one loop
 // moved as much as two (echo, bulk) with 6-10% less CPU per handshake and
 // per echo round trip. That was measured when a loop blocked its thread in
-// epoll_wait, which a loop per P made worse; loops now park in Go's poller
-// (see loop) and the comparison has not been redone.
+// epoll_wait, which a loop per P made worse; with loops parked in Go's
+// poller (see loop) a shorter check still favoured one: 9.1 against 10.6
+// µs of CPU per 64-byte echo round trip, handshakes within noise.
 func DefaultLoops() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
 // Tunnel is a handle on a tunnel carried by the relay.
