@@ -184,13 +184,14 @@ func (w errorLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// routeName names a route in the JSON access log: its host and path
-// prefix ("example.com/chat", "/api" for a route without a host).
+// routeName is the route's label in logs and metrics (host and path
+// prefix), or "" when no route matched; it is made once, with the route's
+// metrics.
 func routeName(rt *Route) string {
 	if rt == nil {
 		return ""
 	}
-	return rt.Host + rt.Path
+	return rt.metrics.name
 }
 
 // stdStreams are the process's stdout and stderr, the defaults of
