@@ -8,7 +8,9 @@ import (
 )
 
 // A client connection has TCP keep-alive on, 15 s idle, 15 s apart, 9
-// probes, though the settings are made once on the listening socket.
+// probes, and no Nagle delay, though the settings are made once on the
+// listening socket: the event loops accept with accept4(2), which sets
+// nothing (Go's Accept would set no-delay itself).
 func TestAcceptedConnsKeepAlive(t *testing.T) {
 	ln, err := listenTCP("127.0.0.1:0")
 	if err != nil {
@@ -20,15 +22,22 @@ func TestAcceptedConnsKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	c, err := ln.Accept()
+	lrc, err := ln.(*net.TCPListener).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	rc, err := c.(*net.TCPConn).SyscallConn()
+	lfd := -1
+	lrc.Control(func(fd uintptr) { lfd = int(fd) })
+	// net.Dial returned, so the connection is queued; poll(2) waits for
+	// it all the same, within a bound.
+	if _, err := unix.Poll([]unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}, 10000); err != nil {
+		t.Fatal(err)
+	}
+	accepted, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer unix.Close(accepted)
 	for _, o := range []struct {
 		what        string
 		level, name int
@@ -42,9 +51,7 @@ func TestAcceptedConnsKeepAlive(t *testing.T) {
 	} {
 		var got int
 		var gerr error
-		if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.name) }); err != nil {
-			t.Fatal(err)
-		}
+		got, gerr = unix.GetsockoptInt(accepted, o.level, o.name)
 		if gerr != nil {
 			t.Fatalf("%s: %v", o.what, gerr)
 		}

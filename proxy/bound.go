@@ -12,18 +12,22 @@ import (
 // stays in the configuration: a reload that keeps the address keeps the
 // socket, so no connection is refused while the configuration changes.
 //
-// Its accept loop (one goroutine) hands every connection to the fasthttp
-// server serving the socket at that moment, through a serverView. A reload
+// The relay's event loops accept its connections (loopAcceptor). Those
+// they do not carry to a tunnel themselves go to the fasthttp server
+// serving the socket at that moment, through a serverView. A reload
 // that changes what a fasthttp.Server fixes for its life (the head read
 // timeout, the largest head) puts a new server in front of the same
 // socket; the old one stops taking connections and finishes the requests
 // it has.
 type boundListener struct {
-	key    string // the listener's key in a generation (listenerKey)
-	ln     net.Listener
-	conns  chan net.Conn
-	closed chan struct{} // closed by close: the accept loop ends
-	once   sync.Once
+	key string // the listener's key in a generation (listenerKey)
+	ln  net.Listener
+	// acceptor accepts on the relay's loops (watchListener); set before
+	// anything may close the listener.
+	acceptor *loopAcceptor
+	conns    chan net.Conn
+	closed   chan struct{} // closed by close: the accept loop ends
+	once     sync.Once
 	// info is the listener's settings in service; after a reload removed
 	// it, the last ones, for the requests its connections still make.
 	info atomic.Pointer[listenerInfo]
@@ -45,33 +49,14 @@ func newBoundListener(key string, ln net.Listener) *boundListener {
 	return &boundListener{key: key, ln: ln, conns: make(chan net.Conn), closed: make(chan struct{})}
 }
 
-// acceptLoop accepts until the socket is closed. wrap turns each accepted
-// conn into what the server reads (a clientConn, under TLS on a TLS
-// listener) with the settings in service when it came. The loop owns a
-// conn until a server's Accept has taken it; a conn no server takes
-// (the listener closed meanwhile) is closed here.
-func (b *boundListener) acceptLoop(wrap func(net.Conn) net.Conn) {
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			b.close()
-			return
-		}
-		c = wrap(c)
-		select {
-		case b.conns <- c:
-		case <-b.closed:
-			c.Close()
-			return
-		}
-	}
-}
-
 // close closes the socket: new connections are refused. Connections
 // already accepted are their servers'.
 func (b *boundListener) close() {
 	b.once.Do(func() {
 		close(b.closed)
+		if b.acceptor != nil {
+			b.acceptor.forget() // no loop may watch the descriptor once closed
+		}
 		b.ln.Close()
 	})
 }

@@ -101,6 +101,7 @@ type Gateway struct {
 	mu      sync.Mutex
 	tunnels *shrinkset.Set[liveTunnel]
 	relay   *relay.Relay // event loops for plain TCP tunnels
+	spare   *spareFD     // a descriptor given back for hand-overs at the limit
 	// pending counts 101s relayed whose hijack handler has not registered
 	// the tunnel yet; fasthttp runs it on a goroutine of its own after the
 	// request handler returns, so a drain must wait for those too.
@@ -201,6 +202,7 @@ func (g *Gateway) Start() error {
 	}
 	g.switchAdmin(adm, gen.cfg.Admin.Address)
 	g.relay = r
+	g.spare = newSpareFD()
 	g.accessLog.start()
 	g.errorLog.start()
 	gen.setHTTPSPort(g.boundAddr)
@@ -231,7 +233,7 @@ func (g *Gateway) bindNew(gen *generation) ([]*boundListener, error) {
 			}
 			return nil, &bindError{address: addr, err: err}
 		}
-		b := newBoundListener(key, newRetryingListener(tcp, g.errorf))
+		b := newBoundListener(key, tcp)
 		g.bound[key] = b
 		added = append(added, b)
 	}
@@ -243,7 +245,12 @@ func (g *Gateway) boundAddr(key string) net.Addr { return g.bound[key].ln.Addr()
 
 // serve starts b's accept loop and a server for it. g.lmu is held.
 func (g *Gateway) serve(b *boundListener, gen *generation) {
-	go b.acceptLoop(func(c net.Conn) net.Conn { return g.wrapAccepted(b, c) })
+	if err := g.watchListener(b); err != nil {
+		// Not seen in practice: epoll takes any open socket.
+		g.errorf("listener %s: cannot accept on the event loops: %v", b.ln.Addr(), err)
+		b.close()
+		return
+	}
 	g.startServer(b, gen)
 }
 
@@ -280,18 +287,13 @@ func (g *Gateway) retireServer(b *boundListener) {
 	}()
 }
 
-// wrapAccepted makes an accepted conn what fasthttp reads: a clientConn
-// whose writes must progress within the idle timeout in service, under
-// TLS when the listener's settings in service say so.
-func (g *Gateway) wrapAccepted(b *boundListener, c net.Conn) net.Conn {
-	gen := g.gen.Load()
-	if tcp, ok := c.(*net.TCPConn); ok {
-		c = &clientConn{pollConn: newPollConn(tcp), write: idleDeadline{idle: gen.timeouts.idle}}
+// wrapClient makes a client conn what fasthttp reads: under TLS when the
+// listener's settings in service say so.
+func (g *Gateway) wrapClient(b *boundListener, cc *clientConn) net.Conn {
+	if li := g.gen.Load().listener(b); li != nil && li.tls != nil {
+		return li.tls.Server(cc)
 	}
-	if li := gen.listener(b); li != nil && li.tls != nil {
-		return li.tls.Server(c)
-	}
-	return c
+	return cc
 }
 
 // listener returns the settings of the listener b, or nil when gen has
@@ -301,6 +303,12 @@ func (gen *generation) listener(b *boundListener) *listenerInfo { return gen.lis
 func (g *Gateway) newServer(b *boundListener, st serverSettings) *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
+			if cc := clientConnOf(ctx); cc != nil && cc.decided != nil {
+				d := cc.decided
+				cc.decided = nil
+				g.finishLoopHandshake(ctx, cc, d)
+				return
+			}
 			gen := g.gen.Load()
 			li := gen.listener(b)
 			if li == nil {
@@ -384,6 +392,36 @@ type clientConn struct {
 	// handover is what a hijack handler is due to take over; Close
 	// releases it if fasthttp closes the conn without running that handler.
 	handover handoverSlot
+
+	// For a conn whose handshake began on an event loop (serveConn):
+	// replay is what the loop read of it, read first; the first request
+	// head was due at headBy, which the next headByUses read deadlines
+	// fasthttp sets are held to; decided is what the loop found for that
+	// request, for the handler to finish (finishLoopHandshake). The
+	// server's goroutine for the conn is their only user.
+	replay     []byte
+	headBy     time.Time
+	headByUses int
+	decided    *loopDecision
+}
+
+// firstHeadDeadlines is how many read deadlines fasthttp's server sets on
+// a new conn before it has read the first request head: one for the
+// first byte and one once the conn is active (fasthttp v1.74.0,
+// Server.serveConn). The next one, for the body, is not the head's.
+const firstHeadDeadlines = 2
+
+// SetReadDeadline holds the first request head's deadlines to headBy: the
+// time the head spent before the event loop handed the conn over counts
+// against timeouts.handshake too.
+func (c *clientConn) SetReadDeadline(t time.Time) error {
+	if c.headByUses > 0 {
+		c.headByUses--
+		if t.IsZero() || t.After(c.headBy) {
+			t = c.headBy
+		}
+	}
+	return c.TCPConn.SetReadDeadline(t)
 }
 
 // clientConnOf returns the clientConn under the conn a request came on,
@@ -427,6 +465,13 @@ func (c *clientConn) Close() error {
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
+	if len(c.replay) > 0 {
+		n := copy(p, c.replay)
+		if c.replay = c.replay[n:]; len(c.replay) == 0 {
+			c.replay = nil
+		}
+		return n, nil
+	}
 	c.upload.flush()
 	n, err := c.pollConn.Read(p)
 	c.note(err)
@@ -645,6 +690,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 	g.serving.Wait()
 	if g.relay != nil {
 		g.relay.Stop()
+		g.spare.close()
 	}
 	gen.stop()
 	g.lmu.Lock()

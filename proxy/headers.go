@@ -74,20 +74,27 @@ type forwarded struct {
 
 func newForwarded(ctx *fasthttp.RequestCtx, li *listenerInfo, certHeaders certHeaderNames) forwarded {
 	clientIP, _ := clientAddress(ctx)
-	f := forwarded{clientIP: clientIP, proto: "http", host: string(ctx.Host()),
-		certHeaders: certHeaders, certHeader: li.clientCertHeader}
+	f := newPlainForwarded(&ctx.Request.Header, clientIP, string(ctx.Host()), li, certHeaders)
 	if ctx.IsTLS() {
 		f.proto = "https"
 		if li.clientCerts {
 			f.certSubject = headerSafe(tlsterm.ClientSubject(ctx.TLSConnectionState()))
 		}
 	}
+	return f
+}
+
+// newPlainForwarded is what a request with head h that came over plain
+// HTTP from clientIP, asking for host, tells the upstream.
+func newPlainForwarded(h *fasthttp.RequestHeader, clientIP, host string, li *listenerInfo, certHeaders certHeaderNames) forwarded {
+	f := forwarded{clientIP: clientIP, proto: "http", host: host,
+		certHeaders: certHeaders, certHeader: li.clientCertHeader}
 	// Header names keep the client's spelling and fasthttp's Peek compares
 	// them byte for byte, so "x-forwarded-for" must be looked for by hand,
 	// in the head as received (walking it allocates nothing; fasthttp's
 	// iterator does). Repeated fields are one list (RFC 9110 section 5.3),
 	// joined in order.
-	forEachRawHeader(ctx.Request.Header.RawHeaders(), func(name, value, _ []byte) {
+	forEachRawHeader(h.RawHeaders(), func(name, value, _ []byte) {
 		if !bytes.EqualFold(name, []byte("X-Forwarded-For")) || len(value) == 0 {
 			return
 		}

@@ -32,20 +32,20 @@ func newPolicy(u *config.Upstream) (*Policy, error) {
 	return p, nil
 }
 
-// request describes ctx's request to the pool: its hash key and the server
-// its sticky cookie names.
-func (p *Policy) request(ctx *fasthttp.RequestCtx, clientIP string) upstream.Request {
+// request describes a request to the pool: its hash key and the server
+// its sticky cookie names. uri is the request's parsed URI.
+func (p *Policy) request(h *fasthttp.RequestHeader, uri *fasthttp.URI, clientIP string) upstream.Request {
 	r := upstream.Request{ClientIP: clientIP}
 	switch p.hashKey.Kind {
 	case config.HashKeyHeader:
-		r.Key = string(peekFold(&ctx.Request.Header, p.hashKey.Name))
+		r.Key = string(peekFold(h, p.hashKey.Name))
 	case config.HashKeyCookie:
-		r.Key = string(ctx.Request.Header.Cookie(p.hashKey.Name))
+		r.Key = string(h.Cookie(p.hashKey.Name))
 	case config.HashKeyQuery:
-		r.Key = string(ctx.QueryArgs().Peek(p.hashKey.Name))
+		r.Key = string(uri.QueryArgs().Peek(p.hashKey.Name))
 	}
 	if p.stickyCookie != "" {
-		r.Sticky = string(ctx.Request.Header.Cookie(p.stickyCookie))
+		r.Sticky = string(h.Cookie(p.stickyCookie))
 	}
 	return r
 }
@@ -86,12 +86,20 @@ type tryFailure struct {
 
 // placement is one request's way through its pool.
 type placement struct {
+	rt    *Route
 	req   upstream.Request
 	tried []*upstream.Server
 	// leaseTaken: the try that returned nil handed the server's lease on
 	// with the exchange that outlives it (a streamed response body, a
 	// 101's tunnel), whose end releases it (handOff).
 	leaseTaken bool
+	start      time.Time
+	tries      int // how many servers may be tried in all
+	lostRaces  int
+}
+
+func newPlacement(rt *Route, req upstream.Request) *placement {
+	return &placement{rt: rt, req: req, start: time.Now(), tries: rt.Policy.tries(len(rt.Pool.Servers()))}
 }
 
 // handOff records that the current try's lease goes with the exchange it
@@ -103,73 +111,102 @@ func (pl *placement) handOff() { pl.leaseTaken = true }
 // filled up between Pick and Acquire, before it answers 503.
 const maxLostRaces = 16
 
-// tryServers offers the route's servers to try, as the balancer orders
-// them and each at most once, until try returns nil (done: answered or
-// relayed). A try that fails before anything reached the client counts
-// against the server's passive health, and the next server is offered
-// while retries and try_timeout allow; then the client gets the last
-// failure (502, or 504 for a handshake that timed out). With no server
-// left to offer the client gets 502, or 503 when every usable server is at
-// max_conns. A try that failed in the gateway itself (local) ends the
-// request at once with its 503, counting nothing against the server.
-// Both paths retry only here, so the rules for moving on live in one
-// place.
-//
-// try is called with a lease on the server taken (Acquire), which is
-// released here when try fails or answers the client itself, and
-// otherwise by the exchange try handed it to (placement.handOff).
-func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
-	start := time.Now()
-	clientIP, _ := clientAddress(ctx)
-	pl := &placement{req: rt.Policy.request(ctx, clientIP)}
-	tries := rt.Policy.tries(len(rt.Pool.Servers()))
-	lostRaces := 0
+// gatewayAnswer is the gateway's own answer to a client whose request no server
+// took: status and a one-line reason; upstream is the server it concerns
+// or "-"; retryAfter adds Retry-After: 1.
+type gatewayAnswer struct {
+	status     int
+	reason     string
+	upstream   string
+	retryAfter bool
+}
+
+// next picks the next server to try, as the balancer orders them and each
+// at most once, and takes a lease on it; or, with no server left to offer,
+// returns the client's answer: 502, or 503 when every usable server is at
+// max_conns.
+func (pl *placement) next() (*upstream.Server, *gatewayAnswer) {
+	rt := pl.rt
 	for {
 		srv, err := rt.Pool.Pick(&pl.req, pl.tried)
 		if err == nil && !srv.Acquire() {
 			// Another request took the server's last max_conns slot since
 			// Pick saw it free: pick again, and it is skipped as full.
-			if lostRaces++; lostRaces < maxLostRaces {
+			if pl.lostRaces++; pl.lostRaces < maxLostRaces {
 				continue
 			}
 			err = upstream.ErrAllFull
 		}
 		if err == upstream.ErrAllFull {
-			g.fail(ctx, rt, "-", fasthttp.StatusServiceUnavailable, "every server of "+rt.Pool.Name+" is at max_conns")
-			ctx.Response.Header.Set("Retry-After", "1")
-			return
+			return nil, &gatewayAnswer{status: fasthttp.StatusServiceUnavailable, reason: "every server of " + rt.Pool.Name + " is at max_conns", upstream: "-", retryAfter: true}
 		}
 		if err != nil {
-			g.fail(ctx, rt, "-", fasthttp.StatusBadGateway, "no upstream server of "+rt.Pool.Name+" could be reached")
-			return
+			return nil, &gatewayAnswer{status: fasthttp.StatusBadGateway, reason: "no upstream server of " + rt.Pool.Name + " could be reached", upstream: "-"}
 		}
 		pl.tried = append(pl.tried, srv)
 		if len(pl.tried) > 1 {
 			rt.set.retries.Inc()
 		}
 		pl.leaseTaken = false
-		failure := try(pl, srv)
-		if !pl.leaseTaken {
-			srv.Release()
+		return srv, nil
+	}
+}
+
+// failed handles a try of srv that failed before anything reached the
+// client, once its lease is released. It counts against the server's
+// passive health, and nil is returned while retries and try_timeout allow
+// the next server; otherwise the client's answer, the last failure (502,
+// or 504 for a handshake that timed out). A try that failed in the gateway
+// itself (local) ends the request at once with its 503, counting nothing
+// against the server.
+func (g *Gateway) failed(pl *placement, srv *upstream.Server, failure *tryFailure) *gatewayAnswer {
+	rt := pl.rt
+	if failure.local {
+		// Not the server's failure, and every other server would fail
+		// the same way: answer now, count nothing.
+		return &gatewayAnswer{status: failure.status, reason: failure.reason, upstream: srv.Address, retryAfter: true}
+	}
+	rt.Pool.ReportFailure(srv)
+	g.metrics.upstreamFailed(rt.set.name, srv.Address, failure.cause)
+	if len(pl.tried) >= pl.tries || (rt.Policy.tryTimeout > 0 && time.Since(pl.start) >= rt.Policy.tryTimeout) {
+		reason := failure.reason
+		if len(pl.tried) > 1 {
+			reason += " (" + strconv.Itoa(len(pl.tried)) + " servers tried)"
 		}
-		if failure == nil {
-			return
-		}
-		if failure.local {
-			// Not the server's failure, and every other server would
-			// fail the same way: answer now, count nothing.
-			g.fail(ctx, rt, srv.Address, failure.status, failure.reason)
-			ctx.Response.Header.Set("Retry-After", "1")
-			return
-		}
-		rt.Pool.ReportFailure(srv)
-		g.metrics.upstreamFailed(rt.set.name, srv.Address, failure.cause)
-		if len(pl.tried) >= tries || (rt.Policy.tryTimeout > 0 && time.Since(start) >= rt.Policy.tryTimeout) {
-			reason := failure.reason
-			if len(pl.tried) > 1 {
-				reason += " (" + strconv.Itoa(len(pl.tried)) + " servers tried)"
+		return &gatewayAnswer{status: failure.status, reason: reason, upstream: srv.Address}
+	}
+	return nil
+}
+
+// tryServers offers the route's servers to try (placement.next) until try
+// returns nil (done: answered or relayed), moving on after a failure as
+// placement.failed says. Both the goroutine paths and the handshakes of
+// the event loops retry only by these two, so the rules for moving on live
+// in one place.
+//
+// try is called with a lease on the server taken (Acquire), which is
+// released here when try fails or answers the client itself, and
+// otherwise by the exchange try handed it to (placement.handOff).
+func (g *Gateway) tryServers(ctx *fasthttp.RequestCtx, rt *Route, try func(*placement, *upstream.Server) *tryFailure) {
+	clientIP, _ := clientAddress(ctx)
+	pl := newPlacement(rt, rt.Policy.request(&ctx.Request.Header, ctx.URI(), clientIP))
+	for {
+		srv, answer := pl.next()
+		if answer == nil {
+			failure := try(pl, srv)
+			if !pl.leaseTaken {
+				srv.Release()
 			}
-			g.fail(ctx, rt, srv.Address, failure.status, reason)
+			if failure == nil {
+				return
+			}
+			answer = g.failed(pl, srv, failure)
+		}
+		if answer != nil {
+			g.fail(ctx, rt, answer.upstream, answer.status, answer.reason)
+			if answer.retryAfter {
+				ctx.Response.Header.Set("Retry-After", "1")
+			}
 			return
 		}
 	}

@@ -90,21 +90,12 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		carried.placed = placed{info.route, info.server}
 		live = carried
 	}
-	g.mu.Lock()
-	g.pending--
-	if g.stopped {
-		g.tunnelsChanged()
-		g.mu.Unlock()
+	if !g.registerTunnel(live, &info) {
 		client.Close()
 		up.Close()
 		info.server.Release()
 		return
 	}
-	g.tunnels.Add(live)
-	g.memory.tunnelsNow(g.tunnels.Len())
-	g.mu.Unlock()
-	info.active = g.metrics.tunnelsActive.WithLabelValues(info.route.metrics.name, info.route.set.name, info.server.Address)
-	info.active.Inc()
 
 	if carried != nil {
 		go g.runCarried(carried, info, toClient, toUpstream)
@@ -127,16 +118,7 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	// and counts them as if it had relayed them. Counts are of bytes after
 	// the handshake, in both directions.
 	sent := relay.Sent{Up: toUpstream, Down: toClient[info.headLen:]}
-	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, info.route.metrics, func(st relay.Stats) {
-		counts := tunnelCounts{up: st.Up, down: st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages), closeCode: st.CloseCode}
-		if info.route.RawTunnel {
-			counts.upMsgs, counts.downMsgs = -1, -1
-		}
-		if st.Err != nil {
-			g.relayFailed(info, st.Err)
-		}
-		g.endTunnel(live, info, counts, Closer(st.ClosedBy))
-	})
+	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, info.route.metrics, g.relayedDone(live, info))
 	if err != nil {
 		clientTCP.Close()
 		upTCP.Close()
@@ -152,6 +134,41 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		return
 	}
 	relayed.started(h)
+}
+
+// registerTunnel turns a pending 101 (Gateway.pending) into a live tunnel,
+// registered for drains and reloads and counted in wsgate_tunnels_active.
+// It reports false when the drain is over: the caller then closes the
+// conns and releases the server's lease.
+func (g *Gateway) registerTunnel(live liveTunnel, info *tunnelInfo) bool {
+	g.mu.Lock()
+	g.pending--
+	if g.stopped {
+		g.tunnelsChanged()
+		g.mu.Unlock()
+		return false
+	}
+	g.tunnels.Add(live)
+	g.memory.tunnelsNow(g.tunnels.Len())
+	g.mu.Unlock()
+	info.active = g.metrics.tunnelsActive.WithLabelValues(info.route.metrics.name, info.route.set.name, info.server.Address)
+	info.active.Inc()
+	return true
+}
+
+// relayedDone is the done function of a relayed tunnel: its stats go to
+// the access log and the metrics.
+func (g *Gateway) relayedDone(live liveTunnel, info tunnelInfo) func(relay.Stats) {
+	return func(st relay.Stats) {
+		counts := tunnelCounts{up: st.Up, down: st.Down, upMsgs: int64(st.UpMessages), downMsgs: int64(st.DownMessages), closeCode: st.CloseCode}
+		if info.route.RawTunnel {
+			counts.upMsgs, counts.downMsgs = -1, -1
+		}
+		if st.Err != nil {
+			g.relayFailed(info, st.Err)
+		}
+		g.endTunnel(live, info, counts, Closer(st.ClosedBy))
+	}
 }
 
 // relayFailed logs a tunnel the relay could not carry: the client got its

@@ -319,6 +319,13 @@ func (g *Gateway) refuse(ctx *fasthttp.RequestCtx, status int, reason string) {
 // or failed request the state of the client's stream is not known (an
 // unread body, a half-sent upgrade).
 func (g *Gateway) fail(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string, status int, reason string) {
+	g.failSince(ctx, rt, upstreamAddr, status, reason, time.Time{})
+}
+
+// failSince is fail for a request the gateway began to serve at since,
+// when that is before fasthttp read its head (an event loop tried the
+// upstream first); zero for ctx's time.
+func (g *Gateway) failSince(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string, status int, reason string, since time.Time) {
 	ctx.Response.Reset()
 	ctx.Response.Header.DisableNormalizing() // "Sec-WebSocket-Version", not "Sec-Websocket-Version"
 	ctx.SetStatusCode(status)
@@ -326,6 +333,9 @@ func (g *Gateway) fail(ctx *fasthttp.RequestCtx, rt *Route, upstreamAddr string,
 	ctx.SetBodyString(reason + "\n")
 	ctx.SetConnectionClose()
 	l := g.newRequestLog(ctx, rt, upstreamAddr)
+	if !since.IsZero() {
+		l.start = since
+	}
 	// A head that could not be read has no headers to tell.
 	l.websocket = !ctx.Time().IsZero() && isUpgrade(&ctx.Request.Header)
 	g.writeRequestLog(l, int64(len(reason)+1))

@@ -60,6 +60,16 @@ type loop struct {
 	ready   int
 	pollErr error
 	sides   []*side // by file descriptor
+	// watchers are the descriptors watched for others (Loop.Watch), by
+	// descriptor; timers are their timers (Loop.AfterFunc).
+	watchers []watch
+	timers   timerHeap
+	// seq numbers every registration with epoll, carried in the event's
+	// data beside the descriptor. A descriptor closed while handling one
+	// event of a batch may be reused before a later event of the same
+	// batch (a socket accepted or dialed on the loop): the stale event
+	// carries the old number and is dropped.
+	seq     int32
 	tunnels *shrinkset.Set[*tunnel]
 	closing int // tunnels saying goodbye: the loop then scans often
 	buf     []byte
@@ -142,9 +152,13 @@ func (l *loop) run() {
 		if l.closing > 0 {
 			nextScan = min(nextScan, time.Now().Add(goodbyeGrace/10).UnixNano())
 		}
-		if armed != nextScan {
-			l.epoll.SetReadDeadline(time.Unix(0, nextScan))
-			armed = nextScan
+		wake := nextScan
+		if len(l.timers) > 0 {
+			wake = min(wake, l.timers[0].at)
+		}
+		if armed != wake {
+			l.epoll.SetReadDeadline(time.Unix(0, wake))
+			armed = wake
 		}
 		n := l.wait()
 		l.now = time.Now().UnixNano()
@@ -152,10 +166,17 @@ func (l *loop) run() {
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
 			fd := int(ev.Fd)
-			if fd == l.wakefd {
+			switch {
+			case fd == l.wakefd:
 				woken = true
-			} else if fd < len(l.sides) && l.sides[fd] != nil {
-				l.handle(l.sides[fd], ev.Events)
+			case fd < len(l.sides) && l.sides[fd] != nil:
+				if s := l.sides[fd]; s.seq == ev.Pad {
+					l.handle(s, ev.Events)
+				}
+			case fd < len(l.watchers) && l.watchers[fd].w != nil:
+				if w := l.watchers[fd]; w.seq == ev.Pad {
+					w.w.Ready(Loop{l}, ev.Events)
+				}
 			}
 		}
 		// Commands run after the batch: a tunnel added now may reuse the
@@ -165,6 +186,7 @@ func (l *loop) run() {
 			l.shutdown()
 			return
 		}
+		l.runTimers()
 		if l.now >= nextScan {
 			l.scan()
 			l.shrinkSides()
@@ -218,9 +240,13 @@ func (l *loop) runQueue() bool {
 
 func (l *loop) shutdown() {
 	l.closeAll(ClosedDrain)
+	l.closeWatchers()
 	unix.Close(l.wakefd)
 	l.epoll.Close()
 }
+
+// idleTimeout is the idle timeout of a tunnel added now.
+func (l *loop) idleTimeout() time.Duration { return time.Duration(l.idle.Load()) }
 
 func (l *loop) addTunnel(t *tunnel) {
 	t.lastActive = time.Now().UnixNano()
@@ -229,8 +255,8 @@ func (l *loop) addTunnel(t *tunnel) {
 			l.sides = append(l.sides, make([]*side, len(l.sides)+64)...)
 		}
 		l.sides[s.fd] = s
-		s.events, s.watched = unix.EPOLLIN|unix.EPOLLRDHUP, true
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
+		s.events, s.watched, s.seq = unix.EPOLLIN|unix.EPOLLRDHUP, true, l.nextSeq()
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd), Pad: s.seq}); err != nil {
 			// The endpoints did nothing wrong: the loop cannot carry it.
 			t.err = fmt.Errorf("watching the %s socket: epoll_ctl: %w", s.name, err)
 			l.tunnels.Add(t)
@@ -372,7 +398,7 @@ func (l *loop) setInterest(s *side) {
 		op, s.watched = unix.EPOLL_CTL_ADD, true
 	}
 	s.events = want
-	if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd)}); err != nil {
+	if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd), Pad: s.seq}); err != nil {
 		l.closeTunnel(s.t, s.name)
 	}
 }

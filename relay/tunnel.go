@@ -34,6 +34,7 @@ type side struct {
 	peer *side
 
 	events     uint32  // what epoll watches now
+	seq        int32   // its registration's number (loop.seq)
 	watched    bool    // registered with epoll (see unwatch)
 	read       int64   // bytes read from this side, Sent included
 	readDone   bool    // EOF read from this side
