@@ -100,10 +100,8 @@ func (h *loopHandshake) Ready(_ relay.Loop, events uint32) {
 	switch h.phase {
 	case phaseHead:
 		h.readHead()
-	case phaseConnecting, phaseWriting:
-		h.writable()
-	case phaseAnswer:
-		h.readAnswer()
+	default:
+		h.upstreamReady()
 	}
 }
 
@@ -294,9 +292,10 @@ func (h *loopHandshake) try() {
 }
 
 // connect opens a non-blocking connection to h.addr, with the socket
-// options Go's dialer sets (no delay, keep-alive), and writes the head at
-// once: on loopback the connection is made within connect(2), and a
-// write on one still being made only says EAGAIN.
+// options Go's dialer sets (no delay, keep-alive). The socket is watched
+// once, edge-triggered, for both ways: it becomes writable when the
+// connection is made (the head is written then) and readable when the
+// answer comes; the tunnel then takes the registration over.
 func (h *loopHandshake) connect() {
 	family := unix.AF_INET
 	var sa unix.Sockaddr
@@ -314,20 +313,19 @@ func (h *loopHandshake) connect() {
 	h.ufd = fd
 	h.established = false
 	setUpstreamSocketOptions(fd)
-	switch err := unix.Connect(fd, sa); err {
-	case nil:
-		h.connectionMade()
-	case unix.EINPROGRESS:
-		h.phase = phaseConnecting
-		h.setTimer(time.Now().Add(h.gen.timeouts.connect), func() {
-			h.timer = nil
-			h.dialFailed(os.ErrDeadlineExceeded)
-		})
-	default:
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		h.dialFailed(os.NewSyscallError("connect", err))
 		return
 	}
-	h.writeHead()
+	h.phase = phaseConnecting
+	if !h.watch(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET) {
+		h.dialFailed(errors.New("epoll cannot watch the socket"))
+		return
+	}
+	h.setTimer(time.Now().Add(h.gen.timeouts.connect), func() {
+		h.timer = nil
+		h.dialFailed(os.ErrDeadlineExceeded)
+	})
 }
 
 // dialFailed: the connection to h.srv could not be made.
@@ -345,6 +343,17 @@ func setUpstreamSocketOptions(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, clientKeepAliveInterval)
 }
 
+// upstreamReady is an event of the upstream socket: the connection made
+// or failed, room for the rest of the head, the answer.
+func (h *loopHandshake) upstreamReady() {
+	if h.phase != phaseAnswer {
+		h.writeHead()
+	}
+	if h.phase == phaseAnswer {
+		h.readAnswer()
+	}
+}
+
 // connectionMade starts the exchange on a connection known to be made:
 // from here the handshake timeout bounds it, as the goroutine path's
 // deadline does.
@@ -359,20 +368,9 @@ func (h *loopHandshake) connectionMade() {
 	})
 }
 
-// writable: the socket became writable, or failed, while connecting or
-// while the head waited for room.
-func (h *loopHandshake) writable() {
-	if !h.established {
-		if err := socketError(h.ufd); err != nil {
-			h.dialFailed(os.NewSyscallError("connect", err))
-			return
-		}
-		h.connectionMade()
-	}
-	h.writeHead()
-}
-
-// writeHead writes what is left of the head, then waits for the answer.
+// writeHead writes what is left of the head. A connect that failed shows
+// as the first write's error (the socket's error), so no getsockopt is
+// needed to learn it.
 func (h *loopHandshake) writeHead() {
 	for h.written < len(h.upHead) {
 		n, err := unix.Write(h.ufd, h.upHead[h.written:])
@@ -380,13 +378,8 @@ func (h *loopHandshake) writeHead() {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			// Still connecting, or no room: wait until writable.
-			if !h.watch(h.ufd, unix.EPOLLOUT) {
-				h.handshakeFailed(errors.New("epoll cannot watch the socket"))
-			}
-			return
+			return // still connecting, or no room: the next edge says when
 		case err != nil && !h.established:
-			// A connect that failed shows at the first write.
 			h.dialFailed(os.NewSyscallError("connect", err))
 			return
 		case err != nil:
@@ -399,62 +392,52 @@ func (h *loopHandshake) writeHead() {
 		h.written += n
 	}
 	h.phase = phaseAnswer
-	if !h.watch(h.ufd, unix.EPOLLIN|unix.EPOLLRDHUP) {
-		h.handshakeFailed(errors.New("epoll cannot watch the socket"))
-	}
 }
 
-// socketError is the pending error of a socket, nil when none.
-func socketError(fd int) error {
-	soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err != nil {
-		return err
-	}
-	if soErr != 0 {
-		return unix.Errno(soErr)
-	}
-	return nil
-}
-
-// readAnswer reads the upstream's answer; once its head is whole it is
-// judged.
+// readAnswer reads the upstream's answer until its head is whole (then it
+// is judged) or the socket is drained: its events are edge-triggered.
 func (h *loopHandshake) readAnswer() {
 	buf := h.lp.Buffer()
-	n, err := unix.Read(h.ufd, buf)
-	if err == unix.EAGAIN || err == unix.EINTR {
-		return
-	}
-	if n <= 0 {
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		} else {
-			err = os.NewSyscallError("read", err)
+	for {
+		n, err := unix.Read(h.ufd, buf)
+		if err == unix.EINTR {
+			continue
 		}
-		h.handshakeFailed(err)
-		return
-	}
-	var raw []byte
-	if h.resp == nil {
-		if end := bytes.Index(buf[:n], []byte("\r\n\r\n")); end >= 0 {
-			h.answered(bytes.Clone(buf[:n]), end+4)
+		if err == unix.EAGAIN {
 			return
 		}
-		raw = bytes.Clone(buf[:n])
-	} else {
-		raw = append(h.resp, buf[:n]...)
+		if n <= 0 {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			} else {
+				err = os.NewSyscallError("read", err)
+			}
+			h.handshakeFailed(err)
+			return
+		}
+		var raw []byte
+		if h.resp == nil {
+			if end := bytes.Index(buf[:n], []byte("\r\n\r\n")); end >= 0 {
+				h.answered(bytes.Clone(buf[:n]), end+4)
+				return
+			}
+			raw = bytes.Clone(buf[:n])
+		} else {
+			raw = append(h.resp, buf[:n]...)
+		}
+		// A head that came in more than one read: search from a little
+		// before the new bytes, where a split "\r\n\r\n" may begin.
+		from := max(0, len(raw)-n-3)
+		if end := bytes.Index(raw[from:], []byte("\r\n\r\n")); end >= 0 && from+end+4 <= maxResponseHead {
+			h.answered(raw, from+end+4)
+			return
+		}
+		if len(raw) >= maxResponseHead {
+			h.handshakeFailed(errHeadTooLarge)
+			return
+		}
+		h.resp = raw
 	}
-	// A head that came in more than one read: search from a little
-	// before the new bytes, where a split "\r\n\r\n" may begin.
-	from := max(0, len(raw)-n-3)
-	if end := bytes.Index(raw[from:], []byte("\r\n\r\n")); end >= 0 && from+end+4 <= maxResponseHead {
-		h.answered(raw, from+end+4)
-		return
-	}
-	if len(raw) >= maxResponseHead {
-		h.handshakeFailed(errHeadTooLarge)
-		return
-	}
-	h.resp = raw
 }
 
 // handshakeFailed: the exchange with the server failed before anything
@@ -518,7 +501,7 @@ func (h *loopHandshake) answered(raw []byte, headLen int) {
 // it go to the client, the client's early frames to the upstream.
 func (h *loopHandshake) switched(resp *handshakeResponse) {
 	h.stopTimer()
-	h.unwatch()
+	h.watching = -1 // the tunnel takes the upstream's registration over
 	rt, srv := h.rt, h.srv
 	rt.Pool.ReportSuccess(srv)
 	if c := rt.Policy.stickyCookieFor(&h.pl.req, srv, false); c != "" {
@@ -530,6 +513,7 @@ func (h *loopHandshake) switched(resp *handshakeResponse) {
 		start: h.tryStart, requested: h.requested, headLen: resp.head}
 	live := &relayedTunnel{placed: placed{rt, srv}}
 	if !h.g.registerTunnel(live, &info) {
+		h.lp.Forget(h.ufd)
 		unix.Close(h.cfd)
 		unix.Close(h.ufd)
 		srv.Release()

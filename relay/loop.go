@@ -256,7 +256,14 @@ func (l *loop) addTunnel(t *tunnel) {
 		}
 		l.sides[s.fd] = s
 		s.events, s.watched, s.seq = unix.EPOLLIN|unix.EPOLLRDHUP, true, l.nextSeq()
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd), Pad: s.seq}); err != nil {
+		op := unix.EPOLL_CTL_ADD
+		if s.fd < len(l.watchers) && l.watchers[s.fd].w != nil {
+			// Watched for a Watcher that hands it over (StartTunnel): one
+			// change of the registration instead of a removal and an add.
+			l.watchers[s.fd] = watch{}
+			op = unix.EPOLL_CTL_MOD
+		}
+		if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd), Pad: s.seq}); err != nil {
 			// The endpoints did nothing wrong: the loop cannot carry it.
 			t.err = fmt.Errorf("watching the %s socket: epoll_ctl: %w", s.name, err)
 			l.tunnels.Add(t)

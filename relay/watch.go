@@ -77,9 +77,10 @@ func (lp Loop) Post(fn func(Loop)) bool {
 }
 
 // StartTunnel makes a tunnel of two connected, non-blocking TCP sockets the
-// caller owns on this loop and no longer watches, as Relay.Add does for Go
-// conns: the loop owns them from here on and closes them when the tunnel
-// ends. toClient is written to the client first, then sent.Up to the
+// caller owns on this loop, as Relay.Add does for Go conns: the loop owns
+// them from here on and closes them when the tunnel ends. A socket still
+// watched for a Watcher is taken over from it: the Watcher hears no more
+// of it. toClient is written to the client first, then sent.Up to the
 // upstream; toClient must end with sent.Down (the bytes before it, the
 // upstream's 101 head, are neither tracked nor counted). A write the socket
 // cannot take at once waits in the tunnel like any other. done is called
