@@ -415,29 +415,43 @@ func (h *loopHandshake) readAnswer() {
 			h.handshakeFailed(err)
 			return
 		}
-		var raw []byte
-		if h.resp == nil {
-			if end := bytes.Index(buf[:n], []byte("\r\n\r\n")); end >= 0 {
-				h.answered(bytes.Clone(buf[:n]), end+4)
-				return
-			}
-			raw = bytes.Clone(buf[:n])
-		} else {
-			raw = append(h.resp, buf[:n]...)
-		}
-		// A head that came in more than one read: search from a little
-		// before the new bytes, where a split "\r\n\r\n" may begin.
-		from := max(0, len(raw)-n-3)
-		if end := bytes.Index(raw[from:], []byte("\r\n\r\n")); end >= 0 && from+end+4 <= maxResponseHead {
-			h.answered(raw, from+end+4)
+		raw, headLen, err := appendAnswer(h.resp, buf[:n])
+		switch {
+		case err != nil:
+			h.handshakeFailed(err)
 			return
-		}
-		if len(raw) >= maxResponseHead {
-			h.handshakeFailed(errHeadTooLarge)
+		case headLen > 0:
+			h.answered(raw, headLen)
 			return
 		}
 		h.resp = raw
 	}
+}
+
+// appendAnswer adds chunk, the next bytes read of an upstream's answer, to
+// raw, what came before (nil at first; chunk is not kept, a copy is). It
+// returns the answer so far and, once its head is whole, the head's
+// length; an error once the head cannot fit in maxResponseHead.
+func appendAnswer(raw, chunk []byte) ([]byte, int, error) {
+	if raw == nil {
+		// The usual case: the whole head in the first read.
+		raw = bytes.Clone(chunk)
+		if end := bytes.Index(raw, []byte("\r\n\r\n")); end >= 0 && end+4 <= maxResponseHead {
+			return raw, end + 4, nil
+		}
+	} else {
+		raw = append(raw, chunk...)
+		// Search from a little before the new bytes, where a split
+		// "\r\n\r\n" may begin.
+		from := max(0, len(raw)-len(chunk)-3)
+		if end := bytes.Index(raw[from:], []byte("\r\n\r\n")); end >= 0 && from+end+4 <= maxResponseHead {
+			return raw, from + end + 4, nil
+		}
+	}
+	if len(raw) >= maxResponseHead {
+		return nil, 0, errHeadTooLarge
+	}
+	return raw, 0, nil
 }
 
 // handshakeFailed: the exchange with the server failed before anything

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -169,4 +170,52 @@ func TestDrainWaitsForLoopHandshake(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Logf("drain: %v", err)
 	}
+}
+
+// An answer read in any number of pieces gives the same head as read
+// whole: appendAnswer finds its end even when "\r\n\r\n" is split across
+// reads, keeps every byte read, and refuses a head past maxResponseHead.
+func FuzzAppendAnswer(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi"), []byte{10, 1, 1, 1})
+	f.Add([]byte("HTTP/1.1 403 Forbidden\r\n\r"), []byte{3})
+	f.Add(bytes.Repeat([]byte("x"), maxResponseHead+8), []byte{200, 200})
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		whole := bytes.Index(data, []byte("\r\n\r\n"))
+		var raw []byte
+		at := 0
+		for i := 0; at < len(data); i++ {
+			n := len(data) - at
+			if i < len(cuts) {
+				// Pieces of 1 to 256 bytes, the last one the rest, and
+				// none larger than a loop's read buffer.
+				n = min(n, int(cuts[i])+1)
+			}
+			n = min(n, relayReadSize)
+			chunk := data[at : at+n]
+			at += n
+			got, headLen, err := appendAnswer(raw, chunk)
+			if err != nil {
+				if whole >= 0 && whole+4 <= maxResponseHead {
+					t.Fatalf("error %v; the head ends at %d", err, whole+4)
+				}
+				if at < maxResponseHead {
+					t.Fatalf("error %v after only %d bytes", err, at)
+				}
+				return
+			}
+			if !bytes.Equal(got, data[:at]) {
+				t.Fatalf("kept %q, read %q", got, data[:at])
+			}
+			if headLen > 0 {
+				if headLen != whole+4 {
+					t.Fatalf("head of %d bytes, want %d", headLen, whole+4)
+				}
+				return
+			}
+			if whole >= 0 && whole+4 <= at && whole+4 <= maxResponseHead {
+				t.Fatalf("head end at %d not found after %d bytes", whole+4, at)
+			}
+			raw = got
+		}
+	})
 }
