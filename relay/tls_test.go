@@ -123,6 +123,13 @@ func (s tlsSides) String() string {
 // TLS where sides says.
 func relayedTLS(t testing.TB, r *Relay, sides tlsSides, frames bool) *tlsPair {
 	t.Helper()
+	return relayedTLSBuffers(t, r, sides, frames, 64<<10)
+}
+
+// relayedTLSBuffers is relayedTLS with upBuf bytes of socket buffer from
+// the relay to the server.
+func relayedTLSBuffers(t testing.TB, r *Relay, sides tlsSides, frames bool, upBuf int) *tlsPair {
+	t.Helper()
 	serverConf, clientConf := tlsConfigs(t)
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
@@ -131,6 +138,8 @@ func relayedTLS(t testing.TB, r *Relay, sides tlsSides, frames bool) *tlsPair {
 		c.SetReadBuffer(64 << 10)
 		c.SetWriteBuffer(64 << 10)
 	}
+	gwUpstream.SetWriteBuffer(upBuf)
+	server.SetReadBuffer(upBuf)
 	p := &tlsPair{client: client, server: server, done: make(chan Stats, 1)}
 	ce, ue := Endpoint{TCP: gwClient}, Endpoint{TCP: gwUpstream}
 	if sides.client {
@@ -390,5 +399,40 @@ func TestTLSBytesBufferedBeforeAdd(t *testing.T) {
 	server.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(server, got); err != nil || string(got) != msg {
 		t.Fatalf("upstream got %q, %v; want %q", got, err, msg)
+	}
+}
+
+// The upstream ends its stream first; then a TLS client uploads more than
+// the sockets hold and ends its own (close_notify) while the upstream is
+// not reading. The client's end must wait behind the backed-up bytes
+// (ending the tunnel then would drop them), and every byte arrive.
+func TestTLSEndWhileBackedUpLosesNothing(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	for _, sides := range tlsCombos {
+		// Small buffers towards the upstream: the relay backs up at once,
+		// and the little room a flush frees cannot take what the relay
+		// reads next.
+		p := relayedTLSBuffers(t, r, sides, false, 8192)
+		p.server.(interface{ CloseWrite() error }).CloseWrite()
+		p.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := p.client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("%v: client after the upstream's end: %d, %v; want EOF", sides, n, err)
+		}
+		// Less than the client's sockets hold: the client's write and
+		// close_notify complete before the upstream reads.
+		up := randomBytes(100 << 10)
+		if _, err := p.client.Write(up); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.client.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		p.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if got := slowHash(p.server); got != sha256.Sum256(up) {
+			t.Fatalf("%v: upstream got other bytes", sides)
+		}
+		if st := p.stats(t); st.Up != int64(len(up)) || st.ClosedBy != ClosedByUpstream {
+			t.Fatalf("%v: stats %+v", sides, st)
+		}
 	}
 }
