@@ -7,10 +7,11 @@
 // descriptors of its tunnels outright (duplicated from the Go conns, which
 // are then closed, so Go's poller forgets them), waits for them with one
 // epoll instance (itself parked in Go's poller), and moves bytes with read(2)/write(2) through one buffer per
-// loop. An idle tunnel costs its small state struct and its two sockets.
-// When a destination cannot take more bytes, the rest is kept in a pooled
-// buffer of that tunnel, the source stops being read (backpressure) and the
-// destination is watched for EPOLLOUT.
+// loop. An idle tunnel costs its small state struct and its two sockets,
+// and a TLS side its crypto/tls session, which the loop reads and writes
+// without waiting (tlsside.go). When a destination cannot take more bytes,
+// the rest is kept in a pooled buffer of that tunnel, the source stops
+// being read (backpressure) and the destination is watched for EPOLLOUT.
 package relay
 
 import (
