@@ -326,8 +326,9 @@ func (l *loop) readEOF(s *side) {
 		l.closeTunnel(t, t.closedBy)
 		return
 	}
-	// s was read, so its peer owed nothing (wantsRead) unless s is TLS:
-	// shutWrite waits for that.
+	// s was read, so its peer owed nothing (wantsRead): shut it now, after
+	// a close_notify if it speaks TLS (shutWrite waits if that cannot all
+	// be written at once).
 	l.shutWrite(s.peer)
 	l.setInterest(s)
 }
