@@ -706,6 +706,7 @@ func TestWSSTunnelsHoldNoGoroutines(t *testing.T) {
 
 // A drain ends a wss:// tunnel as it ends a plain one: with a Close 1001
 // the client reads inside TLS, not a bare close it would report as 1006.
+// Its messages are counted as a plain tunnel's are.
 func TestWSSDrainSaysGoingAway(t *testing.T) {
 	ca := newTestCA(t, "wsgate test CA")
 	for _, tlsUp := range []bool{false, true} {
@@ -718,7 +719,8 @@ func TestWSSDrainSaysGoingAway(t *testing.T) {
 		}
 		cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "ws", 2, "ws.test")}}
 		cfg.Timeouts.Drain = config.Duration(100 * time.Millisecond)
-		g := startGateway(t, cfg)
+		var log syncbuf.Buffer
+		g := startGatewayLogging(t, cfg, &log)
 		d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "ws.test"}}
 		c, _, err := d.Dial("wss://"+g.Addrs()[0].String()+"/", nil)
 		if err != nil {
@@ -738,6 +740,11 @@ func TestWSSDrainSaysGoingAway(t *testing.T) {
 		case <-done:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("TLS upstream %v: Shutdown did not return", tlsUp)
+		}
+		// "before the drain" went up masked (2+4+16 bytes) and came back.
+		waitFor(t, "the tunnel's log line", func() bool { return strings.Contains(log.String(), "status=101") })
+		if line := lineWith(log.String(), "status=101"); !strings.Contains(line, " up=22 down=18 msgs_up=1 msgs_down=1 closed_by=drain") {
+			t.Errorf("TLS upstream %v: access log %q, want up=22 down=18 msgs_up=1 msgs_down=1 closed_by=drain", tlsUp, line)
 		}
 	}
 }
