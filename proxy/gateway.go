@@ -64,7 +64,7 @@ type timeouts struct {
 // Ownership of a client connection: the listener's accept loop owns it
 // until a fasthttp server takes it (serverView.Accept); fasthttp owns it
 // while it serves requests; a tunnel owns it from unwrapHijacked on, and
-// the relay (or the goroutine tunnel) closes it when the tunnel ends.
+// the relay closes it when the tunnel ends.
 type Gateway struct {
 	// gen is the generation in service: loaded once per request.
 	gen        atomic.Pointer[generation]
@@ -370,10 +370,9 @@ func (g *Gateway) newServer(b *boundListener, st serverSettings) *fasthttp.Serve
 // response, cutting SSE, while no timeout at all would let a client that
 // stopped reading hold a stream and its upstream conn forever.
 //
-// Its reads can be told not to wait (pollConn), so a wss:// tunnel idles
-// without a relay buffer, as one to a TLS upstream does.
+// Under TLS, a wss:// tunnel's relay takes it over (tcpConn.reroute).
 type clientConn struct {
-	*pollConn
+	*tcpConn
 	write idleDeadline
 	// detached: a tunnel took the TCP conn over (unwrapHijacked), so the
 	// close fasthttp does after the hijack handler must leave it open.
@@ -421,7 +420,7 @@ func (c *clientConn) SetReadDeadline(t time.Time) error {
 			t = c.headBy
 		}
 	}
-	return c.TCPConn.SetReadDeadline(t)
+	return c.tcpConn.SetReadDeadline(t)
 }
 
 // clientConnOf returns the clientConn under the conn a request came on,
@@ -465,6 +464,9 @@ func (c *clientConn) Close() error {
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
+	if c.relayed != nil {
+		return c.relayed.Read(p)
+	}
 	if len(c.replay) > 0 {
 		n := copy(p, c.replay)
 		if c.replay = c.replay[n:]; len(c.replay) == 0 {
@@ -473,12 +475,15 @@ func (c *clientConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	c.upload.flush()
-	n, err := c.pollConn.Read(p)
+	n, err := c.tcpConn.Read(p)
 	c.note(err)
 	return n, err
 }
 
 func (c *clientConn) Write(p []byte) (int, error) {
+	if c.relayed != nil {
+		return c.relayed.Write(p)
+	}
 	if err := c.write.refresh(c.TCPConn.SetWriteDeadline); err != nil {
 		return 0, err
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -627,6 +628,123 @@ func TestWSSEcho(t *testing.T) {
 		}
 		if _, got, err := c.ReadMessage(); err != nil || !bytes.Equal(got, msg) {
 			t.Fatalf("size %d: %d bytes back, %v", size, len(got), err)
+		}
+	}
+}
+
+// idleTLSUpstream answers WebSocket handshakes over TLS and then holds the
+// connections without a goroutine each, so the goroutines of a test's
+// process are the gateway's.
+func idleTLSUpstream(t *testing.T, ca *testCA) string {
+	ln := tlsBackend(t, ca, "backend.test", nil)
+	var held []net.Conn
+	stopped := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		<-stopped
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	go func() {
+		defer close(stopped)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			io.WriteString(c, switchingProtocols(req))
+			c.SetDeadline(time.Time{})
+			held = append(held, c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A wss:// tunnel to a TLS upstream is carried by the event loops: holding
+// many of them idle adds no goroutine per tunnel (a goroutine per
+// direction would add two).
+func TestWSSTunnelsHoldNoGoroutines(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	cfg := tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, idleTLSUpstream(t, ca))
+	cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "ws", 2, "ws.test")}}
+	g := startGateway(t, cfg)
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "ws.test"}}
+	url := "wss://" + g.Addrs()[0].String() + "/"
+	open := func() {
+		c, _, err := d.Dial(url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	open() // warm-up: pools, the first conns
+	waitFor(t, "warm-up tunnel", func() bool { return g.ActiveTunnels() == 1 })
+	base := goroutinesOutsideWorkerPool()
+	const n = 200
+	for range n {
+		open()
+	}
+	waitFor(t, "tunnels registered", func() bool { return g.ActiveTunnels() == n+1 })
+	// Goroutines that served the handshakes end on their own: poll until
+	// the count is under the bound, for a while.
+	var now int
+	for range 250 {
+		if now = goroutinesOutsideWorkerPool(); now-base < n/4 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%d idle wss tunnels added %d goroutines", n, now-base)
+}
+
+// A drain ends a wss:// tunnel as it ends a plain one: with a Close 1001
+// the client reads inside TLS, not a bare close it would report as 1006.
+// Its messages are counted as a plain tunnel's are.
+func TestWSSDrainSaysGoingAway(t *testing.T) {
+	ca := newTestCA(t, "wsgate test CA")
+	for _, tlsUp := range []bool{false, true} {
+		var cfg *config.Config
+		if tlsUp {
+			up := serveOn(t, tlsBackend(t, ca, "backend.test", nil), echoHandler(websocket.Upgrader{}))
+			cfg = tlsConfigFor(&config.UpstreamTLS{Enabled: true, CAFile: ca.File, ServerName: "backend.test"}, up)
+		} else {
+			cfg = configFor(echoUpstream(t, websocket.Upgrader{}))
+		}
+		cfg.Listeners[0].TLS = &config.TLS{Certificates: []config.Certificate{ca.server(t, "ws", 2, "ws.test")}}
+		cfg.Timeouts.Drain = config.Duration(100 * time.Millisecond)
+		var log syncbuf.Buffer
+		g := startGatewayLogging(t, cfg, &log)
+		d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "ws.test"}}
+		c, _, err := d.Dial("wss://"+g.Addrs()[0].String()+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoOnce(t, c, "before the drain")
+		done := make(chan error, 1)
+		go func() { done <- g.Shutdown(context.Background()) }()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err = c.ReadMessage()
+		if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseGoingAway {
+			t.Fatalf("TLS upstream %v: after the drain: %v, want close 1001", tlsUp, err)
+		}
+		c.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("TLS upstream %v: Shutdown did not return", tlsUp)
+		}
+		// "before the drain" went up masked (2+4+16 bytes) and came back.
+		waitFor(t, "the tunnel's log line", func() bool { return strings.Contains(log.String(), "status=101") })
+		if line := lineWith(log.String(), "status=101"); !strings.Contains(line, " up=22 down=18 msgs_up=1 msgs_down=1 closed_by=drain") {
+			t.Errorf("TLS upstream %v: access log %q, want up=22 down=18 msgs_up=1 msgs_down=1 closed_by=drain", tlsUp, line)
 		}
 	}
 }

@@ -208,7 +208,7 @@ func (g *Gateway) serveConn(b *boundListener, fd int, replay []byte, headBy time
 		decided.abandon()
 		return
 	}
-	cc := &clientConn{pollConn: newPollConn(c.(*net.TCPConn)), write: idleDeadline{idle: g.gen.Load().timeouts.idle}}
+	cc := &clientConn{tcpConn: newTCPConn(c.(*net.TCPConn)), write: idleDeadline{idle: g.gen.Load().timeouts.idle}}
 	cc.replay, cc.headBy, cc.decided = replay, headBy, decided
 	if !headBy.IsZero() {
 		cc.headByUses = firstHeadDeadlines

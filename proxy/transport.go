@@ -308,7 +308,7 @@ func quiet(c net.Conn) bool {
 }
 
 // rawConnOf finds the socket under an upstream conn: through idleConn,
-// TLS and pollConn wrappers.
+// TLS and tcpConn wrappers.
 func rawConnOf(c net.Conn) syscall.RawConn {
 	for c != nil {
 		switch v := c.(type) {

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -74,22 +76,9 @@ type tunnelInfo struct {
 
 // startTunnel registers a tunnel and starts it: first the bytes due at the
 // switch (the 101 head and any frames behind it, the client's early
-// frames), then the relay. Plain TCP on both sides goes to the event-loop
-// relay; anything else (TLS) to a goroutine tunnel.
+// frames), then the event-loop relay, which carries TCP and TLS sides alike.
 func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, info tunnelInfo) {
-	clientTCP, clientOK := client.(*net.TCPConn)
-	upTCP, upOK := up.(*net.TCPConn)
-	var live liveTunnel
-	var relayed *relayedTunnel
-	var carried *tunnel
-	if g.relay != nil && clientOK && upOK {
-		relayed = &relayedTunnel{placed: placed{info.route, info.server}}
-		live = relayed
-	} else {
-		carried = newTunnel(client, up, info.route.gen.timeouts.idle, info.route.metrics)
-		carried.placed = placed{info.route, info.server}
-		live = carried
-	}
+	live := &relayedTunnel{placed: placed{info.route, info.server}}
 	if !g.registerTunnel(live, &info) {
 		client.Close()
 		up.Close()
@@ -97,13 +86,9 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		return
 	}
 
-	if carried != nil {
-		go g.runCarried(carried, info, toClient, toUpstream)
-		return
-	}
-	// The relay path writes the switch bytes on the caller's goroutine
-	// (fasthttp's hijack goroutine): a few hundred bytes into a fresh
-	// socket do not block, and a goroutine per handshake is saved.
+	// The switch bytes are written on the caller's goroutine (fasthttp's
+	// hijack goroutine): a few hundred bytes into a fresh socket do not
+	// block, and a goroutine per handshake is saved.
 	closer := writeSwitchBytes(client, up, toClient, toUpstream, info.route.gen.timeouts.handshake)
 	if closer != ClosedByClient {
 		info.route.metrics.upgraded(info.requested)
@@ -116,12 +101,12 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 	}
 	// The frames after the heads belong to the tunnel: the relay follows
 	// and counts them as if it had relayed them. Counts are of bytes after
-	// the handshake, in both directions.
+	// the handshake, in both directions (plaintext under TLS).
 	sent := relay.Sent{Up: toUpstream, Down: toClient[info.headLen:]}
-	h, err := g.relay.Add(clientTCP, upTCP, !info.route.RawTunnel, sent, info.route.metrics, g.relayedDone(live, info))
+	h, err := g.addToRelay(client, up, !info.route.RawTunnel, sent, info.route.metrics, g.relayedDone(live, info))
 	if err != nil {
-		clientTCP.Close()
-		upTCP.Close()
+		client.Close()
+		up.Close()
 		closer := ClosedDrain // the relay has stopped: the gateway is stopping
 		if !errors.Is(err, relay.ErrClosed) {
 			closer = ClosedInternal
@@ -133,7 +118,42 @@ func (g *Gateway) startTunnel(client, up net.Conn, toClient, toUpstream []byte, 
 		g.endTunnel(live, info, tunnelCounts{up: int64(len(sent.Up)), down: int64(len(sent.Down))}, closer)
 		return
 	}
-	relayed.started(h)
+	live.started(h)
+}
+
+// addToRelay hands a tunnel's conns to the relay (relay.Relay.Add).
+func (g *Gateway) addToRelay(client, up net.Conn, frames bool, sent relay.Sent, meter relay.Meter, done func(relay.Stats)) (relay.Tunnel, error) {
+	ce, err := relayEndpoint(client)
+	if err != nil {
+		return relay.Tunnel{}, err
+	}
+	ue, err := relayEndpoint(up)
+	if err != nil {
+		return relay.Tunnel{}, err
+	}
+	return g.relay.Add(ce, ue, frames, sent, meter, done)
+}
+
+// relayEndpoint is what the relay needs of one side of a tunnel: a TCP
+// conn, or a TLS session over a tcpConn whose calls the relay reroutes to
+// itself. The gateway's listeners and dialer make no other kind.
+func relayEndpoint(c net.Conn) (relay.Endpoint, error) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return relay.Endpoint{TCP: c}, nil
+	case *tls.Conn:
+		var under *tcpConn
+		switch nc := c.NetConn().(type) {
+		case *tcpConn: // an upstream's
+			under = nc
+		case *clientConn: // a client's on a TLS listener
+			under = nc.tcpConn
+		default:
+			return relay.Endpoint{}, fmt.Errorf("cannot relay TLS over a %T", nc)
+		}
+		return relay.Endpoint{TCP: under.TCPConn, TLS: c, Reroute: under.reroute}, nil
+	}
+	return relay.Endpoint{}, fmt.Errorf("cannot relay a %T", c)
 }
 
 // registerTunnel turns a pending 101 (Gateway.pending) into a live tunnel,
@@ -178,28 +198,6 @@ func (g *Gateway) relayFailed(info tunnelInfo, err error) {
 		info.clientAddr, info.uri, info.route.Pool.Name, info.server.Address, err)
 }
 
-// runCarried writes the bytes due at the switch and runs a goroutine
-// tunnel until it ends. It is a method rather than a closure so that the
-// switch bytes (the 101 head's 4 KiB read buffer, at least) are garbage
-// once written: a closure would keep them for the tunnel's life.
-func (g *Gateway) runCarried(t *tunnel, info tunnelInfo, toClient, toUpstream []byte) {
-	closer := writeSwitchBytes(t.client, t.upstream, toClient, toUpstream, info.route.gen.timeouts.handshake)
-	if closer != ClosedByClient {
-		info.route.metrics.upgraded(info.requested)
-	}
-	if closer != "" {
-		t.abort(closer)
-		g.endTunnel(t, info, tunnelCounts{}, closer)
-		return
-	}
-	// Counts are of bytes after the handshake, in both directions.
-	t.up.add(int64(len(toUpstream)))
-	t.down.add(int64(len(toClient) - info.headLen))
-	t.run()
-	closer, _ = t.closer.Load().(Closer)
-	g.endTunnel(t, info, tunnelCounts{up: t.up.Load(), down: t.down.Load(), upMsgs: -1, downMsgs: -1}, closer)
-}
-
 // writeSwitchBytes writes the bytes due at the switch, within the handshake
 // timeout. It returns "" or the side that failed.
 func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout time.Duration) Closer {
@@ -220,7 +218,7 @@ func writeSwitchBytes(client, up net.Conn, toClient, toUpstream []byte, timeout 
 }
 
 // tunnelCounts are a tunnel's bytes and messages each way; messages are -1
-// where frames were not followed (raw and TLS tunnels). closeCode is the
+// where frames were not followed (raw tunnels). closeCode is the
 // status of the first Close frame seen (relay.Stats.CloseCode), 0 if none.
 type tunnelCounts struct {
 	up, down, upMsgs, downMsgs int64

@@ -6,10 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/wsgate/wsgate/config"
@@ -98,7 +96,7 @@ func dialServer(ctx context.Context, address string, u *upstreamTLS) (net.Conn, 
 	if err != nil || u == nil {
 		return conn, err
 	}
-	tc := tls.Client(newPollConn(conn.(*net.TCPConn)), u.configFor(address))
+	tc := tls.Client(newTCPConn(conn.(*net.TCPConn)), u.configFor(address))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		return nil, &tlsHandshakeError{err}
@@ -123,69 +121,64 @@ func unreachable(pool string, err error) string {
 	return "no upstream server of " + pool + " could be reached"
 }
 
-// pollConn is the TCP conn under an upstream TLS conn. Its reads can be
-// told not to wait, which lets a tunnel ask crypto/tls for what it has
-// buffered or the socket holds without parking a relay buffer inside a
-// TLS read (see tunnel.tlsWaitAndRelay).
-type pollConn struct {
+// tcpConn is the TCP conn under a TLS session of the gateway's: an
+// upstream's (dialServer) or a client's on a TLS listener (under a
+// clientConn). When a tunnel starts, the relay takes the socket and the
+// session (relay.Endpoint): crypto/tls cannot be given another conn, so
+// this one is rerouted instead, and from then on sends every call the
+// session makes to the relay's transport.
+type tcpConn struct {
 	*net.TCPConn
-	raw syscall.RawConn
-	// noWait is set and read only by the goroutine that reads the TLS
-	// conn: crypto/tls calls Read from within its own Read.
-	noWait bool
+	// relayed, once set (reroute), takes every call: the TCP conn is
+	// closed then, its socket the relay's. It is set by the goroutine
+	// that hands the tunnel to the relay, before the relay's loop first
+	// uses the session, and read by that loop alone afterwards.
+	relayed net.Conn
 }
 
-func newPollConn(c *net.TCPConn) *pollConn {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		// Only a closed conn has no RawConn; its reads fail anyway.
-		return &pollConn{TCPConn: c}
+func newTCPConn(c *net.TCPConn) *tcpConn { return &tcpConn{TCPConn: c} }
+
+// reroute is relay.Endpoint.Reroute.
+func (c *tcpConn) reroute(to net.Conn) { c.relayed = to }
+
+func (c *tcpConn) Read(p []byte) (int, error) {
+	if c.relayed != nil {
+		return c.relayed.Read(p)
 	}
-	return &pollConn{TCPConn: c, raw: raw}
+	return c.TCPConn.Read(p)
 }
 
-// errWouldBlock is a read that found nothing without waiting. crypto/tls
-// keeps a conn usable after a read error only if the error is a temporary
-// net.Error; bytes of a partial record stay buffered for the next read.
-var errWouldBlock net.Error = wouldBlock{}
-
-type wouldBlock struct{}
-
-func (wouldBlock) Error() string   { return "read would block" }
-func (wouldBlock) Timeout() bool   { return false }
-func (wouldBlock) Temporary() bool { return true }
-
-// noWaitReader is a conn under a TLS conn whose reads can be told not to
-// wait: a pollConn, or a clientConn built on one.
-type noWaitReader interface{ setNoWait(bool) }
-
-func (c *pollConn) setNoWait(on bool) { c.noWait = on }
-
-func (c *pollConn) Read(p []byte) (int, error) {
-	if !c.noWait || c.raw == nil {
-		return c.TCPConn.Read(p)
+func (c *tcpConn) Write(p []byte) (int, error) {
+	if c.relayed != nil {
+		return c.relayed.Write(p)
 	}
-	var n int
-	var err error
-	// RawConn.Read checks the read deadline first, then runs the callback
-	// once: returning true even on EAGAIN means it never parks.
-	if rerr := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Read(int(fd), p)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	}); rerr != nil {
-		return 0, rerr
+	return c.TCPConn.Write(p)
+}
+
+func (c *tcpConn) Close() error {
+	if c.relayed != nil {
+		return c.relayed.Close()
 	}
-	switch {
-	case err == syscall.EAGAIN:
-		return 0, errWouldBlock
-	case err != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
-	case n == 0:
-		return 0, io.EOF
+	return c.TCPConn.Close()
+}
+
+func (c *tcpConn) SetDeadline(t time.Time) error {
+	if c.relayed != nil {
+		return c.relayed.SetDeadline(t)
 	}
-	return n, nil
+	return c.TCPConn.SetDeadline(t)
+}
+
+func (c *tcpConn) SetReadDeadline(t time.Time) error {
+	if c.relayed != nil {
+		return c.relayed.SetReadDeadline(t)
+	}
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+func (c *tcpConn) SetWriteDeadline(t time.Time) error {
+	if c.relayed != nil {
+		return c.relayed.SetWriteDeadline(t)
+	}
+	return c.TCPConn.SetWriteDeadline(t)
 }

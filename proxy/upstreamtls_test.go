@@ -50,8 +50,8 @@ func tlsConfigFor(ut *config.UpstreamTLS, servers ...string) *config.Config {
 }
 
 // A wss:// backend with its own CA: messages of every length class go
-// both ways, the close code comes back, and the tunnel is the goroutine
-// tunnel (a TLS conn cannot go to the event loops).
+// both ways, the close code comes back, and the event-loop relay carries
+// the tunnel, TLS and all.
 func TestUpstreamTLSEcho(t *testing.T) {
 	ca := newTestCA(t, "backend CA")
 	up := serveOn(t, tlsBackend(t, ca, "backend.test", nil), echoHandler(websocket.Upgrader{}))
@@ -79,8 +79,8 @@ func TestUpstreamTLSEcho(t *testing.T) {
 			}
 			g.mu.Lock()
 			for tn := range g.tunnels.All {
-				if _, ok := tn.(*tunnel); !ok {
-					t.Errorf("tunnel is a %T, want *tunnel", tn)
+				if _, ok := tn.(*relayedTunnel); !ok {
+					t.Errorf("tunnel is a %T, want *relayedTunnel", tn)
 				}
 			}
 			g.mu.Unlock()

@@ -288,12 +288,12 @@ func unwrapHijacked(c net.Conn) (net.Conn, []byte, error) {
 	var detach func()
 	switch cc := u.UnsafeConn().(type) {
 	case *clientConn:
-		// The tunnel works on the TCP conn itself: its idle logic covers
-		// writes, and only a *net.TCPConn can wait without a buffer or splice.
+		// The relay takes the TCP conn itself (its descriptor).
 		raw, detach = cc.TCPConn, func() { cc.detached.Store(true) }
 	case *tlsterm.Conn:
-		// The *tls.Conn, whose NetConn is a clientConn: the tunnel then
-		// waits for a record without holding a buffer (tlsWaitAndRelay).
+		// The *tls.Conn, whose NetConn is a clientConn: the relay takes
+		// the session and reroutes the clientConn to itself
+		// (relayEndpoint).
 		raw, detach = cc.Conn, cc.Detach
 	default:
 		// fasthttp would close it when the hijack handler returns.

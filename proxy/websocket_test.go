@@ -201,8 +201,8 @@ func TestSubprotocolAndDeflateEndToEnd(t *testing.T) {
 }
 
 // Plain TCP tunnels must reach the event-loop relay: the hijacked conn has
-// to be unwrapped down to the *net.TCPConn (fasthttp's and the gateway's
-// wrappers would send it to the goroutine tunnel).
+// to be unwrapped down to the *net.TCPConn (the relay could not take
+// fasthttp's and the gateway's wrappers).
 func TestPlainTunnelsGoToTheRelay(t *testing.T) {
 	g := startGateway(t, configFor(echoUpstream(t, websocket.Upgrader{})))
 	dial(t, g.Addrs()[0].String(), "/", nil)

@@ -71,7 +71,8 @@ type loop struct {
 	// carries the old number and is dropped.
 	seq     int32
 	tunnels *shrinkset.Set[*tunnel]
-	closing int // tunnels saying goodbye: the loop then scans often
+	closing int     // tunnels saying goodbye: the loop then scans often
+	again   []*side // TLS sides to read without waiting for epoll (readSoon)
 	buf     []byte
 	now     int64 // unix nanoseconds, read once per wakeup
 }
@@ -186,6 +187,7 @@ func (l *loop) run() {
 			l.shutdown()
 			return
 		}
+		l.readAgain()
 		l.runTimers()
 		if l.now >= nextScan {
 			l.scan()
@@ -198,6 +200,14 @@ func (l *loop) run() {
 // wait fills l.events with the ready events and returns their number,
 // waiting for some until the read deadline of l.epoll (0 events then).
 func (l *loop) wait() int {
+	if len(l.again) > 0 {
+		// TLS sides are to be read at once: only look.
+		l.readyEvents(uintptr(l.epfd))
+		if l.pollErr != nil {
+			panic("relay: epoll_wait: " + l.pollErr.Error())
+		}
+		return l.ready
+	}
 	// RawConn.Read calls pollReady until it returns true, parking the
 	// goroutine in Go's poller for readability in between.
 	rerr := l.epollRC.Read(l.pollReady)
@@ -272,6 +282,10 @@ func (l *loop) addTunnel(t *tunnel) {
 		}
 	}
 	l.tunnels.Add(t)
+	// A TLS session may have read past its handshake, or past the
+	// upstream's 101, into bytes the socket no longer holds.
+	l.readSoon(&t.client)
+	l.readSoon(&t.upstream)
 }
 
 // handle reacts to the events of one side.
@@ -303,6 +317,10 @@ func (l *loop) handle(s *side, events uint32) {
 
 // readFrom moves one read's worth of bytes from s to its peer.
 func (l *loop) readFrom(s *side) {
+	if s.tls != nil {
+		l.readTLS(s)
+		return
+	}
 	t := s.t
 	n, err := unix.Read(s.fd, l.buf)
 	switch {
@@ -341,14 +359,20 @@ func (l *loop) readEOF(s *side) {
 		l.closeTunnel(t, t.closedBy)
 		return
 	}
-	// s was read, so its peer owed nothing (wantsRead): shut it now.
-	unix.Shutdown(s.peer.fd, unix.SHUT_WR)
+	// s was read, so its peer owed nothing (wantsRead): shut it now, after
+	// a close_notify if it speaks TLS (shutWrite waits if that cannot all
+	// be written at once).
+	l.shutWrite(s.peer)
 	l.setInterest(s)
 }
 
 // writeTo writes b to s; what s cannot take now waits in s.pending, and
 // s's peer is not read until it is written.
 func (l *loop) writeTo(s *side, b []byte) {
+	if s.tls != nil {
+		l.writeTLS(s, b)
+		return
+	}
 	w, err := unix.Write(s.fd, b)
 	if err != nil {
 		if err != unix.EAGAIN && err != unix.EINTR {
@@ -381,6 +405,7 @@ func (l *loop) flush(s *side) {
 		return
 	}
 	s.releasePending()
+	l.flushed(s)
 	l.setInterest(s)
 	l.setInterest(s.peer)
 }
@@ -490,17 +515,18 @@ func (l *loop) goodbye(t *tunnel, reason string) {
 				k := rand.Uint32()
 				key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
 			}
-			unix.Write(s.fd, wsframe.AppendClose(frame[:0], closeGoingAway, "", toUpstream, key))
+			l.sendFrame(s, wsframe.AppendClose(frame[:0], closeGoingAway, "", toUpstream, key))
+		} else if len(s.pending) > 0 {
+			l.dropPending(s)
 		}
-		s.releasePending()
-		unix.Shutdown(s.fd, unix.SHUT_WR)
+		l.shutWrite(s)
 	}
 	if t.client.readDone && t.upstream.readDone {
 		l.closeTunnel(t, ClosedDrain)
 		return
 	}
 	for _, s := range []*side{&t.client, &t.upstream} {
-		if s.readDone {
+		if s.readDone && len(s.pending) == 0 {
 			l.unwatch(s)
 		} else {
 			l.setInterest(s)

@@ -1,18 +1,21 @@
 // Package relay carries the bytes of upgraded connections (WebSocket
-// tunnels) with a few epoll event loops instead of goroutines.
+// tunnels, over TCP or TLS) with a few epoll event loops instead of
+// goroutines.
 //
 // A goroutine-per-direction tunnel wakes a goroutine for every message and
 // keeps two goroutine stacks per idle tunnel. Here each loop owns the file
 // descriptors of its tunnels outright (duplicated from the Go conns, which
 // are then closed, so Go's poller forgets them), waits for them with one
 // epoll instance (itself parked in Go's poller), and moves bytes with read(2)/write(2) through one buffer per
-// loop. An idle tunnel costs its small state struct and its two sockets.
-// When a destination cannot take more bytes, the rest is kept in a pooled
-// buffer of that tunnel, the source stops being read (backpressure) and the
-// destination is watched for EPOLLOUT.
+// loop. An idle tunnel costs its small state struct and its two sockets,
+// and a TLS side its crypto/tls session, which the loop reads and writes
+// without waiting (tlsside.go). When a destination cannot take more bytes,
+// the rest is kept in a pooled buffer of that tunnel, the source stops
+// being read (backpressure) and the destination is watched for EPOLLOUT.
 package relay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -142,22 +145,47 @@ func (h Tunnel) Close(reason string) {
 // and Stats counts them.
 type Sent struct{ Up, Down []byte }
 
-// Add hands a pair of connected TCP conns to the relay. The relay takes
-// their file descriptors and closes the Go conns; from then on the relay
-// owns the sockets and closes them when the tunnel ends. If Add fails the
-// conns are the caller's to close (one may be closed already). With
-// frames, the WebSocket frames of both directions are followed, from the
-// start of sent. meter, when not nil, is told the tunnel's traffic as it
-// goes (see Meter). done is called once with the tunnel's stats, on the
-// relay's one reporting goroutine: the reports of other tunnels wait while
-// it runs. A tunnel the loop cannot watch (epoll_ctl fails) ends at once
-// with ClosedInternal.
-func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, meter Meter, done func(Stats)) (Tunnel, error) {
-	cfd, err := takeFD(client)
+// Endpoint is one side of a tunnel handed to Add: a connected TCP conn,
+// and the TLS session over it when that side speaks TLS.
+type Endpoint struct {
+	TCP *net.TCPConn
+	// TLS, when not nil, is the session over TCP, its handshake done.
+	// The relay then reads and writes the side's plaintext through it on
+	// its loop (see tlsside.go): frames are followed and bytes counted in
+	// the plaintext, and no goroutine waits for the side.
+	TLS *tls.Conn
+	// Reroute is required with TLS. crypto/tls has no way to replace the
+	// conn under a session, so that conn must be switchable: Add calls
+	// Reroute once, after it took TCP's descriptor and before the loop
+	// first uses TLS, with the conn every Read, Write, Close and deadline
+	// of the conn under TLS must go to from then on. That conn reads and
+	// writes the relay's descriptor without ever waiting.
+	Reroute func(net.Conn)
+}
+
+// Add hands a tunnel's two sides to the relay. The relay takes their
+// file descriptors and closes the Go conns; from then on the relay owns
+// the sockets and closes them when the tunnel ends, and a side's TLS
+// session is the loop's alone (only the loop goroutine may touch it). If
+// Add fails the conns are the caller's to close (one may be closed
+// already; a rerouted TLS conn's writes then fail). With frames, the
+// WebSocket frames of both directions are followed, from the start of
+// sent. meter, when not nil, is told the tunnel's traffic as it goes (see
+// Meter). done is called once with the tunnel's stats, on the relay's one
+// reporting goroutine: the reports of other tunnels wait while it runs. A
+// tunnel the loop cannot watch (epoll_ctl fails) ends at once with
+// ClosedInternal.
+func (r *Relay) Add(client, upstream Endpoint, frames bool, sent Sent, meter Meter, done func(Stats)) (Tunnel, error) {
+	for _, e := range []*Endpoint{&client, &upstream} {
+		if e.TLS != nil && e.Reroute == nil {
+			return Tunnel{}, errors.New("relay: a TLS endpoint without Reroute")
+		}
+	}
+	cfd, err := takeFD(client.TCP)
 	if err != nil {
 		return Tunnel{}, err
 	}
-	ufd, err := takeFD(upstream)
+	ufd, err := takeFD(upstream.TCP)
 	if err != nil {
 		unix.Close(cfd)
 		return Tunnel{}, err
@@ -165,9 +193,15 @@ func (r *Relay) Add(client, upstream *net.TCPConn, frames bool, sent Sent, meter
 	l := r.loops[r.next.Add(1)%uint32(len(r.loops))]
 	t := newTunnel(cfd, ufd, frames, sent, time.Duration(r.idle.Load()), done)
 	t.meter = meter
+	// The sessions change hands here: from the caller's goroutine to the
+	// loop's. Rerouting before l.do queues the tunnel makes the switch
+	// happen before the loop's first use (l.do's mutex).
+	t.client.setTLS(client.TLS, client.Reroute)
+	t.upstream.setTLS(upstream.TLS, upstream.Reroute)
 	if !l.do(func(l *loop) { l.addTunnel(t) }) {
 		unix.Close(cfd)
 		unix.Close(ufd)
+		t.client.fd, t.upstream.fd = -1, -1 // the transports fail from now on
 		return Tunnel{}, ErrClosed
 	}
 	return Tunnel{l: l, t: t}, nil

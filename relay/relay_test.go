@@ -64,7 +64,7 @@ func relayed(t *testing.T, r *Relay) *pair {
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
 	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
-	h, err := r.Add(gwClient, gwUpstream, false, Sent{}, nil, func(s Stats) { p.done <- s })
+	h, err := r.Add(Endpoint{TCP: gwClient}, Endpoint{TCP: gwUpstream}, false, Sent{}, nil, func(s Stats) { p.done <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestHangUpWhileBackedUpLosesNothing(t *testing.T) {
 	gwUpstream.SetWriteBuffer(4096)
 	server.SetReadBuffer(4096)
 	done := make(chan Stats, 1)
-	if _, err := r.Add(gwClient, gwUpstream, false, Sent{}, nil, func(s Stats) { done <- s }); err != nil {
+	if _, err := r.Add(Endpoint{TCP: gwClient}, Endpoint{TCP: gwUpstream}, false, Sent{}, nil, func(s Stats) { done <- s }); err != nil {
 		t.Fatal(err)
 	}
 	server.CloseWrite()
@@ -268,7 +268,7 @@ func TestCloseAllAndStop(t *testing.T) {
 	r.Stop()
 	client, gw := connPair(t)
 	up, _ := connPair(t)
-	if _, err := r.Add(gw, up, false, Sent{}, nil, nil); err != ErrClosed {
+	if _, err := r.Add(Endpoint{TCP: gw}, Endpoint{TCP: up}, false, Sent{}, nil, nil); err != ErrClosed {
 		t.Fatalf("Add after Stop: %v", err)
 	}
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -317,7 +317,7 @@ func relayedMetered(t testing.TB, r *Relay, sent Sent, m Meter) *pair {
 	client, gwClient := connPair(t)
 	gwUpstream, server := connPair(t)
 	p := &pair{client: client, server: server, done: make(chan Stats, 1)}
-	h, err := r.Add(gwClient, gwUpstream, true, sent, m, func(s Stats) { p.done <- s })
+	h, err := r.Add(Endpoint{TCP: gwClient}, Endpoint{TCP: gwUpstream}, true, sent, m, func(s Stats) { p.done <- s })
 	if err != nil {
 		t.Fatal(err)
 	}

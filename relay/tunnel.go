@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/tls"
 	"time"
 
 	"github.com/wsgate/wsgate/wsframe"
@@ -40,6 +41,17 @@ type side struct {
 	readDone   bool    // EOF read from this side
 	pending    []byte  // bytes for this side that it could not take yet
 	pendingBuf *[]byte // the pooled buffer behind pending
+
+	// tls, when not nil, is the side's TLS session: what is read from it
+	// and written to it goes through tls (tlsside.go), and pending holds
+	// ciphertext.
+	tls *tls.Conn
+	// shutPending: the write side is to be shut once pending is written.
+	shutPending bool
+	// writeShut: the write side was shut down; nothing more may go out.
+	writeShut bool
+	// again: queued in the loop's again list (see readSoon).
+	again bool
 
 	// frames follows the WebSocket frames read from this side, while
 	// tracking is on (websocket tunnels) and the stream made sense.
