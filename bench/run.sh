@@ -24,6 +24,7 @@
 #   BENCH_HOLD_TLS  idle wss:// tunnels held in the TLS hold test (2000; same limit)
 #   BENCH_DURATION  length of each echo/bulk/handshake measurement (3s); wrk runs 5s
 #   BENCH_OUT       where the results go (bench/results)
+#   BENCH_ONLY      workloads to run, by name (say "handshake_16 wss_hold"); all when empty
 #
 # Needs root only to apt-get install nginx-light, haproxy and wrk when missing.
 set -euo pipefail
@@ -370,6 +371,8 @@ hold() {
 }
 
 ORDER=(wsgate nginx haproxy direct)
+# want reports whether the workload named $1 is to run (BENCH_ONLY).
+want() { [[ -z "${BENCH_ONLY:-}" || " $BENCH_ONLY " == *" $1 "* ]]; }
 log "echo upstreams on :$UP1 and :$UP2 (TLS :$UPTLS for direct); plain/TLS listeners: wsgate :$PORT_WSGATE/:$TLS_WSGATE, nginx :$PORT_NGINX/:$TLS_NGINX, haproxy :$PORT_HAPROXY/:$TLS_HAPROXY"
 log "$RUNS rounds, ${DUR} per measurement, hold $HOLD tunnels ($HOLD_TLS over TLS)"
 for run in $(seq "$RUNS"); do
@@ -385,16 +388,16 @@ for run in $(seq "$RUNS"); do
     wss="wss://127.0.0.1:${TLSPORT[$t]}/"
     L=(-target "$t" -run "$run")
     if [[ -n "$PROXY_PID" ]]; then L+=(-pids "$PROXY_PID"); fi
-    measure "$WSLOAD" -mode echo -workload echo_1x64 "${L[@]}" -url "$url" -conns 1 -size 64 -duration "$DUR"
-    measure "$WSLOAD" -mode echo -workload echo_64x64 "${L[@]}" -url "$url" -conns 64 -size 64 -duration "$DUR"
-    measure "$WSLOAD" -mode bulk -workload bulk_4x1m "${L[@]}" -url "$url" -conns 4 -size 1048576 -duration "$DUR"
-    measure "$WSLOAD" -mode handshake -workload handshake_16 "${L[@]}" -url "$url" -conns 16 -duration "$DUR"
-    measure wrk_json "$t" "$run"
-    measure "$WSLOAD" -mode echo -workload wss_echo_64x64 "${L[@]}" -insecure -url "$wss" -conns 64 -size 64 -duration "$DUR"
-    measure "$WSLOAD" -mode handshake -workload wss_handshake_16 "${L[@]}" -insecure -url "$wss" -conns 16 -duration "$DUR"
+    want echo_1x64 && measure "$WSLOAD" -mode echo -workload echo_1x64 "${L[@]}" -url "$url" -conns 1 -size 64 -duration "$DUR"
+    want echo_64x64 && measure "$WSLOAD" -mode echo -workload echo_64x64 "${L[@]}" -url "$url" -conns 64 -size 64 -duration "$DUR"
+    want bulk_4x1m && measure "$WSLOAD" -mode bulk -workload bulk_4x1m "${L[@]}" -url "$url" -conns 4 -size 1048576 -duration "$DUR"
+    want handshake_16 && measure "$WSLOAD" -mode handshake -workload handshake_16 "${L[@]}" -url "$url" -conns 16 -duration "$DUR"
+    want http_wrk && measure wrk_json "$t" "$run"
+    want wss_echo_64x64 && measure "$WSLOAD" -mode echo -workload wss_echo_64x64 "${L[@]}" -insecure -url "$wss" -conns 64 -size 64 -duration "$DUR"
+    want wss_handshake_16 && measure "$WSLOAD" -mode handshake -workload wss_handshake_16 "${L[@]}" -insecure -url "$wss" -conns 16 -duration "$DUR"
     if [[ "$t" != direct ]]; then
-      hold "$t" hold "$url" "$HOLD"
-      hold "$t" wss_hold "$wss" "$HOLD_TLS" -insecure
+      want hold && hold "$t" hold "$url" "$HOLD"
+      want wss_hold && hold "$t" wss_hold "$wss" "$HOLD_TLS" -insecure
     fi
     stop_proxy
     stop_upstreams

@@ -69,7 +69,7 @@ type Traffic struct {
 // current without the relay taking a lock or making a call per read: each
 // loop adds up its tunnels' traffic itself and passes the increase since
 // the previous call at most once a second per tunnel (on the loop's idle
-// scan), and the rest when the tunnel ends, before its done is queued.
+// scan), and the rest when the tunnel ends, before its done is called.
 // Moved runs on an event loop: it must be quick and never block (an
 // atomic add).
 type Meter interface {
@@ -87,11 +87,10 @@ type Options struct {
 
 // Relay is a set of event loops; tunnels are spread over them.
 type Relay struct {
-	loops   []*loop
-	next    atomic.Uint32
-	wg      sync.WaitGroup
-	reports *reporter
-	idle    atomic.Int64 // nanoseconds; read by Add and the loops
+	loops []*loop
+	next  atomic.Uint32
+	wg    sync.WaitGroup
+	idle  atomic.Int64 // nanoseconds; read by Add and the loops
 }
 
 // ErrClosed is returned by Add after Stop.
@@ -103,10 +102,10 @@ func New(opts Options) (*Relay, error) {
 	if n <= 0 {
 		n = DefaultLoops()
 	}
-	r := &Relay{reports: newReporter()}
+	r := &Relay{}
 	r.idle.Store(int64(opts.Idle))
 	for range n {
-		l, err := newLoop(&r.idle, r.reports)
+		l, err := newLoop(&r.idle)
 		if err != nil {
 			r.Stop()
 			return nil, err
@@ -171,10 +170,10 @@ type Endpoint struct {
 // already; a rerouted TLS conn's writes then fail). With frames, the
 // WebSocket frames of both directions are followed, from the start of
 // sent. meter, when not nil, is told the tunnel's traffic as it goes (see
-// Meter). done is called once with the tunnel's stats, on the relay's one
-// reporting goroutine: the reports of other tunnels wait while it runs. A
-// tunnel the loop cannot watch (epoll_ctl fails) ends at once with
-// ClosedInternal.
+// Meter). done is called once with the tunnel's stats, on the tunnel's
+// loop: it must be quick and never wait, as the loop's other tunnels wait
+// while it runs. A tunnel the loop cannot watch (epoll_ctl fails) ends at
+// once with ClosedInternal.
 func (r *Relay) Add(client, upstream Endpoint, frames bool, sent Sent, meter Meter, done func(Stats)) (Tunnel, error) {
 	for _, e := range []*Endpoint{&client, &upstream} {
 		if e.TLS != nil && e.Reroute == nil {
@@ -233,7 +232,6 @@ func (r *Relay) Stop() {
 		l.stop()
 	}
 	r.wg.Wait()
-	r.reports.stop()
 }
 
 // takeFD duplicates the conn's descriptor and closes the conn. The

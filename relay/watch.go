@@ -84,7 +84,7 @@ func (lp Loop) Post(fn func(Loop)) bool {
 // upstream; toClient must end with sent.Down (the bytes before it, the
 // upstream's 101 head, are neither tracked nor counted). A write the socket
 // cannot take at once waits in the tunnel like any other. done is called
-// once with the tunnel's stats, on the relay's reporting goroutine.
+// once with the tunnel's stats, on the loop (see Relay.Add).
 func (lp Loop) StartTunnel(client, upstream int, frames bool, sent Sent, toClient []byte, meter Meter, done func(Stats)) Tunnel {
 	l := lp.l
 	t := newTunnel(client, upstream, frames, sent, l.idleTimeout(), done)
