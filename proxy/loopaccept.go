@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wsgate/wsgate/relay"
@@ -81,14 +82,16 @@ func (a *loopAcceptor) forget() {
 // Ready accepts what is waiting, up to acceptBatch connections.
 func (a *loopAccept) Ready(lp relay.Loop, _ uint32) {
 	for i := range acceptBatch {
-		fd, sa, err := unix.Accept4(a.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		// syscall's accept4, not x/sys/unix's: that one asks the socket
+		// for its protocol (a getsockopt) to tell L2TP addresses apart.
+		fd, sa, err := syscall.Accept4(a.fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
 			a.wait = 0
 			a.accepted(lp, fd, sa)
-		case err == unix.EAGAIN:
+		case err == syscall.EAGAIN:
 			return
-		case err == unix.EINTR:
+		case err == syscall.EINTR:
 		case i > 0 && isLocalResourceError(err):
 			// Linux takes the descriptor before it looks at the queue:
 			// after the connection that took the last one, this says
@@ -107,7 +110,7 @@ func (a *loopAccept) Close() {}
 
 // accepted starts serving a connection: a handshake on this loop for a
 // plain listener, the fasthttp server otherwise.
-func (a *loopAccept) accepted(lp relay.Loop, fd int, sa unix.Sockaddr) {
+func (a *loopAccept) accepted(lp relay.Loop, fd int, sa syscall.Sockaddr) {
 	if a.failing() {
 		a.noteSuccess()
 	}
@@ -244,12 +247,12 @@ func (g *Gateway) connOfFD(fd int) (net.Conn, error) {
 
 // addrOf returns a socket address as the gateway writes it: IP and
 // IP:port, an IPv4-mapped IPv6 address as IPv4 (as net does).
-func addrOf(sa unix.Sockaddr) (ip, ipPort string) {
+func addrOf(sa syscall.Sockaddr) (ip, ipPort string) {
 	var ap netip.AddrPort
 	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
+	case *syscall.SockaddrInet4:
 		ap = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
+	case *syscall.SockaddrInet6:
 		ap = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	default:
 		return "-", "-"

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -89,7 +90,7 @@ const (
 )
 
 // startLoopHandshake takes a connection the loop just accepted.
-func startLoopHandshake(g *Gateway, lp relay.Loop, b *boundListener, gen *generation, li *listenerInfo, fd int, sa unix.Sockaddr) {
+func startLoopHandshake(g *Gateway, lp relay.Loop, b *boundListener, gen *generation, li *listenerInfo, fd int, sa syscall.Sockaddr) {
 	h := &loopHandshake{g: g, lp: lp, b: b, gen: gen, li: li, cfd: fd, ufd: -1, watching: -1, accepted: time.Now()}
 	h.clientIP, h.clientAddr = addrOf(sa)
 	h.readHead()
