@@ -354,7 +354,7 @@ func (l *loop) readEOF(s *side) {
 	if t.closedBy == "" {
 		t.closedBy = s.name
 	}
-	if s.peer.readDone {
+	if s.peer.readDone || s.closingHandshakeDone() {
 		l.closeTunnel(t, t.closedBy)
 		return
 	}

@@ -111,6 +111,19 @@ func (s *side) track(b []byte) {
 	}
 }
 
+// closingHandshakeDone reports whether s, which just ended, and its peer
+// both sent a whole Close frame and nothing is owed to the peer: RFC 6455's
+// closing handshake is over, and neither endpoint may send anything more.
+// The tunnel then closes at once, as nginx closes an upgraded connection at
+// the first end, instead of passing the half-close on and waiting for the
+// peer's end: a system call, a wake-up and a read fewer per connection.
+// Over TLS the half-close carries a close_notify, so those wait as before.
+func (s *side) closingHandshakeDone() bool {
+	p := s.peer
+	return s.tracking && p.tracking && s.tls == nil && p.tls == nil && len(p.pending) == 0 &&
+		s.frames.CloseSeen() && p.frames.CloseSeen() && s.frames.AtFrameBoundary() && p.frames.AtFrameBoundary()
+}
+
 // canSendClose reports whether a Close frame may be written to s now:
 // everything relayed to it has been written, its write side is open, the
 // stream towards it stands at a frame boundary, and no Close went to it

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"io"
 	"testing"
 	"time"
@@ -188,5 +189,35 @@ func TestStaleEventsAreDropped(t *testing.T) {
 	case ev := <-stale:
 		t.Fatalf("the new socket's watcher got the closed one's event %#x", ev)
 	default:
+	}
+}
+
+// Once both endpoints sent a whole Close frame, the first end closes the
+// tunnel: the client gets the upstream's Close and then the end of the
+// connection without having to end its own side first, and the tunnel is
+// over. Before the closing handshake, an end is passed on as a half-close
+// and the other direction goes on (TestHalfCloseEachWay).
+func TestEndAfterClosingHandshakeClosesTunnel(t *testing.T) {
+	r := newRelay(t, time.Minute)
+	p := relayedFrames(t, r)
+	// The client begins the closing handshake (masked, code 1000).
+	p.client.Write([]byte{0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2})
+	got := make([]byte, 8)
+	if _, err := io.ReadFull(p.server, got); err != nil {
+		t.Fatal(err)
+	}
+	// The upstream answers with its Close and closes first, as RFC 6455
+	// has servers do.
+	p.server.Write([]byte{0x88, 0x02, 0x03, 0xE8})
+	p.server.Close()
+	p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	toClient, err := io.ReadAll(p.client)
+	if err != nil || !bytes.Equal(toClient, []byte{0x88, 0x02, 0x03, 0xE8}) {
+		t.Fatalf("client got % x, %v; want the Close and then the end", toClient, err)
+	}
+	// The client has not closed: the tunnel ended all the same.
+	st := p.stats(t)
+	if st.ClosedBy != ClosedByClient || st.CloseCode != 1000 {
+		t.Fatalf("closed by %q with code %d, want the client (it began the closing handshake) and 1000", st.ClosedBy, st.CloseCode)
 	}
 }
