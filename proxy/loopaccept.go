@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"net"
 	"net/netip"
 	"os"
@@ -82,9 +83,9 @@ func (a *loopAcceptor) forget() {
 // Ready accepts what is waiting, up to acceptBatch connections.
 func (a *loopAccept) Ready(lp relay.Loop, _ uint32) {
 	for i := range acceptBatch {
-		// syscall's accept4, not x/sys/unix's: that one asks the socket
-		// for its protocol (a getsockopt) to tell L2TP addresses apart.
-		fd, sa, err := syscall.Accept4(a.fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		// Not x/sys/unix's accept4, which asks every socket for its
+		// protocol (a getsockopt) to tell L2TP addresses apart.
+		fd, sa, err := nbsys.Accept4(a.fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
 			a.wait = 0

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"io"
 	"net"
 	"net/netip"
@@ -112,7 +113,7 @@ func (h *loopHandshake) Close() {
 		return
 	}
 	h.done = true
-	unix.Close(h.cfd)
+	nbsys.Close(h.cfd)
 	h.closeUpstream()
 	if h.srv != nil {
 		h.srv.Release()
@@ -158,7 +159,7 @@ func (h *loopHandshake) stopTimer() {
 // which reads on and answers as it does on any conn.
 func (h *loopHandshake) readHead() {
 	buf := h.lp.Buffer()
-	n, err := unix.Read(h.cfd, buf)
+	n, err := nbsys.Read(h.cfd, buf)
 	if err == unix.EAGAIN || err == unix.EINTR {
 		if h.watching < 0 {
 			if !h.watch(h.cfd, unix.EPOLLIN|unix.EPOLLRDHUP) {
@@ -299,14 +300,14 @@ func (h *loopHandshake) try() {
 // answer comes; the tunnel then takes the registration over.
 func (h *loopHandshake) connect() {
 	family := unix.AF_INET
-	var sa unix.Sockaddr
+	var sa syscall.Sockaddr
 	if h.addr.Addr().Is4() {
-		sa = &unix.SockaddrInet4{Port: int(h.addr.Port()), Addr: h.addr.Addr().As4()}
+		sa = &syscall.SockaddrInet4{Port: int(h.addr.Port()), Addr: h.addr.Addr().As4()}
 	} else {
 		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(h.addr.Port()), Addr: h.addr.Addr().As16()}
+		sa = &syscall.SockaddrInet6{Port: int(h.addr.Port()), Addr: h.addr.Addr().As16()}
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := nbsys.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		h.dialFailed(os.NewSyscallError("socket", err))
 		return
@@ -314,7 +315,7 @@ func (h *loopHandshake) connect() {
 	h.ufd = fd
 	h.established = false
 	setUpstreamSocketOptions(fd)
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+	if err := nbsys.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 		h.dialFailed(os.NewSyscallError("connect", err))
 		return
 	}
@@ -338,10 +339,10 @@ func (h *loopHandshake) dialFailed(err error) {
 // no Nagle delay (the relay writes each frame as it comes) and keep-alive
 // probes after 15 s idle, every 15 s (Go's defaults).
 func setUpstreamSocketOptions(fd int) {
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, clientKeepAliveIdle)
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, clientKeepAliveInterval)
+	nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	nbsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, clientKeepAliveIdle)
+	nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, clientKeepAliveInterval)
 }
 
 // upstreamReady is an event of the upstream socket: the connection made
@@ -374,7 +375,7 @@ func (h *loopHandshake) connectionMade() {
 // needed to learn it.
 func (h *loopHandshake) writeHead() {
 	for h.written < len(h.upHead) {
-		n, err := unix.Write(h.ufd, h.upHead[h.written:])
+		n, err := nbsys.Write(h.ufd, h.upHead[h.written:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -400,7 +401,7 @@ func (h *loopHandshake) writeHead() {
 func (h *loopHandshake) readAnswer() {
 	buf := h.lp.Buffer()
 	for {
-		n, err := unix.Read(h.ufd, buf)
+		n, err := nbsys.Read(h.ufd, buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -481,7 +482,7 @@ func (h *loopHandshake) closeUpstream() {
 		if h.watching == h.ufd {
 			h.unwatch()
 		}
-		unix.Close(h.ufd)
+		nbsys.Close(h.ufd)
 		h.ufd = -1
 	}
 }
@@ -529,8 +530,8 @@ func (h *loopHandshake) switched(resp *handshakeResponse) {
 	live := &relayedTunnel{placed: placed{rt, srv}}
 	if !h.g.registerTunnel(live, &info) {
 		h.lp.Forget(h.ufd)
-		unix.Close(h.cfd)
-		unix.Close(h.ufd)
+		nbsys.Close(h.cfd)
+		nbsys.Close(h.ufd)
 		srv.Release()
 		return
 	}

@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -83,25 +84,25 @@ func newLoop(idle *atomic.Int64) (*loop, error) {
 	}
 	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		unix.Close(epfd)
+		nbsys.Close(epfd)
 		return nil, err
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
+	if err := nbsys.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		nbsys.Close(epfd)
+		nbsys.Close(wakefd)
 		return nil, err
 	}
 	// Non-blocking, os.NewFile registers it with Go's poller.
 	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
+		nbsys.Close(epfd)
+		nbsys.Close(wakefd)
 		return nil, err
 	}
 	epoll := os.NewFile(uintptr(epfd), "relay epoll")
 	rc, err := epoll.SyscallConn()
 	if err != nil {
 		epoll.Close()
-		unix.Close(wakefd)
+		nbsys.Close(wakefd)
 		return nil, err
 	}
 	l := &loop{
@@ -126,7 +127,7 @@ func (l *loop) do(fn func(*loop)) bool {
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		unix.Write(l.wakefd, one[:])
+		nbsys.Write(l.wakefd, one[:])
 	}
 	return true
 }
@@ -141,7 +142,7 @@ func (l *loop) stop() {
 	l.stopped = true
 	l.mu.Unlock()
 	var one = [8]byte{1}
-	unix.Write(l.wakefd, one[:])
+	nbsys.Write(l.wakefd, one[:])
 }
 
 func (l *loop) run() {
@@ -226,7 +227,7 @@ func (l *loop) wait() int {
 // wait would be an allocation per wakeup.
 func (l *loop) readyEvents(fd uintptr) bool {
 	for {
-		l.ready, l.pollErr = unix.EpollWait(int(fd), l.events, 0)
+		l.ready, l.pollErr = nbsys.EpollPoll(int(fd), l.events)
 		if l.pollErr != unix.EINTR {
 			return l.ready > 0 || l.pollErr != nil
 		}
@@ -236,7 +237,7 @@ func (l *loop) readyEvents(fd uintptr) bool {
 // runQueue runs the queued commands; it reports whether the loop stops.
 func (l *loop) runQueue() bool {
 	var b [8]byte
-	unix.Read(l.wakefd, b[:])
+	nbsys.Read(l.wakefd, b[:])
 	l.mu.Lock()
 	queue, stopped := l.queue, l.stopped
 	l.queue = nil
@@ -250,7 +251,7 @@ func (l *loop) runQueue() bool {
 func (l *loop) shutdown() {
 	l.closeAll(ClosedDrain)
 	l.closeWatchers()
-	unix.Close(l.wakefd)
+	nbsys.Close(l.wakefd)
 	l.epoll.Close()
 }
 
@@ -272,7 +273,7 @@ func (l *loop) addTunnel(t *tunnel) {
 			l.watchers[s.fd] = watch{}
 			op = unix.EPOLL_CTL_MOD
 		}
-		if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd), Pad: s.seq}); err != nil {
+		if err := nbsys.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd), Pad: s.seq}); err != nil {
 			// The endpoints did nothing wrong: the loop cannot carry it.
 			t.err = fmt.Errorf("watching the %s socket: epoll_ctl: %w", s.name, err)
 			l.tunnels.Add(t)
@@ -321,7 +322,7 @@ func (l *loop) readFrom(s *side) {
 		return
 	}
 	t := s.t
-	n, err := unix.Read(s.fd, l.buf)
+	n, err := nbsys.Read(s.fd, l.buf)
 	switch {
 	case n > 0:
 		if t.closing {
@@ -372,7 +373,7 @@ func (l *loop) writeTo(s *side, b []byte) {
 		l.writeTLS(s, b)
 		return
 	}
-	w, err := unix.Write(s.fd, b)
+	w, err := nbsys.Write(s.fd, b)
 	if err != nil {
 		if err != unix.EAGAIN && err != unix.EINTR {
 			l.closeTunnel(s.t, s.name)
@@ -392,7 +393,7 @@ func (l *loop) writeTo(s *side, b []byte) {
 
 // flush writes what s owes; when it is all written, s's peer is read again.
 func (l *loop) flush(s *side) {
-	w, err := unix.Write(s.fd, s.pending)
+	w, err := nbsys.Write(s.fd, s.pending)
 	if err != nil {
 		if err != unix.EAGAIN && err != unix.EINTR {
 			l.closeTunnel(s.t, s.name)
@@ -429,7 +430,7 @@ func (l *loop) setInterest(s *side) {
 		op, s.watched = unix.EPOLL_CTL_ADD, true
 	}
 	s.events = want
-	if err := unix.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd), Pad: s.seq}); err != nil {
+	if err := nbsys.EpollCtl(l.epfd, op, s.fd, &unix.EpollEvent{Events: want, Fd: int32(s.fd), Pad: s.seq}); err != nil {
 		l.closeTunnel(s.t, s.name)
 	}
 }
@@ -538,7 +539,7 @@ func (l *loop) goodbye(t *tunnel, reason string) {
 // watches it again when there is something to wait for.
 func (l *loop) unwatch(s *side) {
 	s.events, s.watched = 0, false
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	nbsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 }
 
 // closeAll closes every tunnel at once (the relay is stopping).
@@ -568,7 +569,7 @@ func (l *loop) closeTunnel(t *tunnel, reason string) {
 		}
 		// close(2) also removes the descriptor from epoll: the relay holds
 		// the only reference to the socket.
-		unix.Close(s.fd)
+		nbsys.Close(s.fd)
 		s.releasePending()
 	}
 	l.tunnels.Delete(t)

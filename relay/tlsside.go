@@ -2,6 +2,7 @@ package relay
 
 import (
 	"crypto/tls"
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"io"
 	"net"
 	"os"
@@ -69,7 +70,7 @@ func (c *tlsTransport) Read(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	for {
-		n, err := unix.Read(c.fd, p)
+		n, err := nbsys.Read(c.fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -98,7 +99,7 @@ func (c *tlsTransport) Write(p []byte) (int, error) {
 	}
 	w := 0
 	for w < len(p) {
-		n, err := unix.Write(s.fd, p[w:])
+		n, err := nbsys.Write(s.fd, p[w:])
 		if err == unix.EINTR {
 			continue
 		}
@@ -214,14 +215,14 @@ func (l *loop) sendFrame(s *side, frame []byte) {
 		s.tls.Write(frame) // a failure shows on the next read or flush
 		return
 	}
-	unix.Write(s.fd, frame)
+	nbsys.Write(s.fd, frame)
 }
 
 // dropPending gives up what s is owed (a drain) and shuts its write side:
 // a TLS record may have been cut there, so no close_notify follows.
 func (l *loop) dropPending(s *side) {
 	s.releasePending()
-	unix.Shutdown(s.fd, unix.SHUT_WR)
+	nbsys.Shutdown(s.fd, unix.SHUT_WR)
 	s.writeShut = true
 }
 
@@ -239,7 +240,7 @@ func (l *loop) shutWrite(s *side) {
 		l.watchWrites(s)
 		return
 	}
-	unix.Shutdown(s.fd, unix.SHUT_WR)
+	nbsys.Shutdown(s.fd, unix.SHUT_WR)
 	s.writeShut = true
 }
 
@@ -249,7 +250,7 @@ func (l *loop) shutWrite(s *side) {
 func (l *loop) flushed(s *side) {
 	if s.shutPending {
 		s.shutPending = false
-		unix.Shutdown(s.fd, unix.SHUT_WR)
+		nbsys.Shutdown(s.fd, unix.SHUT_WR)
 		s.writeShut = true
 	}
 	l.readSoon(s.peer)

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"container/heap"
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -42,7 +43,7 @@ func (lp Loop) Watch(fd int, events uint32, w Watcher) error {
 		l.watchers = append(l.watchers, make([]watch, len(l.watchers)+64)...)
 	}
 	seq := l.nextSeq()
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd), Pad: seq}); err != nil {
+	if err := nbsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd), Pad: seq}); err != nil {
 		return err
 	}
 	l.watchers[fd] = watch{w: w, seq: seq}
@@ -51,14 +52,14 @@ func (lp Loop) Watch(fd int, events uint32, w Watcher) error {
 
 // Rewatch changes the events fd is watched for.
 func (lp Loop) Rewatch(fd int, events uint32) error {
-	return unix.EpollCtl(lp.l.epfd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd), Pad: lp.l.watchers[fd].seq})
+	return nbsys.EpollCtl(lp.l.epfd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd), Pad: lp.l.watchers[fd].seq})
 }
 
 // Forget stops watching fd; the descriptor stays open.
 func (lp Loop) Forget(fd int) {
 	l := lp.l
 	if fd < len(l.watchers) && l.watchers[fd].w != nil {
-		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		nbsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		l.watchers[fd] = watch{}
 	}
 }
