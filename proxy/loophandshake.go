@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"github.com/wsgate/wsgate/internal/nbsys"
 	"io"
 	"net"
 	"net/netip"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"github.com/wsgate/wsgate/relay"
 	"github.com/wsgate/wsgate/upstream"
 	"golang.org/x/sys/unix"
@@ -98,7 +98,7 @@ func startLoopHandshake(g *Gateway, lp relay.Loop, b *boundListener, gen *genera
 }
 
 // Ready is a readiness event of the one descriptor watched.
-func (h *loopHandshake) Ready(_ relay.Loop, events uint32) {
+func (h *loopHandshake) Ready(relay.Loop, uint32) {
 	switch h.phase {
 	case phaseHead:
 		h.readHead()

@@ -3,7 +3,6 @@ package relay
 import (
 	"errors"
 	"fmt"
-	"github.com/wsgate/wsgate/internal/nbsys"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"github.com/wsgate/wsgate/internal/shrinkset"
 	"github.com/wsgate/wsgate/wsframe"
 	"golang.org/x/sys/unix"

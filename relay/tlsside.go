@@ -2,12 +2,12 @@ package relay
 
 import (
 	"crypto/tls"
-	"github.com/wsgate/wsgate/internal/nbsys"
 	"io"
 	"net"
 	"os"
 	"time"
 
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"golang.org/x/sys/unix"
 )
 

@@ -2,9 +2,9 @@ package relay
 
 import (
 	"container/heap"
-	"github.com/wsgate/wsgate/internal/nbsys"
 	"sync"
 
+	"github.com/wsgate/wsgate/internal/nbsys"
 	"golang.org/x/sys/unix"
 )
 
