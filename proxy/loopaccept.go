@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,7 +32,9 @@ type loopAcceptor struct {
 	fd int // the listening socket, owned by b.ln
 
 	// The current run of failed accepts, shared by the loops: it is logged
-	// once, not once per loop and retry.
+	// once, not once per loop and retry. inRun says whether one is on,
+	// read by every accept without the lock.
+	inRun        atomic.Bool
 	mu           sync.Mutex
 	failures     int
 	firstFailure time.Time
@@ -112,7 +115,7 @@ func (a *loopAccept) Close() {}
 // accepted starts serving a connection: a handshake on this loop for a
 // plain listener, the fasthttp server otherwise.
 func (a *loopAccept) accepted(lp relay.Loop, fd int, sa syscall.Sockaddr) {
-	if a.failing() {
+	if a.inRun.Load() {
 		a.noteSuccess()
 	}
 	gen := a.g.gen.Load()
@@ -156,14 +159,6 @@ func (a *loopAccept) acceptFailed(lp relay.Loop, err error) {
 	})
 }
 
-// failing reports whether a run of failed accepts is on, cheaply enough
-// for every accept.
-func (a *loopAcceptor) failing() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.failures > 0
-}
-
 // noteFailure counts a failed accept; the first of a run is logged.
 func (a *loopAcceptor) noteFailure(err error) {
 	a.mu.Lock()
@@ -179,6 +174,7 @@ func (a *loopAcceptor) noteFailure(err error) {
 	}
 	a.failures++
 	a.lastFailure = now
+	a.inRun.Store(true)
 }
 
 // noteSuccess ends a run of failed accepts once an accept came
@@ -196,6 +192,7 @@ func (a *loopAcceptor) endRun() {
 	a.g.errorf("accept on %s: accepting connections again; %d accepts failed over %v, the last at %s",
 		a.b.ln.Addr(), a.failures, a.lastFailure.Sub(a.firstFailure).Round(time.Millisecond), a.lastFailure.Format(time.TimeOnly))
 	a.failures = 0
+	a.inRun.Store(false)
 }
 
 // serveConn hands a connection a loop accepted to the fasthttp server
