@@ -116,10 +116,6 @@ func (r *Relay) EachLoop(fn func(Loop)) bool {
 	return ok
 }
 
-// Next returns one of the relay's loops, in turn, for a caller that starts
-// work there with Post.
-func (r *Relay) Next() Loop { return Loop{r.loops[r.next.Add(1)%uint32(len(r.loops))]} }
-
 // Timer is a function due on a loop at a time; see Loop.AfterFunc.
 type Timer struct {
 	at    int64 // unix nanoseconds

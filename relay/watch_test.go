@@ -19,6 +19,9 @@ func onLoop(t *testing.T, lp Loop, fn func(Loop)) {
 	<-done
 }
 
+// firstLoop is a handle on the relay's first loop.
+func firstLoop(r *Relay) Loop { return Loop{r.loops[0]} }
+
 // funcWatcher is a Watcher made of functions.
 type funcWatcher struct {
 	ready  func(Loop, uint32)
@@ -49,7 +52,7 @@ func gatewayFD(t *testing.T) (int, io.ReadWriteCloser) {
 func TestTimersRunInOrder(t *testing.T) {
 	r := newRelay(t, time.Minute)
 	ran := make(chan int, 4)
-	onLoop(t, r.Next(), func(lp Loop) {
+	onLoop(t, firstLoop(r), func(lp Loop) {
 		now := lp.Now()
 		for _, d := range []int{30, 10, 20} {
 			lp.AfterFunc(now+int64(d)*int64(time.Millisecond), func() { ran <- d })
@@ -70,7 +73,7 @@ func TestTimersRunInOrder(t *testing.T) {
 	}
 	// A function posted after the last timer ran shows the stopped one
 	// did not run in between.
-	onLoop(t, r.Next(), func(Loop) {})
+	onLoop(t, firstLoop(r), func(Loop) {})
 	select {
 	case got := <-ran:
 		t.Fatalf("timer %d ms ran", got)
@@ -85,7 +88,7 @@ func TestWatchThenStartTunnel(t *testing.T) {
 	r := newRelay(t, time.Minute)
 	cfd, client := gatewayFD(t)
 	ufd, server := gatewayFD(t)
-	lp := r.Next()
+	lp := firstLoop(r)
 	got := make(chan string, 1)
 	stats := make(chan Stats, 1)
 	w := &funcWatcher{}
@@ -136,7 +139,7 @@ func TestWatchThenStartTunnel(t *testing.T) {
 // number meanwhile (as a socket accepted or dialed on the loop does).
 func TestStaleEventsAreDropped(t *testing.T) {
 	r := newRelay(t, time.Minute)
-	lp := r.Next()
+	lp := firstLoop(r)
 	afd, a := gatewayFD(t)
 	bfd, b := gatewayFD(t)
 	idleFD, _ := gatewayFD(t) // connected, nothing to read: no events
