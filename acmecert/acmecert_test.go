@@ -139,7 +139,7 @@ func TestTLSALPN01(t *testing.T) {
 	dnsAddr := pebbletest.StartDNS(t)
 	l := startTLSListener(t)
 	addr := l.ln.Addr().String()
-	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.ClosedPort(t), TLSPort: pebbletest.Port(t, addr), DNSAddr: dnsAddr})
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.RefusingPort(t), TLSPort: pebbletest.Port(t, addr), DNSAddr: dnsAddr})
 	cfg := &config.ACME{
 		Email:        "ops@wsgate.test",
 		DirectoryURL: p.DirURL,
@@ -293,7 +293,7 @@ func TestHTTP01(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Shutdown() })
 
 	l := startTLSListener(t)
-	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.Port(t, plain.Addr().String()), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.Port(t, plain.Addr().String()), TLSPort: pebbletest.RefusingPort(t), DNSAddr: dnsAddr})
 	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
 	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)
@@ -379,7 +379,7 @@ func TestRenewal(t *testing.T) {
 func TestIssuanceFailure(t *testing.T) {
 	dnsAddr := pebbletest.StartDNS(t)
 	l := startTLSListener(t)
-	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.ClosedPort(t), TLSPort: pebbletest.ClosedPort(t), DNSAddr: dnsAddr})
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: pebbletest.RefusingPort(t), TLSPort: pebbletest.RefusingPort(t), DNSAddr: dnsAddr})
 	cfg := &config.ACME{DirectoryURL: p.DirURL, CAFile: p.CAFile, Domains: []string{testDomain}, StorageDir: t.TempDir()}
 	var logs syncbuf.Buffer
 	m := newManager(t, cfg, &logs)

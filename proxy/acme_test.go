@@ -198,7 +198,7 @@ func TestACMEGateway(t *testing.T) {
 	plainAddr := "127.0.0.1:" + strconv.Itoa(pebbletest.ClosedPort(t))
 	ca := pebbletest.Start(t, pebbletest.Options{
 		HTTPPort: pebbletest.Port(t, plainAddr),
-		TLSPort:  pebbletest.ClosedPort(t),
+		TLSPort:  pebbletest.RefusingPort(t),
 		DNSAddr:  dnsAddr,
 	})
 	t.Logf("pebble and DNS up in %s", time.Since(start).Round(time.Millisecond))
@@ -317,7 +317,7 @@ func TestACMEGatewayTLSALPN01(t *testing.T) {
 	dnsAddr := pebbletest.StartDNS(t)
 	tlsAddr := "127.0.0.1:" + strconv.Itoa(pebbletest.ClosedPort(t))
 	ca := pebbletest.Start(t, pebbletest.Options{
-		HTTPPort: pebbletest.ClosedPort(t),
+		HTTPPort: pebbletest.RefusingPort(t),
 		TLSPort:  pebbletest.Port(t, tlsAddr),
 		DNSAddr:  dnsAddr,
 	})

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,8 +201,9 @@ func StartDNS(t testing.TB) string {
 }
 
 // ClosedPort returns a 127.0.0.1 port nothing listens on (it was bound and
-// released): for a challenge that must fail, or for a listener that must
-// be on a port known before the CA starts.
+// released), for a listener that must be on a port known before the CA
+// starts. For a port that must stay refused, use RefusingPort: a released
+// port can be the next one the system hands to a listener on port 0.
 func ClosedPort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -211,6 +213,27 @@ func ClosedPort(t testing.TB) int {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	return port
+}
+
+// RefusingPort returns a 127.0.0.1 port that refuses connections until
+// the test ends, for a challenge that must fail: a socket is bound to it
+// without listening, so connecting gets a reset and no listener on port
+// 0 can be given it.
+func RefusingPort(t testing.TB) int {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*syscall.SockaddrInet4).Port
 }
 
 // Port returns the port of a host:port address.
