@@ -121,15 +121,12 @@ func (h *loopHandshake) Close() {
 	h.uncount()
 }
 
+// watch starts watching fd for h, in place of the descriptor watched
+// before: each of h's descriptors is watched once, the client's while its
+// head is awaited, the upstream's from its connect on.
 func (h *loopHandshake) watch(fd int, events uint32) bool {
-	var err error
-	if h.watching == fd {
-		err = h.lp.Rewatch(fd, events)
-	} else {
-		h.unwatch()
-		err = h.lp.Watch(fd, events, h)
-	}
-	if err != nil {
+	h.unwatch()
+	if h.lp.Watch(fd, events, h) != nil {
 		return false
 	}
 	h.watching = fd

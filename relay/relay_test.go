@@ -96,23 +96,33 @@ func TestFullDuplexWithBackpressure(t *testing.T) {
 		up[i] = byte(rand.IntN(256))
 		down[i] = byte(rand.IntN(256))
 	}
+	exchangeBothWays(t, p.client, p.server, up, down,
+		func() { p.client.Write(up); p.client.CloseWrite() },
+		func() { p.server.Write(down); p.server.CloseWrite() })
+	st := p.stats(t)
+	if st.Up != size || st.Down != size {
+		t.Errorf("stats up=%d down=%d closed by %s, want %d each", st.Up, st.Down, st.ClosedBy, size)
+	}
+}
+
+// exchangeBothWays runs sendUp (up, from client) and sendDown (down, from
+// server) at once while slow readers at the far ends hash what arrives,
+// and reports a direction whose bytes differ from what was sent.
+func exchangeBothWays(t *testing.T, client, server io.Reader, up, down []byte, sendUp, sendDown func()) {
+	t.Helper()
 	var wg sync.WaitGroup
 	var gotUp, gotDown [32]byte
 	wg.Add(4)
-	go func() { defer wg.Done(); p.client.Write(up); p.client.CloseWrite() }()
-	go func() { defer wg.Done(); p.server.Write(down); p.server.CloseWrite() }()
-	go func() { defer wg.Done(); gotUp = slowHash(p.server) }()
-	go func() { defer wg.Done(); gotDown = slowHash(p.client) }()
+	go func() { defer wg.Done(); sendUp() }()
+	go func() { defer wg.Done(); sendDown() }()
+	go func() { defer wg.Done(); gotUp = slowHash(server) }()
+	go func() { defer wg.Done(); gotDown = slowHash(client) }()
 	wg.Wait()
 	if gotUp != sha256.Sum256(up) {
 		t.Error("client→server bytes differ")
 	}
 	if gotDown != sha256.Sum256(down) {
 		t.Error("server→client bytes differ")
-	}
-	st := p.stats(t)
-	if st.Up != size || st.Down != size {
-		t.Errorf("stats up=%d down=%d closed by %s, want %d each", st.Up, st.Down, st.ClosedBy, size)
 	}
 }
 

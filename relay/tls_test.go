@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -199,20 +198,8 @@ func TestTLSFullDuplexWithBackpressure(t *testing.T) {
 			p := relayedTLS(t, r, sides, false)
 			const size = 4 << 20
 			up, down := randomBytes(size), randomBytes(size)
-			var wg sync.WaitGroup
-			var gotUp, gotDown [32]byte
-			wg.Add(4)
-			go func() { defer wg.Done(); writeMixed(p.client, up, 1) }()
-			go func() { defer wg.Done(); writeMixed(p.server, down, 2) }()
-			go func() { defer wg.Done(); gotUp = slowHash(p.server) }()
-			go func() { defer wg.Done(); gotDown = slowHash(p.client) }()
-			wg.Wait()
-			if gotUp != sha256.Sum256(up) {
-				t.Error("client→server bytes differ")
-			}
-			if gotDown != sha256.Sum256(down) {
-				t.Error("server→client bytes differ")
-			}
+			exchangeBothWays(t, p.client, p.server, up, down,
+				func() { writeMixed(p.client, up, 1) }, func() { writeMixed(p.server, down, 2) })
 			st := p.stats(t)
 			if st.Up != size || st.Down != size {
 				t.Errorf("stats up=%d down=%d closed by %s, want %d each", st.Up, st.Down, st.ClosedBy, size)

@@ -50,11 +50,6 @@ func (lp Loop) Watch(fd int, events uint32, w Watcher) error {
 	return nil
 }
 
-// Rewatch changes the events fd is watched for.
-func (lp Loop) Rewatch(fd int, events uint32) error {
-	return nbsys.EpollCtl(lp.l.epfd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: events, Fd: int32(fd), Pad: lp.l.watchers[fd].seq})
-}
-
 // Forget stops watching fd; the descriptor stays open.
 func (lp Loop) Forget(fd int) {
 	l := lp.l
